@@ -1,0 +1,98 @@
+//! `pond gc`: remove large-file objects and data files that no version of the log references
+//! (leftovers of a crash between an object's write and its commit), and temp files. Holds the
+//! single-writer lock, so it never races a mount's commit; refuses to act on a damaged log.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::fs::{FsError, WORK_DIR, WriterLock};
+use crate::large_files::LargeFileStore;
+use crate::large_files::hash::Blake3Hash;
+use crate::oplog::schema::{Content, OplogRow};
+use crate::oplog::{OplogError, datafile, history};
+
+#[derive(Debug, Default)]
+pub struct GcReport {
+    pub objects: Vec<(Blake3Hash, u64)>,
+    pub data_files: Vec<(String, u64)>,
+    pub temp_files: usize,
+    pub bytes: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GcError {
+    #[error("{0}")]
+    Oplog(#[from] OplogError),
+    #[error("{0}")]
+    Fs(#[from] FsError),
+    #[error("{0}")]
+    Store(#[from] crate::large_files::error::StoreError),
+    #[error("refusing to collect garbage: {0}")]
+    Unsafe(String),
+}
+
+fn file_size(path: &Path) -> u64 {
+    std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+}
+
+pub fn collect_garbage(root: &Path, dry_run: bool) -> Result<GcReport, GcError> {
+    crate::oplog::check_is_pond(root)?;
+    let _lock = WriterLock::acquire(root)?;
+    let files = history::referenced_data_files(root).map_err(|e| GcError::Unsafe(e.to_string()))?;
+    let mut referenced: BTreeSet<Blake3Hash> = BTreeSet::new();
+    for rel in &files {
+        let rel: Arc<str> = Arc::from(rel.as_str());
+        if !root.join(&*rel).exists() {
+            // A version needs this file and it is gone: keep everything, say so.
+            return Err(GcError::Unsafe(format!("data file {rel} is missing; run `pond verify`")));
+        }
+        datafile::for_each_batch(root, &rel, false, |rows| {
+            for row in rows {
+                if let OplogRow::Node { data: Some(d), .. } = row
+                    && let Some(Content::Large { hash, .. }) = d.content
+                {
+                    referenced.insert(hash);
+                }
+            }
+            Ok(())
+        })
+        .map_err(|e| GcError::Unsafe(format!("cannot read {rel}: {e}")))?;
+    }
+    let mut report = GcReport::default();
+    let store = LargeFileStore::new(root);
+    for hash in store.list()? {
+        if !referenced.contains(&hash) {
+            let size = file_size(&store.object_path(&hash));
+            if !dry_run {
+                store.remove(&hash)?;
+            }
+            report.bytes += size;
+            report.objects.push((hash, size));
+        }
+    }
+    let io = |e: std::io::Error| GcError::Oplog(OplogError::Io { path: root.to_path_buf(), source: e });
+    for entry in std::fs::read_dir(root).map_err(io)? {
+        let entry = entry.map_err(io)?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".parquet") && entry.file_type().map_err(io)?.is_file() && !files.contains(&name) {
+            let size = file_size(&entry.path());
+            if !dry_run {
+                std::fs::remove_file(entry.path()).map_err(io)?;
+            }
+            report.bytes += size;
+            report.data_files.push((name, size));
+        }
+    }
+    if !dry_run {
+        report.temp_files += store.clear_tmp()?;
+        if let Ok(dir) = std::fs::read_dir(root.join(WORK_DIR).join("tmp")) {
+            for e in dir.flatten() {
+                if std::fs::remove_file(e.path()).is_ok() {
+                    report.temp_files += 1;
+                }
+            }
+        }
+    }
+    Ok(report)
+}

@@ -1,0 +1,117 @@
+//! The command line: clap definitions and dispatch. Only `cli/` and `main.rs` print, read the
+//! environment or use anyhow.
+
+mod inspect;
+mod maintain;
+mod mount;
+pub mod mount_options;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// pond: a filesystem kept in a Delta Lake table. Mount it like any directory; every release of a
+/// written file is a transaction, history can be read back, and a pond replicates by copying its
+/// parquet files as they are.
+///
+/// Exit status: 0 success, 1 `verify` found damage, 2 error.
+#[derive(Parser, Debug)]
+#[command(name = "pond", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create a new, empty pond (a directory that must be absent or empty).
+    Init {
+        pond: PathBuf,
+        /// Content of at most this many bytes is stored inline in the table (default 65536).
+        #[arg(long)]
+        threshold: Option<u64>,
+    },
+    /// Serve a pond through FUSE. Without -f, returns once the mount is live.
+    Mount {
+        pond: PathBuf,
+        mountpoint: PathBuf,
+        /// Stay in the foreground (logs to stderr).
+        #[arg(short = 'f', long)]
+        foreground: bool,
+        /// Comma-separated options: ro, rw, allow_other, threshold=BYTES, version=N, log=FILE, and
+        /// mount(8)'s generic ones (ignored).
+        #[arg(short = 'o', value_name = "OPTS")]
+        options: Vec<String>,
+    },
+    /// Unmount, returning only when everything released is committed.
+    Umount { mountpoint: PathBuf },
+    /// List a directory (or show one entry) without mounting.
+    Ls {
+        pond: PathBuf,
+        path: Option<String>,
+        #[arg(long)]
+        version: Option<u64>,
+    },
+    /// Print a file without mounting.
+    Cat {
+        pond: PathBuf,
+        path: String,
+        #[arg(long)]
+        version: Option<u64>,
+    },
+    /// The history: one line per Delta version (version, time, files changed, bytes, operation).
+    Log { pond: PathBuf },
+    /// Check every hash and reference. Exit 1 with a list when anything is damaged.
+    Verify { pond: String },
+    /// Remove large-file objects and data files that nothing references.
+    Gc {
+        pond: PathBuf,
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+/// Quiet by default; `RUST_LOG` shows more.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        // Mount forks before anything starts a thread, and sets up its own logging.
+        Command::Mount { pond, mountpoint, foreground, options } => mount::mount(&pond, &mountpoint, foreground, &options),
+        command => {
+            init_logging();
+            match command {
+                Command::Init { pond, threshold } => maintain::init(&pond, threshold),
+                Command::Umount { mountpoint } => mount::umount(&mountpoint),
+                Command::Ls { pond, path, version } => inspect::ls(&pond, path.as_deref(), version),
+                Command::Cat { pond, path, version } => inspect::cat(&pond, &path, version),
+                Command::Log { pond } => inspect::log(&pond),
+                Command::Verify { pond } => maintain::verify(&pond),
+                Command::Gc { pond, dry_run } => maintain::gc(&pond, dry_run),
+                Command::Mount { .. } => unreachable!("handled above"),
+            }
+        }
+    }
+}
+
+/// `2026-11-25 09:21:23` (UTC) from nanoseconds since the epoch.
+pub fn format_time(ns: i64) -> String {
+    let secs = ns.div_euclid(1_000_000_000);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Howard Hinnant's days-to-civil.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
+}

@@ -1,0 +1,216 @@
+//! `pond mount` and `pond umount`.
+//!
+//! Without `-f`, mount forks before any thread exists; the child becomes the daemon (new session,
+//! stdio on /dev/null, logs to a file) and reports over a pipe: `ok` once the kernel shows the mount
+//! live, or its error, which the parent prints before exiting non-zero. `umount` unmounts, then
+//! waits for the daemon to release the pond's single-writer lock, which it does only after
+//! committing everything released.
+
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+use pond::fs::{FsError, FsOptions, PondFs, WORK_DIR, WriterLock};
+
+use super::mount_options::{self, MountOptions};
+
+/// Where the kernel shows `mountpoint` mounted with a FUSE type, return the mount's source.
+pub fn fuse_mount_source(mountpoint: &Path) -> Option<String> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let want = mountpoint.to_str()?;
+    for line in text.lines() {
+        // id parent major:minor root mountpoint options [optional...] - fstype source superopts
+        let fields: Vec<&str> = line.split(' ').collect();
+        let Some(sep) = fields.iter().position(|f| *f == "-") else { continue };
+        if fields.get(4).map(|m| unescape(m)) == Some(want.to_string())
+            && fields.get(sep + 1).is_some_and(|t| t.starts_with("fuse"))
+        {
+            return fields.get(sep + 2).map(|s| unescape(s));
+        }
+    }
+    None
+}
+
+/// mountinfo escapes space, tab, newline and backslash as octal.
+fn unescape(s: &str) -> String {
+    let mut out = Vec::new();
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 4 <= b.len() && let Ok(v) = u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 4]).unwrap_or("x"), 8) {
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn check_mountpoint(mountpoint: &Path) -> anyhow::Result<PathBuf> {
+    let canon = std::fs::canonicalize(mountpoint).with_context(|| format!("mountpoint {}", mountpoint.display()))?;
+    if !canon.is_dir() {
+        bail!("mountpoint {} is not a directory", mountpoint.display());
+    }
+    if fuse_mount_source(&canon).is_some() {
+        bail!("mountpoint {} is busy: something is already mounted there", mountpoint.display());
+    }
+    Ok(canon)
+}
+
+fn check_fuse_available() -> anyhow::Result<()> {
+    if !Path::new("/dev/fuse").exists() {
+        bail!("FUSE is not available: /dev/fuse is missing (load the fuse module, or install fuse3)");
+    }
+    Ok(())
+}
+
+pub fn mount(pond: &Path, mountpoint: &Path, foreground: bool, options: &[String]) -> anyhow::Result<ExitCode> {
+    let opts = mount_options::parse(options).map_err(anyhow::Error::msg)?;
+    pond::oplog::check_is_pond(pond)?;
+    let pond = std::fs::canonicalize(pond)?;
+    let mountpoint = check_mountpoint(mountpoint)?;
+    check_fuse_available()?;
+    if foreground {
+        super::init_logging();
+        return serve(&pond, &mountpoint, &opts, None).map(|_| ExitCode::SUCCESS);
+    }
+    let (read_end, write_end) = nix::unistd::pipe()?;
+    // SAFETY: no thread has been started yet in this process (clap parsing only), so the child may
+    // keep running Rust code after fork.
+    match unsafe { nix::unistd::fork() }? {
+        nix::unistd::ForkResult::Parent { .. } => {
+            drop(write_end);
+            // The daemon writes `ok` and keeps running (the pipe stays open), or writes its error
+            // and exits (the pipe closes).
+            let mut pipe = std::fs::File::from(read_end);
+            let mut msg = Vec::new();
+            let mut buf = [0u8; 4096];
+            loop {
+                let n = pipe.read(&mut buf)?;
+                msg.extend_from_slice(&buf[..n]);
+                if msg.starts_with(b"ok") {
+                    return Ok(ExitCode::SUCCESS);
+                }
+                if n == 0 {
+                    break;
+                }
+            }
+            let msg = String::from_utf8_lossy(&msg);
+            if msg.is_empty() {
+                bail!("the mount daemon exited without reporting; see its log");
+            }
+            bail!("{}", msg.trim_start_matches("err ").trim_end())
+        }
+        nix::unistd::ForkResult::Child => {
+            drop(read_end);
+            let code = daemon(&pond, &mountpoint, &opts, write_end);
+            std::process::exit(code)
+        }
+    }
+}
+
+fn daemon(pond: &Path, mountpoint: &Path, opts: &MountOptions, report: OwnedFd) -> i32 {
+    let _ = nix::unistd::setsid();
+    let log_path = opts.log.clone().unwrap_or_else(|| pond.join(WORK_DIR).join("mount.log"));
+    if let Some(dir) = log_path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    redirect_stdio(&log_path);
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    if let Ok(file) = std::fs::OpenOptions::new().create(true).append(true).open(&log_path) {
+        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false).with_writer(Arc::new(file)).try_init();
+    }
+    let mut report = std::fs::File::from(report);
+    match serve(pond, mountpoint, opts, Some(&mut report)) {
+        Ok(()) => 0,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            let _ = write!(report, "err {e:#}");
+            2
+        }
+    }
+}
+
+fn redirect_stdio(log: &Path) {
+    let null = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null");
+    let logf = std::fs::OpenOptions::new().create(true).append(true).open(log);
+    if let (Ok(null), Ok(logf)) = (null, logf) {
+        // SAFETY: dup2 onto the standard descriptors of this (single-threaded) process.
+        unsafe {
+            libc::dup2(null.as_raw_fd(), 0);
+            libc::dup2(logf.as_raw_fd(), 1);
+            libc::dup2(logf.as_raw_fd(), 2);
+        }
+    }
+}
+
+/// Open the pond and serve it until unmounted; `report` gets `ok` once the mount is live.
+fn serve(pond: &Path, mountpoint: &Path, opts: &MountOptions, report: Option<&mut std::fs::File>) -> anyhow::Result<()> {
+    let fs_opts = FsOptions { read_only: opts.read_only, version: opts.version, threshold: opts.threshold };
+    let fs = match PondFs::open(pond, fs_opts) {
+        Ok(fs) => Arc::new(fs),
+        Err(FsError::Busy(lock)) => bail!(
+            "{} is already mounted read-write by another process (lock {lock} is held); \
+             mount it with -o ro, or unmount the other one first",
+            pond.display()
+        ),
+        Err(e) => return Err(anyhow::Error::from(e).context(format!("opening pond {}", pond.display()))),
+    };
+    if let Some(report) = report {
+        let mp = mountpoint.to_path_buf();
+        let mut report = report.try_clone()?;
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                if fuse_mount_source(&mp).is_some() {
+                    let _ = report.write_all(b"ok");
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        });
+    }
+    let cfg = pond::fuse::session::mount_options(fs.is_read_only(), opts.allow_other);
+    let served = pond::fuse::session::serve(fs.clone(), pond, mountpoint, cfg);
+    let shut = fs.shutdown();
+    served.with_context(|| format!("serving {} on {}", pond.display(), mountpoint.display()))?;
+    shut.context("committing at unmount")?;
+    Ok(())
+}
+
+pub fn umount(mountpoint: &Path) -> anyhow::Result<ExitCode> {
+    let canon = std::fs::canonicalize(mountpoint).with_context(|| format!("mountpoint {}", mountpoint.display()))?;
+    let Some(source) = fuse_mount_source(&canon) else {
+        bail!("{} is not a mounted pond", mountpoint.display());
+    };
+    let pond = PathBuf::from(&source);
+    let c = std::ffi::CString::new(canon.as_os_str().as_encoded_bytes())?;
+    // SAFETY: plain syscall on a NUL-terminated path.
+    if unsafe { libc::umount2(c.as_ptr(), 0) } != 0 {
+        let err = std::io::Error::last_os_error();
+        let status = std::process::Command::new("fusermount3").arg("-u").arg(&canon).status();
+        if !status.map(|s| s.success()).unwrap_or(false) {
+            bail!("unmounting {}: {err}", mountpoint.display());
+        }
+    }
+    // The daemon releases the writer lock only after its final commit.
+    if pond.join("_delta_log").is_dir() {
+        let deadline = Instant::now() + Duration::from_secs(600);
+        loop {
+            match WriterLock::acquire(&pond) {
+                Ok(_) => break,
+                Err(FsError::Busy(_)) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+                Err(FsError::Busy(_)) => bail!("the pond daemon is still committing after 10 minutes"),
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

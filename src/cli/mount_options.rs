@@ -1,0 +1,70 @@
+//! `-o` strings to [`MountOptions`]. Each accepted option is listed with what it does; mount(8)'s
+//! generic options are accepted and ignored (they reach us from fstab and systemd); anything else is
+//! an error, so a typo such as `treshold=` is not silently dropped.
+
+use std::path::PathBuf;
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MountOptions {
+    pub read_only: bool,
+    pub allow_other: bool,
+    pub threshold: Option<u64>,
+    pub version: Option<u64>,
+    /// Daemon log file (default: `POND/_pond/mount.log`).
+    pub log: Option<PathBuf>,
+}
+
+/// Options mount(8), fstab and systemd pass that mean nothing to pond.
+const IGNORED: &[&str] = &[
+    "defaults", "rw", "dev", "nodev", "suid", "nosuid", "exec", "noexec", "auto", "noauto", "user", "users",
+    "nouser", "owner", "group", "_netdev", "nofail", "async", "sync", "atime", "noatime", "relatime",
+    "norelatime", "strictatime", "nodiratime", "diratime", "lazytime", "nolazytime", "silent", "loud",
+    "default_permissions",
+];
+
+/// Prefixes of ignored `key` or `key=value` options (`x-systemd.automount`, `comment=...`).
+const IGNORED_PREFIXES: &[&str] = &["x-", "comment=", "context=", "fscontext=", "defcontext=", "rootcontext="];
+
+pub fn parse(options: &[String]) -> Result<MountOptions, String> {
+    let mut out = MountOptions::default();
+    for opt in options.iter().flat_map(|o| o.split(',')).map(str::trim).filter(|o| !o.is_empty()) {
+        let (key, value) = match opt.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (opt, None),
+        };
+        let number = |v: Option<&str>| -> Result<u64, String> {
+            v.ok_or(format!("mount option {key} needs a value ({key}=N)"))?
+                .parse()
+                .map_err(|_| format!("mount option {key}: {:?} is not a whole number", v.unwrap_or("")))
+        };
+        match key {
+            "ro" => out.read_only = true,
+            "allow_other" => out.allow_other = true,
+            "threshold" => out.threshold = Some(number(value)?),
+            "version" => out.version = Some(number(value)?),
+            "log" => out.log = Some(PathBuf::from(value.ok_or("mount option log needs a file (log=FILE)")?)),
+            _ if IGNORED.contains(&opt) => {}
+            _ if IGNORED_PREFIXES.iter().any(|p| opt.starts_with(p)) => {}
+            _ => return Err(format!("unknown mount option {opt:?} (pond takes ro, allow_other, threshold=BYTES, version=N, log=FILE)")),
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pond_options_are_parsed_and_generic_ones_ignored() {
+        let o = parse(&["rw,_netdev,x-systemd.automount,noauto,threshold=4096".into(), "allow_other,version=3".into()]).unwrap();
+        assert_eq!(o, MountOptions { allow_other: true, threshold: Some(4096), version: Some(3), ..Default::default() });
+    }
+
+    #[test]
+    fn unknown_or_malformed_options_are_refused() {
+        assert!(parse(&["treshold=1".into()]).unwrap_err().contains("unknown mount option"));
+        assert!(parse(&["threshold=abc".into()]).unwrap_err().contains("not a whole number"));
+        assert!(parse(&["version".into()]).unwrap_err().contains("needs a value"));
+    }
+}

@@ -1,0 +1,205 @@
+//! The committer: one thread that turns changes in the tree into Delta versions.
+//!
+//! Changes mark keys dirty in the [`Tree`] and wake the committer; it waits a short batching window
+//! (so a burst of releases shares one version), takes a consistent cut of every dirty key, loads any
+//! inline bytes the rows need, and calls `Oplog::commit_batch`. `fsync` asks for an immediate commit and
+//! waits until the generation it saw is committed, or fails with the commit's error. A failed commit
+//! puts its keys back and is retried with back-off. `shutdown` drains everything and joins the thread.
+
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use super::error::FsError;
+use super::tree::{Cut, Tree};
+use crate::oplog::datafile::InlineReader;
+use crate::oplog::schema::{Content, OplogRow};
+use crate::oplog::{CommitSummary, Oplog};
+
+/// How long the committer waits after the first change before cutting, to group releases.
+const BATCH_WINDOW: Duration = Duration::from_millis(20);
+/// Run compaction every this many commits.
+const MAINTAIN_EVERY: u64 = 8;
+/// At shutdown, give up on a commit that keeps failing after this many attempts.
+const SHUTDOWN_ATTEMPTS: u32 = 5;
+
+#[derive(Default)]
+struct State {
+    committed: u64,
+    /// The latest failure: the generation it covered and its error.
+    failed: Option<(u64, FsError)>,
+    wake: bool,
+    urgent: bool,
+    stop: bool,
+    stopped: bool,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    cv: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+pub struct Committer {
+    shared: Arc<Shared>,
+    thread: Mutex<Option<JoinHandle<Result<(), FsError>>>>,
+}
+
+fn lock_tree(tree: &Mutex<Tree>) -> MutexGuard<'_, Tree> {
+    tree.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn clone_err(e: &FsError) -> FsError {
+    match e {
+        FsError::NoSpace => FsError::NoSpace,
+        other => FsError::Io(other.to_string()),
+    }
+}
+
+impl Committer {
+    pub fn start(oplog: Oplog, tree: Arc<Mutex<Tree>>, inline: Arc<InlineReader>, rt: Arc<tokio::runtime::Runtime>) -> Committer {
+        let shared = Arc::new(Shared { state: Mutex::new(State::default()), cv: Condvar::new() });
+        let worker_shared = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("pond-committer".into())
+            .spawn(move || run(oplog, tree, inline, rt, worker_shared))
+            .ok();
+        Committer { shared, thread: Mutex::new(thread) }
+    }
+
+    /// Something changed: commit it soon.
+    pub fn notify(&self) {
+        let mut st = self.shared.lock();
+        if !st.wake {
+            st.wake = true;
+            self.shared.cv.notify_all();
+        }
+    }
+
+    /// Commit now and wait until everything up to `generation` is committed.
+    pub fn wait_for(&self, generation: u64) -> Result<(), FsError> {
+        let mut st = self.shared.lock();
+        st.wake = true;
+        st.urgent = true;
+        self.shared.cv.notify_all();
+        loop {
+            if st.committed >= generation {
+                return Ok(());
+            }
+            if let Some((g, e)) = &st.failed
+                && *g >= generation
+            {
+                return Err(clone_err(e));
+            }
+            if st.stopped {
+                return Err(FsError::Io("the committer has stopped".into()));
+            }
+            st = self.shared.cv.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// Commit everything and stop the thread. Idempotent.
+    pub fn shutdown(&self) -> Result<(), FsError> {
+        {
+            let mut st = self.shared.lock();
+            st.stop = true;
+            st.wake = true;
+            self.shared.cv.notify_all();
+        }
+        let handle = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        match handle {
+            Some(h) => h.join().map_err(|_| FsError::Io("the committer panicked".into()))?,
+            None => Ok(()),
+        }
+    }
+}
+
+fn run(mut oplog: Oplog, tree: Arc<Mutex<Tree>>, inline: Arc<InlineReader>, rt: Arc<tokio::runtime::Runtime>, shared: Arc<Shared>) -> Result<(), FsError> {
+    let mut commits = 0u64;
+    let mut failures = 0u32;
+    let result = loop {
+        let (urgent, stop) = {
+            let mut st = shared.lock();
+            while !st.wake && !st.stop {
+                st = shared.cv.wait(st).unwrap_or_else(|p| p.into_inner());
+            }
+            st.wake = false;
+            (std::mem::take(&mut st.urgent), st.stop)
+        };
+        if !urgent && !stop {
+            std::thread::sleep(BATCH_WINDOW);
+        }
+        let cut = lock_tree(&tree).take_cut();
+        if cut.rows.is_empty() {
+            let mut st = shared.lock();
+            st.committed = st.committed.max(cut.generation);
+            shared.cv.notify_all();
+            if stop {
+                break Ok(());
+            }
+            continue;
+        }
+        let generation = cut.generation;
+        match commit_cut(&mut oplog, &inline, &rt, cut) {
+            Ok((file, rows)) => {
+                failures = 0;
+                lock_tree(&tree).release_committed_bytes(&file, &rows);
+                let mut st = shared.lock();
+                st.committed = st.committed.max(generation);
+                shared.cv.notify_all();
+                drop(st);
+                commits += 1;
+                if commits % MAINTAIN_EVERY == 0
+                    && let Err(e) = rt.block_on(oplog.maintain())
+                {
+                    tracing::warn!("compaction failed (the pond stays correct, only slower): {e}");
+                }
+            }
+            Err((e, rows)) => {
+                failures += 1;
+                tracing::error!("commit failed (attempt {failures}), will retry: {e}");
+                lock_tree(&tree).requeue(&rows);
+                let mut st = shared.lock();
+                st.failed = Some((generation, e));
+                st.wake = true;
+                shared.cv.notify_all();
+                drop(st);
+                if stop && failures >= SHUTDOWN_ATTEMPTS {
+                    break Err(FsError::Io(format!("giving up after {failures} failed commits; uncommitted changes are lost")));
+                }
+                std::thread::sleep(Duration::from_millis(100 * u64::from(failures.min(10))));
+            }
+        }
+    };
+    let mut st = shared.lock();
+    st.stopped = true;
+    shared.cv.notify_all();
+    result
+}
+
+type CommitFailure = (FsError, Vec<OplogRow>);
+
+fn commit_cut(oplog: &mut Oplog, inline: &InlineReader, rt: &tokio::runtime::Runtime, cut: Cut) -> Result<(Arc<str>, Vec<OplogRow>), CommitFailure> {
+    let Cut { mut rows, files_changed, bytes, .. } = cut;
+    // Rows for inline files whose attributes changed need their bytes, read back from the old row.
+    for row in rows.iter_mut() {
+        if let OplogRow::Node { data: Some(d), .. } = row
+            && let Some(Content::Inline { bytes: b @ None, loc: Some(loc), .. }) = &mut d.content
+        {
+            match inline.read(loc) {
+                Ok(v) => *b = Some(v),
+                Err(e) => return Err((FsError::from_commit(&e), rows)),
+            }
+        }
+    }
+    let summary = CommitSummary { operation: "write", files_changed, bytes };
+    match rt.block_on(oplog.commit_batch(rows.clone(), summary)) {
+        Ok(c) => Ok((c.file, rows)),
+        Err(e) => Err((FsError::from_commit(&e), rows)),
+    }
+}

@@ -1,0 +1,288 @@
+//! The filesystem core: POSIX semantics over the oplog and the large-file store, with no FUSE types.
+//!
+//! `PondFs` owns the in-memory [`tree::Tree`] (one mutex: inodes, directories, what changed), the
+//! handle table, per-inode open-file sessions ([`handles::OpenFile`], each with its own mutex, so data
+//! reads and writes never hold the tree lock), and the [`commit_queue::Committer`]. Lock order:
+//! a session's mutex may be held while taking the tree's, never the reverse.
+//!
+//! Write path: the first write or truncate of an open file starts a [`hybrid_writer::HybridWriter`]
+//! from its current content; `flush` (every close), `fsync` and the last `release` finalize it (hash,
+//! and for large content a durable object in `_large_files/`), which makes the content part of the node
+//! and marks it for the next commit. `fsync` then waits for that commit.
+
+pub mod attr;
+pub mod commit_queue;
+pub mod error;
+pub mod handles;
+pub mod hybrid_writer;
+mod ops;
+pub mod tree;
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+
+use crate::config::Threshold;
+use crate::large_files::LargeFileStore;
+use crate::large_files::hash::{Blake3Hash, Sha256Digest};
+use crate::oplog::datafile::InlineReader;
+use crate::oplog::schema::Content;
+use crate::oplog::{Oplog, check_is_pond};
+pub use attr::*;
+use commit_queue::Committer;
+pub use error::FsError;
+use handles::{ContentReader, HandleTable, OpenFile, Session};
+use hybrid_writer::{Finished, HybridWriter};
+use tree::Tree;
+
+/// Pond-private working area (not part of the Delta table): the writer lock and spill files.
+pub const WORK_DIR: &str = "_pond";
+
+/// The content of an empty file.
+pub fn empty_content() -> Content {
+    use sha2::Digest;
+    Content::Inline {
+        bytes: Some(Bytes::new()),
+        loc: None,
+        hash: Blake3Hash(*blake3::hash(b"").as_bytes()),
+        sha256: Sha256Digest(sha2::Sha256::digest(b"").into()),
+    }
+}
+
+/// Hold the pond's single-writer lock (`_pond/lock`, flock) for as long as this lives.
+pub struct WriterLock {
+    _lock: nix::fcntl::Flock<File>,
+}
+
+impl WriterLock {
+    pub fn acquire(root: &Path) -> Result<WriterLock, FsError> {
+        let dir = root.join(WORK_DIR);
+        std::fs::create_dir_all(&dir)?;
+        let path = dir.join("lock");
+        let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path)?;
+        match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => Ok(WriterLock { _lock: lock }),
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => Err(FsError::Busy(path.display().to_string())),
+            Err((_, e)) => Err(FsError::Io(format!("{}: {e}", path.display()))),
+        }
+    }
+}
+
+pub struct PondFs {
+    root: PathBuf,
+    tree: Arc<Mutex<Tree>>,
+    handles: HandleTable,
+    store: LargeFileStore,
+    inline: Arc<InlineReader>,
+    threshold: Threshold,
+    spill_dir: PathBuf,
+    committer: Option<Committer>,
+    version: u64,
+    _lock: Option<WriterLock>,
+    _rt: Arc<tokio::runtime::Runtime>,
+}
+
+impl PondFs {
+    /// Open the pond at `root`. Read-write unless `opts` say otherwise; read-write takes the
+    /// single-writer lock and fails at once with [`FsError::Busy`] if another writer holds it.
+    pub fn open(root: &Path, opts: FsOptions) -> Result<PondFs, FsError> {
+        check_is_pond(root)?;
+        let read_only = opts.read_only || opts.version.is_some();
+        let lock = if read_only { None } else { Some(WriterLock::acquire(root)?) };
+        let rt = Arc::new(
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .thread_name("pond-io")
+                .enable_all()
+                .build()?,
+        );
+        let mut oplog = rt.block_on(Oplog::open(root, opts.version))?;
+        let threshold = opts.threshold.map(Threshold).unwrap_or_else(|| oplog.threshold());
+        let version = oplog.version();
+        let loaded = oplog.load()?;
+        let tree = Arc::new(Mutex::new(Tree::from_rows(loaded)?));
+        let store = LargeFileStore::new(root);
+        let inline = Arc::new(InlineReader::new(root));
+        let spill_dir = root.join(WORK_DIR).join("tmp");
+        let committer = if read_only {
+            None
+        } else {
+            store.create_dirs()?;
+            store.clear_tmp()?;
+            std::fs::create_dir_all(&spill_dir)?;
+            Some(Committer::start(oplog, tree.clone(), inline.clone(), rt.clone()))
+        };
+        Ok(PondFs {
+            root: root.to_path_buf(),
+            tree,
+            handles: HandleTable::default(),
+            store,
+            inline,
+            threshold,
+            spill_dir,
+            committer,
+            version,
+            _lock: lock,
+            _rt: rt,
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The Delta version this filesystem was opened at.
+    pub fn opened_version(&self) -> u64 {
+        self.version
+    }
+
+    pub fn threshold(&self) -> Threshold {
+        self.threshold
+    }
+
+    pub fn is_read_only(&self) -> bool {
+        self.committer.is_none()
+    }
+
+    /// Commit everything released (and every metadata change), then stop committing. Idempotent.
+    pub fn shutdown(&self) -> Result<(), FsError> {
+        match &self.committer {
+            Some(c) => c.shutdown(),
+            None => Ok(()),
+        }
+    }
+
+    /// Wait until every change made so far is committed.
+    pub fn sync_all(&self) -> Result<(), FsError> {
+        let generation = self.lock_tree().generation;
+        match &self.committer {
+            Some(c) => c.wait_for(generation),
+            None => Ok(()),
+        }
+    }
+
+    fn lock_tree(&self) -> MutexGuard<'_, Tree> {
+        self.tree.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn writable(&self) -> Result<&Committer, FsError> {
+        self.committer.as_ref().ok_or(FsError::ReadOnly)
+    }
+
+    fn changed(&self) {
+        if let Some(c) = &self.committer {
+            c.notify();
+        }
+    }
+
+    /// A reader of `ino`'s committed content.
+    fn content_reader(&self, ino: u64) -> Result<ContentReader, FsError> {
+        let content = self.lock_tree().node(ino)?.data.content.clone().ok_or(FsError::IsDir)?;
+        match content {
+            Content::Inline { bytes: Some(b), .. } => Ok(ContentReader::Inline(b)),
+            Content::Inline { loc: Some(loc), .. } => Ok(ContentReader::Inline(self.inline.read(&loc)?)),
+            Content::Inline { .. } => Err(FsError::Corrupt(format!("inode {ino}: inline content has neither bytes nor a location"))),
+            Content::Large { hash, .. } => Ok(ContentReader::Large(Arc::new(self.store.open(&hash)?))),
+        }
+    }
+
+    /// Make sure the session has a writer, starting from the committed content.
+    fn ensure_writer<'a>(&self, ino: u64, s: &'a mut Session) -> Result<&'a mut HybridWriter, FsError> {
+        if s.writer.is_none() {
+            let reader = match s.reader.take() {
+                Some(r) => r,
+                None => self.content_reader(ino)?,
+            };
+            let w = match &reader {
+                ContentReader::Inline(b) => HybridWriter::from_bytes(self.threshold, self.spill_dir.clone(), b)?,
+                ContentReader::Large(r) => HybridWriter::from_large(self.threshold, self.spill_dir.clone(), r)?,
+            };
+            s.writer = Some(w);
+        }
+        s.writer.as_mut().ok_or(FsError::Io("writer vanished".into()))
+    }
+
+    /// Record a write session's new size and times in the tree.
+    fn set_live(&self, ino: u64, size: u64) {
+        let now = crate::oplog::now_ns();
+        if let Ok(node) = self.lock_tree().node_mut(ino) {
+            node.live = Some(tree::Live { size, mtime_ns: now, ctime_ns: now });
+        }
+    }
+
+    /// Turn a dirty session's content into the node's content (durable object first for large
+    /// content) and mark the node for commit.
+    fn finalize(&self, ino: u64, s: &mut Session) -> Result<(), FsError> {
+        if !s.dirty {
+            return Ok(());
+        }
+        let unlinked = self.lock_tree().node(ino).map(|n| n.data.nlink == 0).unwrap_or(true);
+        let Some(w) = s.writer.as_mut() else {
+            s.dirty = false;
+            return Ok(());
+        };
+        if unlinked {
+            s.dirty = false;
+            return Ok(());
+        }
+        let size = w.len();
+        let content = match w.finish(&self.store)? {
+            Finished::Inline { bytes, hash, sha256 } => Content::Inline { bytes: Some(Bytes::from(bytes)), loc: None, hash, sha256 },
+            Finished::Large(put) => Content::Large { hash: put.hash, sha256: put.sha256 },
+        };
+        {
+            let mut t = self.lock_tree();
+            let node = t.node_mut(ino)?;
+            node.data.content = Some(content);
+            node.data.size = size;
+            if let Some(l) = node.live {
+                node.data.mtime_ns = l.mtime_ns;
+                node.data.ctime_ns = l.ctime_ns;
+            }
+            t.touch_content(ino);
+        }
+        s.dirty = false;
+        self.changed();
+        Ok(())
+    }
+
+    /// Attach a new handle to `ino`'s open-file state (creating it), returning the shared state.
+    fn attach(&self, t: &mut Tree, ino: u64) -> Result<Arc<OpenFile>, FsError> {
+        let node = t.node_mut(ino)?;
+        let file = node.open.get_or_insert_with(|| Arc::new(OpenFile::default())).clone();
+        node.open_count += 1;
+        Ok(file)
+    }
+
+    /// Drop a handle's hold on `ino`; the last one drops the open-file state.
+    fn detach(&self, ino: u64) {
+        let mut t = self.lock_tree();
+        if let Ok(node) = t.node_mut(ino) {
+            node.open_count = node.open_count.saturating_sub(1);
+            if node.open_count == 0 {
+                node.open = None;
+                node.live = None;
+            }
+        }
+        t.forget_if_unreferenced(ino);
+    }
+
+    /// Apply `f` to a session of `ino` that exists for the duration of the call (for truncate
+    /// without an open handle), then finalize it.
+    fn with_transient_session<R>(&self, ino: u64, f: impl FnOnce(&Self, &mut Session) -> Result<R, FsError>) -> Result<R, FsError> {
+        let file = {
+            let mut t = self.lock_tree();
+            self.attach(&mut t, ino)?
+        };
+        let result = {
+            let mut s = file.lock();
+            let r = f(self, &mut s);
+            let fin = self.finalize(ino, &mut s);
+            r.and_then(|r| fin.map(|_| r))
+        };
+        self.detach(ino);
+        result
+    }
+}

@@ -1,0 +1,566 @@
+//! The POSIX operations of [`PondFs`], one method each: namespace (lookup, create, mkdir, unlink,
+//! rename, link, symlink), attributes and xattrs, file data (open, read, write, flush, fsync,
+//! release) and directory listing.
+
+use std::sync::Arc;
+
+use super::handles::Handle;
+use super::tree::{Inode, check_name};
+use super::*;
+use crate::oplog::now_ns;
+use crate::oplog::schema::{NodeData, NodeKind};
+
+const S_ISGID: u32 = 0o2000;
+const S_ISUID: u32 = 0o4000;
+
+impl PondFs {
+    pub fn lookup(&self, parent: u64, name: &[u8]) -> Result<Attr, FsError> {
+        let t = self.lock_tree();
+        let ino = t.lookup(parent, name)?;
+        Ok(t.node(ino)?.attr(ino))
+    }
+
+    pub fn getattr(&self, ino: u64) -> Result<Attr, FsError> {
+        Ok(self.lock_tree().node(ino)?.attr(ino))
+    }
+
+    pub fn access(&self, ino: u64, _mask: i32) -> Result<(), FsError> {
+        self.lock_tree().node(ino).map(|_| ())
+    }
+
+    pub fn setattr(&self, ino: u64, req: SetAttr) -> Result<Attr, FsError> {
+        self.writable()?;
+        if let Some(size) = req.size {
+            let kind = self.lock_tree().node(ino)?.data.kind;
+            match kind {
+                NodeKind::File => {}
+                NodeKind::Dir => return Err(FsError::IsDir),
+                _ => return Err(FsError::Invalid("truncate of a special file")),
+            }
+            let handle_file = match req.fh.map(|fh| self.handles.get(fh)) {
+                Some(Ok(h)) => match &*h {
+                    Handle::File { file, .. } => Some(file.clone()),
+                    Handle::Dir { .. } => None,
+                },
+                _ => None,
+            };
+            let open_file = handle_file.or_else(|| self.lock_tree().node(ino).ok().and_then(|n| n.open.clone()));
+            let truncate = |fs: &Self, s: &mut Session| -> Result<(), FsError> {
+                let w = fs.ensure_writer(ino, s)?;
+                w.set_len(size)?;
+                let len = w.len();
+                s.dirty = true;
+                fs.set_live(ino, len);
+                Ok(())
+            };
+            match open_file {
+                Some(file) => truncate(self, &mut file.lock())?,
+                None => self.with_transient_session(ino, truncate)?,
+            }
+        }
+        let now = now_ns();
+        let mut t = self.lock_tree();
+        let node = t.node_mut(ino)?;
+        let d = &mut node.data;
+        if let Some(mode) = req.mode {
+            d.mode = mode & 0o7777;
+        }
+        if req.uid.is_some() || req.gid.is_some() {
+            if let Some(uid) = req.uid {
+                d.uid = uid;
+            }
+            if let Some(gid) = req.gid {
+                d.gid = gid;
+            }
+            // chown clears set-user-ID and (for group-executable files) set-group-ID, as on Linux.
+            if d.kind != NodeKind::Dir && req.mode.is_none() {
+                d.mode &= !S_ISUID;
+                if d.mode & 0o010 != 0 {
+                    d.mode &= !S_ISGID;
+                }
+            }
+        }
+        let resolve = |ts: TimeSet| match ts {
+            TimeSet::Now => now,
+            TimeSet::At(ns) => ns,
+        };
+        if let Some(a) = req.atime {
+            d.atime_ns = resolve(a);
+        }
+        if let Some(m) = req.mtime {
+            d.mtime_ns = resolve(m);
+            if let Some(live) = node.live.as_mut() {
+                live.mtime_ns = d.mtime_ns;
+            }
+        }
+        d.ctime_ns = now;
+        if let Some(live) = node.live.as_mut() {
+            live.ctime_ns = now;
+        }
+        let attr = node.attr(ino);
+        t.touch_node(ino);
+        drop(t);
+        self.changed();
+        Ok(attr)
+    }
+
+    /// Create a node named `name` in `parent`; `make` fills in its data given the parent's inode.
+    fn make_node(&self, parent: u64, name: &[u8], make: impl FnOnce(&Inode) -> NodeData) -> Result<(u64, Attr), FsError> {
+        self.writable()?;
+        check_name(name)?;
+        let now = now_ns();
+        let mut t = self.lock_tree();
+        let p = t.node(parent)?;
+        let dir = p.dir.as_ref().ok_or(FsError::NotDir)?;
+        if p.data.nlink == 0 {
+            return Err(FsError::NotFound); // parent was removed
+        }
+        if dir.entries.contains_key(name) {
+            return Err(FsError::Exists);
+        }
+        let mut data = make(p);
+        data.atime_ns = now;
+        data.mtime_ns = now;
+        data.ctime_ns = now;
+        let dir = (data.kind == NodeKind::Dir).then(tree::Dir::default);
+        let ino = t.alloc_ino();
+        t.nodes.insert(ino, Inode { data, dir, open: None, open_count: 0, live: None });
+        // A new node counts as a changed file in the commit summary.
+        t.touch_content(ino);
+        t.add_entry(parent, name, ino, now)?;
+        let attr = t.node(ino)?.attr(ino);
+        drop(t);
+        self.changed();
+        Ok((ino, attr))
+    }
+
+    fn new_node(kind: NodeKind, perm: u32, caller: Caller, parent: &Inode) -> NodeData {
+        let mut mode = perm & 0o7777;
+        let mut gid = caller.gid;
+        if parent.data.mode & S_ISGID != 0 {
+            // BSD group semantics under a set-group-ID directory, as Linux does.
+            gid = parent.data.gid;
+            if kind == NodeKind::Dir {
+                mode |= S_ISGID;
+            }
+        }
+        NodeData {
+            kind,
+            mode,
+            uid: caller.uid,
+            gid,
+            size: 0,
+            atime_ns: 0,
+            mtime_ns: 0,
+            ctime_ns: 0,
+            nlink: if kind == NodeKind::Dir { 2 } else { 1 },
+            rdev: 0,
+            symlink: None,
+            xattrs: Vec::new(),
+            content: (kind == NodeKind::File).then(empty_content),
+        }
+    }
+
+    pub fn mknod(&self, parent: u64, name: &[u8], kind: NodeKind, perm: u32, rdev: u64, caller: Caller) -> Result<Attr, FsError> {
+        if kind == NodeKind::Dir || kind == NodeKind::Symlink {
+            return Err(FsError::Invalid("mknod of a directory or symlink"));
+        }
+        self.make_node(parent, name, |p| NodeData { rdev, ..Self::new_node(kind, perm, caller, p) }).map(|(_, a)| a)
+    }
+
+    pub fn mkdir(&self, parent: u64, name: &[u8], perm: u32, caller: Caller) -> Result<Attr, FsError> {
+        self.make_node(parent, name, |p| Self::new_node(NodeKind::Dir, perm, caller, p)).map(|(_, a)| a)
+    }
+
+    pub fn symlink(&self, parent: u64, name: &[u8], target: &[u8], caller: Caller) -> Result<Attr, FsError> {
+        if target.is_empty() || target.len() > 4096 || target.contains(&0) {
+            return Err(if target.len() > 4096 { FsError::NameTooLong } else { FsError::Invalid("bad symlink target") });
+        }
+        self.make_node(parent, name, |p| NodeData {
+            size: target.len() as u64,
+            symlink: Some(target.to_vec()),
+            ..Self::new_node(NodeKind::Symlink, 0o777, caller, p)
+        })
+        .map(|(_, a)| a)
+    }
+
+    pub fn readlink(&self, ino: u64) -> Result<Vec<u8>, FsError> {
+        let t = self.lock_tree();
+        let node = t.node(ino)?;
+        node.data.symlink.clone().ok_or(FsError::Invalid("not a symlink"))
+    }
+
+    pub fn create(&self, parent: u64, name: &[u8], perm: u32, flags: i32, caller: Caller) -> Result<(Attr, u64), FsError> {
+        match self.make_node(parent, name, |p| Self::new_node(NodeKind::File, perm, caller, p)) {
+            Ok((ino, attr)) => Ok((attr, self.open_file(ino, flags & !libc::O_TRUNC)?)),
+            Err(FsError::Exists) if flags & libc::O_EXCL == 0 => {
+                let ino = self.lock_tree().lookup(parent, name)?;
+                let fh = self.open_file(ino, flags)?;
+                Ok((self.getattr(ino)?, fh))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    pub fn open_file(&self, ino: u64, flags: i32) -> Result<u64, FsError> {
+        let mode = OpenMode::from_flags(flags);
+        if mode.write || mode.truncate {
+            self.writable()?;
+        }
+        let file = {
+            let mut t = self.lock_tree();
+            match t.node(ino)?.data.kind {
+                NodeKind::Dir => return Err(FsError::IsDir),
+                NodeKind::File => {}
+                _ => return Err(FsError::NotSupported("open of a special file")),
+            }
+            self.attach(&mut t, ino)?
+        };
+        let fh = self.handles.insert(Handle::File { ino, file: file.clone(), mode });
+        if mode.truncate && mode.write {
+            let mut s = file.lock();
+            let truncated = self.ensure_writer(ino, &mut s).and_then(|w| Ok(w.set_len(0)?));
+            if let Err(e) = truncated {
+                drop(s);
+                let _ = self.release(fh);
+                return Err(e);
+            }
+            s.dirty = true;
+            drop(s);
+            self.set_live(ino, 0);
+        }
+        Ok(fh)
+    }
+
+    fn file_handle(&self, fh: u64) -> Result<(u64, Arc<OpenFile>, OpenMode), FsError> {
+        match &*self.handles.get(fh)? {
+            Handle::File { ino, file, mode } => Ok((*ino, file.clone(), *mode)),
+            Handle::Dir { .. } => Err(FsError::IsDir),
+        }
+    }
+
+    pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, FsError> {
+        let (ino, file, _) = self.file_handle(fh)?;
+        let mut s = file.lock();
+        if let Some(w) = s.writer.as_ref() {
+            let len = (size as u64).min(w.len().saturating_sub(offset)) as usize;
+            let mut buf = vec![0u8; len];
+            let mut done = 0;
+            while done < len {
+                let n = w.read_at(offset + done as u64, &mut buf[done..])?;
+                if n == 0 {
+                    break;
+                }
+                done += n;
+            }
+            buf.truncate(done);
+            return Ok(buf);
+        }
+        if s.reader.is_none() {
+            s.reader = Some(self.content_reader(ino)?);
+        }
+        match &s.reader {
+            Some(r) => r.read_at(offset, size),
+            None => Err(FsError::Io("reader vanished".into())),
+        }
+    }
+
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32, FsError> {
+        self.writable()?;
+        let (ino, file, mode) = self.file_handle(fh)?;
+        if !mode.write {
+            return Err(FsError::BadHandle);
+        }
+        let mut s = file.lock();
+        let w = self.ensure_writer(ino, &mut s)?;
+        let at = if mode.append { w.len() } else { offset };
+        w.write_at(at, data)?;
+        let len = w.len();
+        s.dirty = true;
+        self.set_live(ino, len);
+        Ok(data.len() as u32)
+    }
+
+    pub fn flush(&self, fh: u64) -> Result<(), FsError> {
+        let (ino, file, _) = self.file_handle(fh)?;
+        let mut s = file.lock();
+        self.finalize(ino, &mut s)
+    }
+
+    pub fn fsync(&self, fh: u64, _datasync: bool) -> Result<(), FsError> {
+        let (ino, file, _) = self.file_handle(fh)?;
+        {
+            let mut s = file.lock();
+            self.finalize(ino, &mut s)?;
+        }
+        self.sync_all()
+    }
+
+    pub fn release(&self, fh: u64) -> Result<(), FsError> {
+        let handle = self.handles.remove(fh)?;
+        let Handle::File { ino, file, .. } = &*handle else { return Ok(()) };
+        let result = {
+            let mut s = file.lock();
+            self.finalize(*ino, &mut s)
+        };
+        if let Err(e) = &result {
+            tracing::error!(ino, "release could not save the file's last changes: {e}");
+        }
+        self.detach(*ino);
+        result
+    }
+
+    pub fn unlink(&self, parent: u64, name: &[u8]) -> Result<(), FsError> {
+        self.writable()?;
+        let now = now_ns();
+        let mut t = self.lock_tree();
+        let ino = t.lookup(parent, name)?;
+        if t.node(ino)?.dir.is_some() {
+            return Err(FsError::IsDir);
+        }
+        t.remove_entry(parent, name, now)?;
+        t.drop_link(ino, now)?;
+        drop(t);
+        self.changed();
+        Ok(())
+    }
+
+    pub fn rmdir(&self, parent: u64, name: &[u8]) -> Result<(), FsError> {
+        self.writable()?;
+        if name == b"." {
+            return Err(FsError::Invalid("rmdir of ."));
+        }
+        let now = now_ns();
+        let mut t = self.lock_tree();
+        let ino = t.lookup(parent, name)?;
+        if name == b".." || ino == crate::oplog::ROOT_INO {
+            return Err(FsError::NotEmpty);
+        }
+        if !t.dir(ino)?.entries.is_empty() {
+            return Err(FsError::NotEmpty);
+        }
+        t.remove_entry(parent, name, now)?;
+        t.drop_link(ino, now)?;
+        drop(t);
+        self.changed();
+        Ok(())
+    }
+
+    pub fn rename(&self, parent: u64, name: &[u8], new_parent: u64, new_name: &[u8], mode: RenameMode) -> Result<(), FsError> {
+        self.writable()?;
+        check_name(new_name)?;
+        let now = now_ns();
+        let mut t = self.lock_tree();
+        if name == b"." || name == b".." {
+            return Err(FsError::Invalid("rename of . or .."));
+        }
+        let src = t.lookup(parent, name)?;
+        t.dir(new_parent)?;
+        let src_is_dir = t.node(src)?.dir.is_some();
+        let dst = t.dir(new_parent)?.entries.get(new_name).copied();
+        // A directory cannot move into itself or below itself.
+        if src_is_dir && t.is_ancestor(src, new_parent) {
+            return Err(FsError::Invalid("cannot move a directory into itself"));
+        }
+        match (mode, dst) {
+            (RenameMode::NoReplace, Some(_)) => return Err(FsError::Exists),
+            (RenameMode::Exchange, None) => return Err(FsError::NotFound),
+            (RenameMode::Exchange, Some(dst)) => {
+                if t.node(dst)?.dir.is_some() && t.is_ancestor(dst, parent) {
+                    return Err(FsError::Invalid("cannot move a directory into itself"));
+                }
+                if src == dst {
+                    return Ok(());
+                }
+                t.remove_entry(parent, name, now)?;
+                t.remove_entry(new_parent, new_name, now)?;
+                t.add_entry(new_parent, new_name, src, now)?;
+                t.add_entry(parent, name, dst, now)?;
+                for ino in [src, dst] {
+                    t.node_mut(ino)?.data.ctime_ns = now;
+                    t.touch_node(ino);
+                }
+                drop(t);
+                self.changed();
+                return Ok(());
+            }
+            (_, Some(dst)) => {
+                if dst == src {
+                    return Ok(()); // two names of one inode: POSIX says do nothing
+                }
+                let dst_is_dir = t.node(dst)?.dir.is_some();
+                match (src_is_dir, dst_is_dir) {
+                    (true, false) => return Err(FsError::NotDir),
+                    (false, true) => return Err(FsError::IsDir),
+                    (true, true) if !t.dir(dst)?.entries.is_empty() => return Err(FsError::NotEmpty),
+                    _ => {}
+                }
+                t.remove_entry(new_parent, new_name, now)?;
+                t.drop_link(dst, now)?;
+            }
+            (_, None) => {}
+        }
+        t.remove_entry(parent, name, now)?;
+        t.add_entry(new_parent, new_name, src, now)?;
+        t.node_mut(src)?.data.ctime_ns = now;
+        t.touch_node(src);
+        drop(t);
+        self.changed();
+        Ok(())
+    }
+
+    pub fn link(&self, ino: u64, new_parent: u64, new_name: &[u8]) -> Result<Attr, FsError> {
+        self.writable()?;
+        check_name(new_name)?;
+        let now = now_ns();
+        let mut t = self.lock_tree();
+        let node = t.node(ino)?;
+        if node.dir.is_some() {
+            return Err(FsError::NotPermitted);
+        }
+        if node.data.nlink == 0 {
+            return Err(FsError::NotFound);
+        }
+        if node.data.nlink >= 65_000 {
+            return Err(FsError::TooManyLinks);
+        }
+        if t.dir(new_parent)?.entries.contains_key(new_name) {
+            return Err(FsError::Exists);
+        }
+        let node = t.node_mut(ino)?;
+        node.data.nlink += 1;
+        node.data.ctime_ns = now;
+        t.touch_node(ino);
+        t.add_entry(new_parent, new_name, ino, now)?;
+        let attr = t.node(ino)?.attr(ino);
+        drop(t);
+        self.changed();
+        Ok(attr)
+    }
+
+    pub fn opendir(&self, ino: u64) -> Result<u64, FsError> {
+        let t = self.lock_tree();
+        let dir = t.dir(ino)?;
+        let mut entries = Vec::with_capacity(dir.entries.len() + 2);
+        entries.push(DirEntry { ino, kind: NodeKind::Dir, name: b".".to_vec(), offset: 1 });
+        entries.push(DirEntry { ino: dir.parent, kind: NodeKind::Dir, name: b"..".to_vec(), offset: 2 });
+        for (name, &child) in &dir.entries {
+            let kind = t.nodes.get(&child).map(|n| n.data.kind).unwrap_or(NodeKind::File);
+            let offset = entries.len() as i64 + 1;
+            entries.push(DirEntry { ino: child, kind, name: name.clone(), offset });
+        }
+        drop(t);
+        Ok(self.handles.insert(Handle::Dir { entries: Arc::new(entries) }))
+    }
+
+    fn dir_entries(&self, fh: u64) -> Result<Arc<Vec<DirEntry>>, FsError> {
+        match &*self.handles.get(fh)? {
+            Handle::Dir { entries } => Ok(entries.clone()),
+            Handle::File { .. } => Err(FsError::NotDir),
+        }
+    }
+
+    pub fn readdir(&self, fh: u64, offset: i64) -> Result<Vec<DirEntry>, FsError> {
+        let entries = self.dir_entries(fh)?;
+        let start = usize::try_from(offset).unwrap_or(0).min(entries.len());
+        Ok(entries[start..].to_vec())
+    }
+
+    pub fn readdirplus(&self, fh: u64, offset: i64) -> Result<Vec<(DirEntry, Attr)>, FsError> {
+        let entries = self.readdir(fh, offset)?;
+        let t = self.lock_tree();
+        Ok(entries
+            .into_iter()
+            .filter_map(|e| t.nodes.get(&e.ino).map(|n| n.attr(e.ino)).map(|a| (e, a)))
+            .collect())
+    }
+
+    pub fn releasedir(&self, fh: u64) -> Result<(), FsError> {
+        self.handles.remove(fh).map(|_| ())
+    }
+
+    pub fn fsyncdir(&self, ino: u64) -> Result<(), FsError> {
+        self.lock_tree().dir(ino)?;
+        self.sync_all()
+    }
+
+    pub fn statfs(&self) -> Result<StatFs, FsError> {
+        let v = nix::sys::statvfs::statvfs(self.root()).map_err(|e| FsError::Io(e.to_string()))?;
+        let files = self.lock_tree().node_count();
+        Ok(StatFs {
+            blocks: v.blocks() as u64,
+            bfree: v.blocks_free() as u64,
+            bavail: v.blocks_available() as u64,
+            files,
+            ffree: (v.files_available() as u64).max(1 << 20),
+            bsize: v.block_size() as u32,
+            namelen: tree::NAME_MAX as u32,
+            frsize: v.fragment_size() as u32,
+        })
+    }
+
+    fn check_xattr_name(name: &[u8]) -> Result<(), FsError> {
+        if name.is_empty() || name.len() > 255 {
+            return Err(if name.is_empty() { FsError::Invalid("empty xattr name") } else { FsError::Range(255) });
+        }
+        // POSIX ACLs live in system.* attributes; without kernel ACL support for this mount they
+        // would be stored but not enforced, so refuse them and let tools fall back to the mode bits.
+        if name.starts_with(b"system.") {
+            return Err(FsError::NotSupported("system.* attributes (POSIX ACLs)"));
+        }
+        Ok(())
+    }
+
+    pub fn getxattr(&self, ino: u64, name: &[u8]) -> Result<Vec<u8>, FsError> {
+        let t = self.lock_tree();
+        let node = t.node(ino)?;
+        node.data.xattrs.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()).ok_or(FsError::NoXattr)
+    }
+
+    pub fn listxattr(&self, ino: u64) -> Result<Vec<u8>, FsError> {
+        let t = self.lock_tree();
+        let mut out = Vec::new();
+        for (k, _) in &t.node(ino)?.data.xattrs {
+            out.extend_from_slice(k);
+            out.push(0);
+        }
+        Ok(out)
+    }
+
+    pub fn setxattr(&self, ino: u64, name: &[u8], value: &[u8], how: XattrSet) -> Result<(), FsError> {
+        self.writable()?;
+        Self::check_xattr_name(name)?;
+        if value.len() > 64 * 1024 {
+            return Err(FsError::Range(64 * 1024));
+        }
+        let mut t = self.lock_tree();
+        let d = &mut t.node_mut(ino)?.data;
+        match (d.xattrs.iter_mut().find(|(k, _)| k == name), how) {
+            (Some(_), XattrSet::Create) => return Err(FsError::Exists),
+            (None, XattrSet::Replace) => return Err(FsError::NoXattr),
+            (Some((_, v)), _) => *v = value.to_vec(),
+            (None, _) => d.xattrs.push((name.to_vec(), value.to_vec())),
+        }
+        d.ctime_ns = now_ns();
+        t.touch_node(ino);
+        drop(t);
+        self.changed();
+        Ok(())
+    }
+
+    pub fn removexattr(&self, ino: u64, name: &[u8]) -> Result<(), FsError> {
+        self.writable()?;
+        let mut t = self.lock_tree();
+        let d = &mut t.node_mut(ino)?.data;
+        let before = d.xattrs.len();
+        d.xattrs.retain(|(k, _)| k != name);
+        if d.xattrs.len() == before {
+            return Err(FsError::NoXattr);
+        }
+        d.ctime_ns = now_ns();
+        t.touch_node(ino);
+        drop(t);
+        self.changed();
+        Ok(())
+    }
+}

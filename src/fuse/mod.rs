@@ -1,0 +1,506 @@
+//! The FUSE adapter: [`PondFuse`] turns each kernel request into one [`PondFs`] call and its result
+//! into a reply. No filesystem policy lives here: names, flags and modes go to the core as the kernel
+//! sent them, and every [`FsError`] becomes an errno through the one table in [`errno`].
+//!
+//! Decisions taken at this boundary:
+//! - **Capabilities** (`init`): fuser's defaults (async read, big writes, max pages) plus, where the
+//!   kernel offers them, `FUSE_ATOMIC_O_TRUNC` (the core truncates in `open`, so `open(O_TRUNC)` is
+//!   one request instead of a setattr(size 0) followed by open, and no empty intermediate version of
+//!   the file is ever marked for commit), `FUSE_PARALLEL_DIROPS` (the core is thread-safe; lookups
+//!   and readdirs of one directory need not queue behind a slow create in it) and
+//!   `FUSE_DO_READDIRPLUS | FUSE_READDIRPLUS_AUTO` (`ls -l` gets attributes with the listing).
+//!   Not `FUSE_POSIX_LOCKS`/`FUSE_FLOCK_LOCKS`: the kernel then keeps record and flock locks itself,
+//!   which is right for a filesystem with a single daemon. Not `FUSE_WRITEBACK_CACHE`: writes go
+//!   to the core as they happen (it handles `O_APPEND` and owns mtime).
+//! - **Caching**: entry and attribute TTL of 1 s (the daemon is the only writer, so the kernel's
+//!   copy only goes stale through this mount, which updates it). Files opened read-only get
+//!   `FOPEN_KEEP_CACHE`: the page cache stays valid across opens because every change to the
+//!   content comes through this mount's page cache (writes, truncates) and a read-only mount serves
+//!   a fixed snapshot; re-reading a large file then costs no decode or hash. Opens for writing get no
+//!   flag, so the kernel drops the inode's cached pages on such opens (the conservative default).
+//! - **Modes**: the kernel applies the umask before `mknod`/`mkdir`/`create` (no `FUSE_DONT_MASK`),
+//!   so the mode's permission bits go to the core as they are; permissions are enforced by the
+//!   kernel (`default_permissions`).
+
+pub mod attr;
+pub mod errno;
+pub mod session;
+
+use std::ffi::OsStr;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use fuser::{
+    AccessFlags, BsdFileFlags, CopyFileRangeFlags, Errno, FileHandle, Filesystem, FopenFlags, Generation,
+    INodeNo, InitFlags, IoctlFlags, KernelConfig, LockOwner, OpenFlags, PollEvents, PollFlags, PollNotifier,
+    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
+    ReplyIoctl, ReplyLseek, ReplyOpen, ReplyPoll, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
+    WriteFlags,
+};
+
+use crate::fs::{Caller, FsError, PondFs, RenameMode, SetAttr, XattrSet};
+use attr::{file_attr, file_type, mknod_kind, time_set};
+pub use session::{mount_options, serve};
+
+/// How long the kernel may cache entries and attributes.
+pub const TTL: Duration = Duration::from_secs(1);
+/// Inode numbers are never reused while mounted, so every generation is 0.
+const GENERATION: Generation = Generation(0);
+
+/// The `fuser::Filesystem` over a [`PondFs`].
+pub struct PondFuse {
+    fs: Arc<PondFs>,
+}
+
+impl PondFuse {
+    pub fn new(fs: Arc<PondFs>) -> PondFuse {
+        PondFuse { fs }
+    }
+}
+
+/// The errno for a failed operation, logged at debug (errors are normal traffic: ENOENT on lookup).
+fn fail(op: &'static str, e: FsError) -> Errno {
+    let errno = errno::errno(&e);
+    tracing::debug!(op, errno = errno.code(), "{e}");
+    errno
+}
+
+fn caller(req: &Request) -> Caller {
+    Caller { uid: req.uid(), gid: req.gid() }
+}
+
+/// Read-only opens keep the page cache (see the module docs); writable opens do not.
+fn fopen_flags(flags: i32) -> FopenFlags {
+    if flags & libc::O_ACCMODE == libc::O_RDONLY { FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::empty() }
+}
+
+/// The getxattr/listxattr size protocol: size 0 asks for the length, a buffer too small is ERANGE.
+fn reply_xattr(op: &'static str, size: u32, result: Result<Vec<u8>, FsError>, reply: ReplyXattr) {
+    match result {
+        Ok(v) => match u32::try_from(v.len()) {
+            Ok(len) if size == 0 => reply.size(len),
+            Ok(len) if len <= size => reply.data(&v),
+            _ => reply.error(Errno::ERANGE),
+        },
+        Err(e) => reply.error(fail(op, e)),
+    }
+}
+
+fn reply_entry(op: &'static str, result: Result<crate::fs::Attr, FsError>, reply: ReplyEntry) {
+    match result {
+        Ok(a) => reply.entry(&TTL, &file_attr(&a), GENERATION),
+        Err(e) => reply.error(fail(op, e)),
+    }
+}
+
+fn reply_empty(op: &'static str, result: Result<(), FsError>, reply: ReplyEmpty) {
+    match result {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(fail(op, e)),
+    }
+}
+
+impl Filesystem for PondFuse {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
+        for wanted in [
+            InitFlags::FUSE_ATOMIC_O_TRUNC,
+            InitFlags::FUSE_PARALLEL_DIROPS,
+            InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO,
+        ] {
+            if let Err(missing) = config.add_capabilities(wanted) {
+                tracing::debug!("kernel lacks FUSE capability {missing:?}; going without it");
+            }
+        }
+        tracing::debug!(read_only = self.fs.is_read_only(), "FUSE session initialized");
+        Ok(())
+    }
+
+    fn destroy(&mut self) {
+        tracing::debug!("FUSE session ending, committing what was released");
+        if let Err(e) = self.fs.shutdown() {
+            tracing::error!("final commit at unmount failed: {e}");
+        }
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        tracing::debug!(parent = parent.0, ?name, "lookup");
+        reply_entry("lookup", self.fs.lookup(parent.0, name.as_bytes()), reply);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        tracing::debug!(ino = ino.0, fh = fh.map(|f| f.0), "getattr");
+        match self.fs.getattr(ino.0) {
+            Ok(a) => reply.attr(&TTL, &file_attr(&a)),
+            Err(e) => reply.error(fail("getattr", e)),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        tracing::debug!(ino = ino.0, fh = fh.map(|f| f.0), ?mode, ?uid, ?gid, ?size, ?atime, ?mtime, "setattr");
+        let req = SetAttr {
+            mode: mode.map(|m| m & 0o7777),
+            uid,
+            gid,
+            size,
+            atime: atime.map(time_set),
+            mtime: mtime.map(time_set),
+            fh: fh.map(|f| f.0),
+        };
+        match self.fs.setattr(ino.0, req) {
+            Ok(a) => reply.attr(&TTL, &file_attr(&a)),
+            Err(e) => reply.error(fail("setattr", e)),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        tracing::debug!(ino = ino.0, "readlink");
+        match self.fs.readlink(ino.0) {
+            Ok(target) => reply.data(&target),
+            Err(e) => reply.error(fail("readlink", e)),
+        }
+    }
+
+    fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, rdev: u32, reply: ReplyEntry) {
+        tracing::debug!(parent = parent.0, ?name, mode = format_args!("{mode:o}"), rdev, "mknod");
+        let Some(kind) = mknod_kind(mode) else { return reply.error(Errno::EINVAL) };
+        let made = self.fs.mknod(parent.0, name.as_bytes(), kind, mode & 0o7777, attr::dev_t(rdev), caller(req));
+        reply_entry("mknod", made, reply);
+    }
+
+    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, reply: ReplyEntry) {
+        tracing::debug!(parent = parent.0, ?name, mode = format_args!("{mode:o}"), "mkdir");
+        reply_entry("mkdir", self.fs.mkdir(parent.0, name.as_bytes(), mode & 0o7777, caller(req)), reply);
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        tracing::debug!(parent = parent.0, ?name, "unlink");
+        reply_empty("unlink", self.fs.unlink(parent.0, name.as_bytes()), reply);
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        tracing::debug!(parent = parent.0, ?name, "rmdir");
+        reply_empty("rmdir", self.fs.rmdir(parent.0, name.as_bytes()), reply);
+    }
+
+    fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+        tracing::debug!(parent = parent.0, ?link_name, ?target, "symlink");
+        let made = self.fs.symlink(parent.0, link_name.as_bytes(), target.as_os_str().as_bytes(), caller(req));
+        reply_entry("symlink", made, reply);
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        tracing::debug!(parent = parent.0, ?name, newparent = newparent.0, ?newname, flags = flags.bits(), "rename");
+        let mode = if flags.is_empty() {
+            RenameMode::Replace
+        } else if flags == RenameFlags::RENAME_NOREPLACE {
+            RenameMode::NoReplace
+        } else if flags == RenameFlags::RENAME_EXCHANGE {
+            RenameMode::Exchange
+        } else {
+            return reply.error(Errno::EINVAL);
+        };
+        reply_empty("rename", self.fs.rename(parent.0, name.as_bytes(), newparent.0, newname.as_bytes(), mode), reply);
+    }
+
+    fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+        tracing::debug!(ino = ino.0, newparent = newparent.0, ?newname, "link");
+        reply_entry("link", self.fs.link(ino.0, newparent.0, newname.as_bytes()), reply);
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        tracing::debug!(ino = ino.0, flags = format_args!("{:#o}", flags.0), "open");
+        match self.fs.open_file(ino.0, flags.0) {
+            Ok(fh) => reply.opened(FileHandle(fh), fopen_flags(flags.0)),
+            Err(e) => reply.error(fail("open", e)),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        tracing::debug!(ino = ino.0, fh = fh.0, offset, size, "read");
+        match self.fs.read(fh.0, offset, size) {
+            Ok(data) => reply.data(&data),
+            Err(e) => reply.error(fail("read", e)),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        tracing::debug!(ino = ino.0, fh = fh.0, offset, len = data.len(), "write");
+        match self.fs.write(fh.0, offset, data) {
+            Ok(n) => reply.written(n),
+            Err(e) => reply.error(fail("write", e)),
+        }
+    }
+
+    fn flush(&self, _req: &Request, ino: INodeNo, fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+        tracing::debug!(ino = ino.0, fh = fh.0, "flush");
+        reply_empty("flush", self.fs.flush(fh.0), reply);
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        tracing::debug!(ino = ino.0, fh = fh.0, "release");
+        reply_empty("release", self.fs.release(fh.0), reply);
+    }
+
+    fn fsync(&self, _req: &Request, ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
+        tracing::debug!(ino = ino.0, fh = fh.0, datasync, "fsync");
+        reply_empty("fsync", self.fs.fsync(fh.0, datasync), reply);
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        tracing::debug!(ino = ino.0, "opendir");
+        match self.fs.opendir(ino.0) {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Err(e) => reply.error(fail("opendir", e)),
+        }
+    }
+
+    fn readdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        tracing::debug!(ino = ino.0, fh = fh.0, offset, "readdir");
+        match self.fs.readdir(fh.0, offset as i64) {
+            Ok(entries) => {
+                for e in entries {
+                    if reply.add(INodeNo(e.ino), e.offset as u64, file_type(e.kind), OsStr::from_bytes(&e.name)) {
+                        break;
+                    }
+                }
+                reply.ok();
+            }
+            Err(e) => reply.error(fail("readdir", e)),
+        }
+    }
+
+    fn readdirplus(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+        tracing::debug!(ino = ino.0, fh = fh.0, offset, "readdirplus");
+        match self.fs.readdirplus(fh.0, offset as i64) {
+            Ok(entries) => {
+                for (e, a) in entries {
+                    let name = OsStr::from_bytes(&e.name);
+                    if reply.add(INodeNo(e.ino), e.offset as u64, name, &TTL, &file_attr(&a), GENERATION) {
+                        break;
+                    }
+                }
+                reply.ok();
+            }
+            Err(e) => reply.error(fail("readdirplus", e)),
+        }
+    }
+
+    fn releasedir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+        tracing::debug!(ino = ino.0, fh = fh.0, "releasedir");
+        reply_empty("releasedir", self.fs.releasedir(fh.0), reply);
+    }
+
+    fn fsyncdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        tracing::debug!(ino = ino.0, fh = fh.0, "fsyncdir");
+        reply_empty("fsyncdir", self.fs.fsyncdir(ino.0), reply);
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        tracing::debug!("statfs");
+        match self.fs.statfs() {
+            Ok(s) => reply.statfs(s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize),
+            Err(e) => reply.error(fail("statfs", e)),
+        }
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        position: u32,
+        reply: ReplyEmpty,
+    ) {
+        tracing::debug!(ino = ino.0, ?name, len = value.len(), flags, "setxattr");
+        let how = match flags {
+            0 => XattrSet::Any,
+            libc::XATTR_CREATE => XattrSet::Create,
+            libc::XATTR_REPLACE => XattrSet::Replace,
+            _ => return reply.error(Errno::EINVAL),
+        };
+        if position != 0 {
+            return reply.error(Errno::EINVAL);
+        }
+        reply_empty("setxattr", self.fs.setxattr(ino.0, name.as_bytes(), value, how), reply);
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        tracing::debug!(ino = ino.0, ?name, size, "getxattr");
+        reply_xattr("getxattr", size, self.fs.getxattr(ino.0, name.as_bytes()), reply);
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        tracing::debug!(ino = ino.0, size, "listxattr");
+        reply_xattr("listxattr", size, self.fs.listxattr(ino.0), reply);
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        tracing::debug!(ino = ino.0, ?name, "removexattr");
+        reply_empty("removexattr", self.fs.removexattr(ino.0, name.as_bytes()), reply);
+    }
+
+    fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        tracing::debug!(ino = ino.0, mask = mask.bits(), "access");
+        reply_empty("access", self.fs.access(ino.0, mask.bits()), reply);
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        tracing::debug!(parent = parent.0, ?name, mode = format_args!("{mode:o}"), flags = format_args!("{flags:#o}"), "create");
+        match self.fs.create(parent.0, name.as_bytes(), mode & 0o7777, flags, caller(req)) {
+            Ok((a, fh)) => reply.created(&TTL, &file_attr(&a), GENERATION, FileHandle(fh), fopen_flags(flags)),
+            Err(e) => reply.error(fail("create", e)),
+        }
+    }
+
+    // Operations pond does not offer. fuser's defaults answer these too, but log a warning each
+    // time; these answer quietly. ENOSYS makes the kernel remember and fall back to its generic
+    // code (lseek, copy_file_range through read/write, fallocate → EOPNOTSUPP, default poll mask).
+
+    fn ioctl(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _flags: IoctlFlags,
+        cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: ReplyIoctl,
+    ) {
+        tracing::debug!(ino = ino.0, cmd, "ioctl (not supported)");
+        reply.error(Errno::ENOTTY);
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _offset: u64,
+        _length: u64,
+        _mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        tracing::debug!(ino = ino.0, "fallocate (not supported)");
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn lseek(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _offset: i64, _whence: i32, reply: ReplyLseek) {
+        tracing::debug!(ino = ino.0, "lseek (kernel's generic lseek)");
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        ino_in: INodeNo,
+        _fh_in: FileHandle,
+        _offset_in: u64,
+        ino_out: INodeNo,
+        _fh_out: FileHandle,
+        _offset_out: u64,
+        _len: u64,
+        _flags: CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        tracing::debug!(ino_in = ino_in.0, ino_out = ino_out.0, "copy_file_range (kernel copies)");
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn poll(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _ph: PollNotifier,
+        _events: PollEvents,
+        _flags: PollFlags,
+        reply: ReplyPoll,
+    ) {
+        tracing::debug!(ino = ino.0, "poll (default mask)");
+        reply.error(Errno::ENOSYS);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_read_only_opens_keep_the_page_cache() {
+        assert_eq!(fopen_flags(libc::O_RDONLY), FopenFlags::FOPEN_KEEP_CACHE);
+        assert_eq!(fopen_flags(libc::O_RDONLY | libc::O_NOFOLLOW), FopenFlags::FOPEN_KEEP_CACHE);
+        assert_eq!(fopen_flags(libc::O_WRONLY | libc::O_TRUNC), FopenFlags::empty());
+        assert_eq!(fopen_flags(libc::O_RDWR), FopenFlags::empty());
+    }
+}

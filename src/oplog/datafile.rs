@@ -1,0 +1,168 @@
+//! The oplog's parquet data files: writing one durably, reading its rows (without the bulky content
+//! column when only metadata is wanted), and fetching one row's inline content on demand.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_reader::{
+    ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder, RowSelection, RowSelector,
+};
+use parquet::arrow::ProjectionMask;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+use parquet::schema::types::ColumnPath;
+
+use super::error::OplogError;
+use super::schema::{self, OplogRow, RowLoc, col};
+
+/// Rows per row group: small enough that fetching one file's content decodes little, large enough
+/// that a 100,000-row compacted file has few groups.
+const ROWS_PER_GROUP: usize = 8192;
+
+/// Write `rows` as a new parquet data file at `root/name`, fsynced (file and directory) before return.
+/// Returns the file size in bytes.
+pub fn write_data_file(root: &Path, name: &str, rows: &[OplogRow]) -> Result<u64, OplogError> {
+    let path = root.join(name);
+    let batch = schema::rows_to_batch(rows).map_err(|e| OplogError::Encode(e.to_string()))?;
+    let props = WriterProperties::builder()
+        .set_max_row_group_row_count(Some(ROWS_PER_GROUP))
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).unwrap_or_default()))
+        // Content is fetched row by row: small pages keep one fetch from decoding its neighbours.
+        .set_column_data_page_size_limit(ColumnPath::from(col::CONTENT), 64 * 1024)
+        .set_column_dictionary_enabled(ColumnPath::from(col::CONTENT), false)
+        .set_column_statistics_enabled(ColumnPath::from(col::CONTENT), parquet::file::properties::EnabledStatistics::None)
+        .build();
+    let io = |e: std::io::Error| OplogError::Io { path: path.clone(), source: e };
+    let file = File::create(&path).map_err(io)?;
+    let mut w = ArrowWriter::try_new(file, batch.schema(), Some(props)).map_err(|e| OplogError::parquet(&path, e))?;
+    w.write(&batch).map_err(|e| OplogError::parquet(&path, e))?;
+    let mut file = w.into_inner().map_err(|e| OplogError::parquet(&path, e))?;
+    file.flush().map_err(io)?;
+    file.sync_all().map_err(io)?;
+    sync_dir(root)?;
+    let len = file.metadata().map_err(io)?.len();
+    Ok(len)
+}
+
+/// fsync a directory so a rename or create in it is durable.
+pub fn sync_dir(dir: &Path) -> Result<(), OplogError> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| OplogError::Io { path: dir.to_path_buf(), source: e })
+}
+
+/// Read every row of data file `rel` (relative to `root`). With `with_content = false` the inline
+/// content column is skipped and rows carry a [`RowLoc`] instead.
+pub fn read_rows(root: &Path, rel: &Arc<str>, with_content: bool) -> Result<Vec<OplogRow>, OplogError> {
+    let mut rows = Vec::new();
+    for_each_batch(root, rel, with_content, |batch| {
+        rows.extend(batch);
+        Ok(())
+    })?;
+    Ok(rows)
+}
+
+/// Stream the rows of data file `rel` in batches, so a large compacted file never sits in memory whole.
+pub fn for_each_batch(
+    root: &Path,
+    rel: &Arc<str>,
+    with_content: bool,
+    mut f: impl FnMut(Vec<OplogRow>) -> Result<(), OplogError>,
+) -> Result<(), OplogError> {
+    let path = root.join(&**rel);
+    let file = File::open(&path).map_err(|e| OplogError::Io { path: path.clone(), source: e })?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| OplogError::parquet(&path, e))?;
+    let parquet_schema = builder.parquet_schema();
+    let leaves: Vec<usize> = (0..parquet_schema.num_columns())
+        .filter(|&i| with_content || parquet_schema.column(i).path().parts()[0] != col::CONTENT)
+        .collect();
+    let mask = ProjectionMask::leaves(parquet_schema, leaves);
+    let batch_size = if with_content { 256 } else { 8192 };
+    let reader = builder.with_projection(mask).with_batch_size(batch_size).build().map_err(|e| OplogError::parquet(&path, e))?;
+    let mut first = 0u64;
+    for batch in reader {
+        let batch = batch.map_err(|e| OplogError::arrow(&path, e))?;
+        let decoded = schema::batch_to_rows(&batch, rel, first).map_err(|e| OplogError::BadRow { path: path.clone(), source: e })?;
+        first += batch.num_rows() as u64;
+        f(decoded)?;
+    }
+    Ok(())
+}
+
+/// Fetches inline content by [`RowLoc`], caching each data file's footer (files are immutable).
+#[derive(Debug)]
+pub struct InlineReader {
+    root: PathBuf,
+    meta: Mutex<HashMap<Arc<str>, ArrowReaderMetadata>>,
+}
+
+impl InlineReader {
+    pub fn new(root: &Path) -> Self {
+        InlineReader { root: root.to_path_buf(), meta: Mutex::new(HashMap::new()) }
+    }
+
+    fn metadata(&self, rel: &Arc<str>, file: &File, path: &Path) -> Result<ArrowReaderMetadata, OplogError> {
+        let mut cache = self.meta.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(m) = cache.get(rel) {
+            return Ok(m.clone());
+        }
+        let m = ArrowReaderMetadata::load(file, ArrowReaderOptions::new().with_page_index_policy(parquet::file::metadata::PageIndexPolicy::Optional))
+            .map_err(|e| OplogError::parquet(path, e))?;
+        if cache.len() > 4096 {
+            cache.clear();
+        }
+        cache.insert(rel.clone(), m.clone());
+        Ok(m)
+    }
+
+    /// The content bytes of the row at `loc`.
+    pub fn read(&self, loc: &RowLoc) -> Result<Bytes, OplogError> {
+        let path = self.root.join(&*loc.file);
+        let file = File::open(&path).map_err(|e| OplogError::Io { path: path.clone(), source: e })?;
+        let meta = self.metadata(&loc.file, &file, &path)?;
+        let md = meta.metadata();
+        let mut start = 0u64;
+        let mut group = None;
+        for (i, rg) in md.row_groups().iter().enumerate() {
+            let n = rg.num_rows().max(0) as u64;
+            if loc.row < start + n {
+                group = Some((i, loc.row - start));
+                break;
+            }
+            start += n;
+        }
+        let bad = |reason: &str| OplogError::Corrupt { path: path.clone(), reason: reason.to_string() };
+        let (rg, offset) = group.ok_or_else(|| bad("row index past the end of the data file"))?;
+        let schema_descr = md.file_metadata().schema_descr();
+        let leaf = (0..schema_descr.num_columns())
+            .find(|&i| schema_descr.column(i).path().parts()[0] == col::CONTENT)
+            .ok_or_else(|| bad("no content column"))?;
+        let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(file, meta.clone())
+            .with_row_groups(vec![rg])
+            .with_row_selection(RowSelection::from(vec![RowSelector::skip(offset as usize), RowSelector::select(1)]))
+            .with_projection(ProjectionMask::leaves(schema_descr, [leaf]))
+            .with_batch_size(1)
+            .build()
+            .map_err(|e| OplogError::parquet(&path, e))?;
+        for batch in reader {
+            let batch = batch.map_err(|e| OplogError::arrow(&path, e))?;
+            if batch.num_rows() == 0 {
+                continue;
+            }
+            let arr = batch
+                .column(0)
+                .as_any()
+                .downcast_ref::<arrow::array::BinaryArray>()
+                .ok_or_else(|| bad("content column is not binary"))?;
+            use arrow::array::Array;
+            if arr.is_null(0) {
+                return Err(bad("inline file row has no content"));
+            }
+            return Ok(Bytes::copy_from_slice(arr.value(0)));
+        }
+        Err(bad("row not found"))
+    }
+}

@@ -1,0 +1,304 @@
+//! The oplog: the pond's Delta table of node and directory-entry versions.
+//!
+//! Owns creating and opening the table, reading the rows current at a version, committing a batch of
+//! rows as one Delta version (`commit_batch`), and keeping the table healthy (checkpoints through
+//! delta-rs's post-commit hook, compaction of small data files in [`maintenance`]). It knows nothing of
+//! inodes' callers: rows in, rows out.
+
+pub mod datafile;
+pub mod error;
+pub mod history;
+pub mod maintenance;
+pub mod schema;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
+use deltalake::kernel::{Action, Add};
+use deltalake::protocol::{DeltaOperation, SaveMode};
+use deltalake::{DeltaTable, TableProperty};
+use url::Url;
+
+use crate::config::{LARGE_FILE_THRESHOLD, Threshold};
+pub use error::OplogError;
+use schema::{NodeData, NodeKind, OplogRow, RowKey};
+
+/// Table property holding the pond's inline/large threshold in bytes.
+pub const THRESHOLD_PROPERTY: &str = "pond.threshold";
+/// The root directory's inode number.
+pub const ROOT_INO: u64 = 1;
+/// Checkpoint every this many versions, so opening after 10,000 commits replays at most this many JSONs.
+const CHECKPOINT_INTERVAL: &str = "50";
+
+/// What a commit changed, recorded in the Delta commit info and shown by `pond log`.
+#[derive(Clone, Debug, Default)]
+pub struct CommitSummary {
+    pub operation: &'static str,
+    pub files_changed: u64,
+    pub bytes: u64,
+}
+
+/// The outcome of [`Oplog::commit_batch`]: the new version and where each row landed.
+#[derive(Clone, Debug)]
+pub struct Committed {
+    pub version: u64,
+    pub file: Arc<str>,
+}
+
+/// The rows current at one version: for every key, its latest row (tombstones included).
+#[derive(Debug, Default)]
+pub struct LoadedRows {
+    pub version: u64,
+    pub rows: Vec<OplogRow>,
+    pub max_seq: u64,
+    pub max_ino: u64,
+}
+
+/// A pond's Delta table, open for reading or (with the single-writer lock held by the caller) writing.
+pub struct Oplog {
+    root: PathBuf,
+    url: Url,
+    table: DeltaTable,
+    /// Latest committed seq of every key, tombstones included: compaction keeps a row only if it is
+    /// its key's latest. Built by [`Oplog::load`], kept current by [`Oplog::commit_batch`].
+    index: HashMap<RowKey, u64>,
+    commits_since_maintenance: u64,
+}
+
+fn table_url(root: &Path) -> Result<Url, OplogError> {
+    let abs = std::fs::canonicalize(root).map_err(|e| OplogError::Io { path: root.to_path_buf(), source: e })?;
+    Url::from_directory_path(&abs).map_err(|_| OplogError::Corrupt { path: abs, reason: "not an absolute path".into() })
+}
+
+/// A table handle that has not read the log yet (`try_from_url` would, and log an error when there is
+/// no table yet).
+fn unloaded_table(url: &Url) -> Result<DeltaTable, OplogError> {
+    deltalake::DeltaTableBuilder::from_url(url.clone())
+        .and_then(|b| b.build())
+        .map_err(|e| OplogError::delta(url, e))
+}
+
+/// Refuse what is not a pond with a message that says so (and never let delta-rs invent a table).
+pub fn check_is_pond(root: &Path) -> Result<(), OplogError> {
+    if !root.exists() {
+        return Err(OplogError::Missing(root.to_path_buf()));
+    }
+    if !root.join("_delta_log").is_dir() {
+        return Err(OplogError::NotAPond(root.to_path_buf()));
+    }
+    Ok(())
+}
+
+pub(crate) fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+impl Oplog {
+    /// Create a new pond at `root` (absent or an empty directory): the table, then version 1 holding
+    /// the root directory.
+    pub async fn create(root: &Path, threshold: Threshold) -> Result<Oplog, OplogError> {
+        if root.exists() {
+            let mut entries = std::fs::read_dir(root).map_err(|e| OplogError::Io { path: root.to_path_buf(), source: e })?;
+            if entries.next().is_some() {
+                return Err(OplogError::NotEmpty(root.to_path_buf()));
+            }
+        }
+        std::fs::create_dir_all(root).map_err(|e| OplogError::Io { path: root.to_path_buf(), source: e })?;
+        let url = table_url(root)?;
+        let table = unloaded_table(&url)?
+            .create()
+            .with_table_name("pond")
+            .with_comment("pond: one row per node version and per directory-entry version")
+            .with_columns(schema::delta_columns())
+            .with_configuration_property(TableProperty::CheckpointInterval, Some(CHECKPOINT_INTERVAL))
+            .with_configuration_property(TableProperty::EnableExpiredLogCleanup, Some("false"))
+            .with_configuration([(THRESHOLD_PROPERTY, Some(threshold.0.to_string()))])
+            .with_raise_if_key_not_exists(false)
+            .await
+            .map_err(|e| OplogError::delta(&url, e))?;
+        let mut oplog = Oplog { root: root.to_path_buf(), url, table, index: HashMap::new(), commits_since_maintenance: 0 };
+        let now = now_ns();
+        let (uid, gid) = (nix::unistd::geteuid().as_raw(), nix::unistd::getegid().as_raw());
+        let root_row = OplogRow::Node {
+            ino: ROOT_INO,
+            seq: 1,
+            data: Some(NodeData {
+                kind: NodeKind::Dir,
+                mode: 0o755,
+                uid,
+                gid,
+                size: 0,
+                atime_ns: now,
+                mtime_ns: now,
+                ctime_ns: now,
+                nlink: 2,
+                rdev: 0,
+                symlink: None,
+                xattrs: Vec::new(),
+                content: None,
+            }),
+        };
+        oplog
+            .commit_batch(vec![root_row], CommitSummary { operation: "init", files_changed: 1, bytes: 0 })
+            .await?;
+        Ok(oplog)
+    }
+
+    /// Open an existing pond at its latest version, or at `version`.
+    pub async fn open(root: &Path, version: Option<u64>) -> Result<Oplog, OplogError> {
+        check_is_pond(root)?;
+        let url = table_url(root)?;
+        let mut table = unloaded_table(&url)?;
+        match version {
+            None => table.load().await.map_err(|e| OplogError::delta(&url, e))?,
+            Some(v) => {
+                if let Err(e) = table.load_version(v).await {
+                    let mut latest = unloaded_table(&url)?;
+                    latest.load().await.map_err(|e| OplogError::delta(&url, e))?;
+                    let latest_v = latest.version().unwrap_or(0);
+                    if v > latest_v {
+                        return Err(OplogError::NoSuchVersion { asked: v, latest: latest_v });
+                    }
+                    return Err(OplogError::delta(&url, e));
+                }
+            }
+        }
+        Ok(Oplog { root: root.to_path_buf(), url, table, index: HashMap::new(), commits_since_maintenance: 0 })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn version(&self) -> u64 {
+        self.table.version().unwrap_or(0)
+    }
+
+    /// The threshold recorded when the pond was created.
+    pub fn threshold(&self) -> Threshold {
+        let configured = self
+            .table
+            .snapshot()
+            .ok()
+            .and_then(|s| s.metadata().configuration().get(THRESHOLD_PROPERTY).and_then(|v| v.parse().ok()));
+        Threshold(configured.unwrap_or(LARGE_FILE_THRESHOLD))
+    }
+
+    /// The active data files at the loaded version, relative to the root, with their sizes.
+    pub fn data_files(&self) -> Result<Vec<(Arc<str>, u64)>, OplogError> {
+        let snapshot = self.table.snapshot().map_err(|e| OplogError::delta(&self.url, e))?;
+        let mut files = Vec::new();
+        for f in snapshot.log_data().iter() {
+            let path = f.path();
+            let rel: &str = path.as_ref();
+            let rel = safe_relative(rel).ok_or_else(|| OplogError::Corrupt {
+                path: self.root.join("_delta_log"),
+                reason: format!("the log names a data file outside the table: {rel:?}"),
+            })?;
+            files.push((Arc::from(rel), f.size().max(0) as u64));
+        }
+        Ok(files)
+    }
+
+    /// Read the rows current at the loaded version (without inline content: rows carry their location).
+    /// Also (re)builds the committed index used by compaction.
+    pub fn load(&mut self) -> Result<LoadedRows, OplogError> {
+        let files = self.data_files()?;
+        let mut latest: HashMap<RowKey, OplogRow> = HashMap::new();
+        for (rel, _) in &files {
+            for row in datafile::read_rows(&self.root, rel, false)? {
+                let key = row.key();
+                match latest.get(&key) {
+                    Some(old) if old.seq() >= row.seq() => {}
+                    _ => {
+                        latest.insert(key, row);
+                    }
+                }
+            }
+        }
+        let mut loaded = LoadedRows { version: self.version(), ..Default::default() };
+        self.index.clear();
+        for (key, row) in latest {
+            loaded.max_seq = loaded.max_seq.max(row.seq());
+            match &row {
+                OplogRow::Node { ino, .. } => loaded.max_ino = loaded.max_ino.max(*ino),
+                OplogRow::Dirent { child: Some(c), .. } => loaded.max_ino = loaded.max_ino.max(*c),
+                OplogRow::Dirent { .. } => {}
+            }
+            self.index.insert(key, row.seq());
+            loaded.rows.push(row);
+        }
+        loaded.rows.sort_by_key(|r| r.seq());
+        Ok(loaded)
+    }
+
+    /// Commit `rows` as one Delta version. Every large object the rows reference must already be
+    /// durable (`LargeFileStore::put_*` returns only then); the data file is fsynced before the log
+    /// entry is written, and the log entry before this returns.
+    pub async fn commit_batch(&mut self, rows: Vec<OplogRow>, summary: CommitSummary) -> Result<Committed, OplogError> {
+        let first_seq = rows.first().map(|r| r.seq()).unwrap_or(0);
+        let name = format!("part-{first_seq:020}-{}.parquet", uuid::Uuid::new_v4());
+        let size = datafile::write_data_file(&self.root, &name, &rows)?;
+        let add = Add {
+            path: name.clone(),
+            size: size as i64,
+            data_change: true,
+            modification_time: now_ns() / 1_000_000,
+            ..Default::default()
+        };
+        let op = DeltaOperation::Write { mode: SaveMode::Append, partition_by: None, predicate: None };
+        let version = self.commit_actions(vec![Action::Add(add)], op, &summary).await?;
+        for row in &rows {
+            self.index.insert(row.key(), row.seq());
+        }
+        self.commits_since_maintenance += 1;
+        Ok(Committed { version, file: Arc::from(name.as_str()) })
+    }
+
+    async fn commit_actions(&mut self, actions: Vec<Action>, op: DeltaOperation, summary: &CommitSummary) -> Result<u64, OplogError> {
+        let props = CommitProperties::default()
+            .with_cleanup_expired_logs(Some(false))
+            .with_metadata([
+                ("pond.operation".to_string(), serde_json::json!(summary.operation)),
+                ("pond.files_changed".to_string(), serde_json::json!(summary.files_changed)),
+                ("pond.bytes".to_string(), serde_json::json!(summary.bytes)),
+            ]);
+        let snapshot = self.table.snapshot().map_err(|e| OplogError::delta(&self.url, e))?;
+        let finalized = CommitBuilder::from(props)
+            .with_actions(actions)
+            .build(Some(snapshot), self.table.log_store(), op)
+            .await
+            .map_err(|e| OplogError::delta(&self.url, e))?;
+        let version = finalized.version();
+        self.table.state = Some(finalized.snapshot());
+        // object_store's local put does not fsync: make the log entry itself durable.
+        let log_dir = self.root.join("_delta_log");
+        let entry = log_dir.join(format!("{version:020}.json"));
+        std::fs::File::open(&entry)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| OplogError::Io { path: entry.clone(), source: e })?;
+        datafile::sync_dir(&log_dir)?;
+        Ok(version)
+    }
+}
+
+/// A data-file path from the log, accepted only if it stays inside the table: relative, no `..`,
+/// not into `_delta_log`.
+pub fn safe_relative(rel: &str) -> Option<&str> {
+    let p = Path::new(rel);
+    if rel.is_empty() || p.is_absolute() || rel.contains('\\') {
+        return None;
+    }
+    for c in p.components() {
+        match c {
+            std::path::Component::Normal(_) => {}
+            _ => return None,
+        }
+    }
+    Some(rel)
+}
