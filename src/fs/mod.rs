@@ -80,7 +80,9 @@ pub struct PondFs {
     spill_dir: PathBuf,
     committer: Option<Committer>,
     version: u64,
-    _lock: Option<WriterLock>,
+    /// Held from open until `shutdown` has committed everything (umount waits on it).
+    lock: Mutex<Option<WriterLock>>,
+    shut_down: std::sync::atomic::AtomicBool,
     _rt: Arc<tokio::runtime::Runtime>,
 }
 
@@ -124,7 +126,8 @@ impl PondFs {
             spill_dir,
             committer,
             version,
-            _lock: lock,
+            lock: Mutex::new(lock),
+            shut_down: std::sync::atomic::AtomicBool::new(false),
             _rt: rt,
         })
     }
@@ -147,11 +150,15 @@ impl PondFs {
     }
 
     /// Commit everything released (and every metadata change), then stop committing. Idempotent.
+    /// Releases the single-writer lock once done, and refuses changes from then on.
     pub fn shutdown(&self) -> Result<(), FsError> {
-        match &self.committer {
+        self.shut_down.store(true, std::sync::atomic::Ordering::SeqCst);
+        let result = match &self.committer {
             Some(c) => c.shutdown(),
             None => Ok(()),
-        }
+        };
+        self.lock.lock().unwrap_or_else(|p| p.into_inner()).take();
+        result
     }
 
     /// Wait until every change made so far is committed.
@@ -168,6 +175,9 @@ impl PondFs {
     }
 
     fn writable(&self) -> Result<&Committer, FsError> {
+        if self.shut_down.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(FsError::ReadOnly);
+        }
         self.committer.as_ref().ok_or(FsError::ReadOnly)
     }
 
