@@ -1,6 +1,10 @@
 //! The one integration test binary (each extra binary is another slow link with deltalake in the tree).
 
-/// Temp ponds, the mount guard, sizes relative to the threshold, byte comparisons.
+/// Temp ponds, the mount guard, sizes relative to the threshold, trees and byte comparisons.
 mod common;
 /// The filesystem core without FUSE: write path, threshold, POSIX namespace rules, persistence.
 mod core_fs;
+/// Real mounts: errno for each refusal, offsets/append/truncate, rename flags, xattrs, ro/version mounts.
+mod fuse_posix;
+/// Real mounts driven by cp -a, rsync -aH twice, tar, git, save-by-rename; remount keeps everything.
+mod fuse_tools;

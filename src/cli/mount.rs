@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-use pond::fs::{FsError, FsOptions, PondFs, WORK_DIR, WriterLock};
+use pond::fs::{FsError, FsOptions, PondFs, WORK_DIR};
 
 use super::mount_options::{self, MountOptions};
 
@@ -153,6 +153,8 @@ fn redirect_stdio(log: &Path) {
 
 /// Open the pond and serve it until unmounted; `report` gets `ok` once the mount is live.
 fn serve(pond: &Path, mountpoint: &Path, opts: &MountOptions, report: Option<&mut std::fs::File>) -> anyhow::Result<()> {
+    // Held until this process exits, i.e. after the final commit: `pond umount` waits on it.
+    let _alive = MountLock::acquire(pond, mountpoint);
     let fs_opts = FsOptions { read_only: opts.read_only, version: opts.version, threshold: opts.threshold };
     let fs = match PondFs::open(pond, fs_opts) {
         Ok(fs) => Arc::new(fs),
@@ -200,17 +202,47 @@ pub fn umount(mountpoint: &Path) -> anyhow::Result<ExitCode> {
             bail!("unmounting {}: {err}", mountpoint.display());
         }
     }
-    // The daemon releases the writer lock only after its final commit.
-    if pond.join("_delta_log").is_dir() {
-        let deadline = Instant::now() + Duration::from_secs(600);
-        loop {
-            match WriterLock::acquire(&pond) {
-                Ok(_) => break,
-                Err(FsError::Busy(_)) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
-                Err(FsError::Busy(_)) => bail!("the pond daemon is still committing after 10 minutes"),
-                Err(e) => return Err(e.into()),
-            }
+    // The daemon holds its mount lock until it has committed everything and is exiting.
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while MountLock::is_held(&pond, &canon) {
+        if Instant::now() > deadline {
+            bail!("the pond daemon is still committing after 10 minutes");
         }
+        std::thread::sleep(Duration::from_millis(20));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A lock file per mount (`_pond/mounts/<mountpoint, escaped>.lock`), flocked by the daemon for its
+/// whole life, so `pond umount` can wait for exactly that daemon (a pond may have a read-write and
+/// several read-only mounts at once). Best effort: a pond directory the daemon cannot write gets no
+/// lock, and umount then returns once the kernel has dropped the mount.
+struct MountLock {
+    _lock: Option<nix::fcntl::Flock<std::fs::File>>,
+}
+
+impl MountLock {
+    fn path(pond: &Path, mountpoint: &Path) -> PathBuf {
+        let escaped: String = mountpoint.to_string_lossy().chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' }).collect();
+        let hash = blake3::hash(mountpoint.as_os_str().as_encoded_bytes()).to_hex();
+        pond.join(WORK_DIR).join("mounts").join(format!("{escaped}-{}.lock", &hash[..16]))
+    }
+
+    fn acquire(pond: &Path, mountpoint: &Path) -> MountLock {
+        let path = Self::path(pond, mountpoint);
+        let lock = path
+            .parent()
+            .and_then(|d| std::fs::create_dir_all(d).ok())
+            .and_then(|_| std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).ok())
+            .and_then(|f| nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock).ok());
+        MountLock { _lock: lock }
+    }
+
+    fn is_held(pond: &Path, mountpoint: &Path) -> bool {
+        let Ok(f) = std::fs::OpenOptions::new().write(true).open(Self::path(pond, mountpoint)) else { return false };
+        matches!(
+            nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock),
+            Err((_, nix::errno::Errno::EWOULDBLOCK))
+        )
+    }
 }

@@ -154,7 +154,7 @@ fn run(mut oplog: Oplog, tree: Arc<Mutex<Tree>>, inline: Arc<InlineReader>, rt: 
                 shared.cv.notify_all();
                 drop(st);
                 commits += 1;
-                if commits % MAINTAIN_EVERY == 0
+                if commits.is_multiple_of(MAINTAIN_EVERY)
                     && let Err(e) = rt.block_on(oplog.maintain())
                 {
                     tracing::warn!("compaction failed (the pond stays correct, only slower): {e}");

@@ -217,7 +217,7 @@ impl PondFs {
             self.attach(&mut t, ino)?
         };
         let fh = self.handles.insert(Handle::File { ino, file: file.clone(), mode });
-        if mode.truncate && mode.write {
+        if mode.truncate {
             let mut s = file.lock();
             let truncated = self.ensure_writer(ino, &mut s).and_then(|w| Ok(w.set_len(0)?));
             if let Err(e) = truncated {

@@ -180,7 +180,16 @@ impl Filesystem for PondFuse {
         }
     }
 
-    fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, rdev: u32, reply: ReplyEntry) {
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
         tracing::debug!(parent = parent.0, ?name, mode = format_args!("{mode:o}"), rdev, "mknod");
         let Some(kind) = mknod_kind(mode) else { return reply.error(Errno::EINVAL) };
         let made = self.fs.mknod(parent.0, name.as_bytes(), kind, mode & 0o7777, attr::dev_t(rdev), caller(req));
@@ -415,7 +424,9 @@ impl Filesystem for PondFuse {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        tracing::debug!(parent = parent.0, ?name, mode = format_args!("{mode:o}"), flags = format_args!("{flags:#o}"), "create");
+        tracing::debug!(
+            parent = parent.0, ?name, mode = format_args!("{mode:o}"), flags = format_args!("{flags:#o}"), "create"
+        );
         match self.fs.create(parent.0, name.as_bytes(), mode & 0o7777, flags, caller(req)) {
             Ok((a, fh)) => reply.created(&TTL, &file_attr(&a), GENERATION, FileHandle(fh), fopen_flags(flags)),
             Err(e) => reply.error(fail("create", e)),

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod sizes;
+pub mod tree;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
