@@ -4,3 +4,5 @@
 mod common;
 /// The filesystem core without FUSE: write path, threshold, POSIX namespace rules, persistence.
 mod core_fs;
+/// Replication: replicate/restore/verify URL over a directory and S3, resume, tampering, --follow.
+mod replica;

@@ -183,5 +183,5 @@ pub fn verify_remote(url: &str) -> anyhow::Result<pond::audit::VerifyReport> {
     let bar = Bar::new();
     let result = rt.block_on(replica::verify_remote(&remote, bar.clone(), &stop));
     bar.finish();
-    Ok(result.with_context(|| format!("verifying {url}"))?)
+    result.with_context(|| format!("verifying {url}"))
 }

@@ -224,6 +224,17 @@ impl<'a> Replicator<'a> {
         }
         let diverged = |reason: String| ReplicaError::Diverged { url: self.remote.url().to_string(), reason };
         let remote_versions = listing.log_versions();
+        // Same sizes are not same bytes: compare the first entry (the table's identity), then sizes,
+        // then the latest entry both have (where a pond restored from an older version and changed
+        // since would differ).
+        let same_bytes = async |v: u64| -> Result<bool, ReplicaError> {
+            let path = PondFile::Log(v).local_path(&self.root);
+            let local = std::fs::read(&path).map_err(|e| ReplicaError::io(&path, e))?;
+            Ok(self.remote.get_bytes(&PondFile::Log(v)).await? == local)
+        };
+        if remote_versions.first() == Some(&0) && !same_bytes(0).await? {
+            return Err(diverged("it is another pond's replica".into()));
+        }
         for &rv in &remote_versions {
             let local = PondFile::Log(rv).local_path(&self.root);
             match std::fs::metadata(&local) {
@@ -232,17 +243,10 @@ impl<'a> Replicator<'a> {
                 Err(_) => return Err(diverged(format!("it has version {rv}, this pond is at version {version}"))),
             }
         }
-        // Same sizes are not same bytes: compare the first entry (the table's identity) and the
-        // latest one both have (where a restored-then-changed pond would differ).
-        let mut compare: BTreeSet<u64> = remote_versions.first().copied().into_iter().collect();
-        compare.extend(remote_versions.iter().rev().find(|v| **v <= version));
-        for v in compare {
-            let file = PondFile::Log(v);
-            let local = std::fs::read(file.local_path(&self.root)).map_err(|e| ReplicaError::io(file.local_path(&self.root), e))?;
-            if self.remote.get_bytes(&file).await? != local {
-                let what = if v == 0 { "it is another pond's replica".to_string() } else { format!("its version {v} differs") };
-                return Err(diverged(what));
-            }
+        if let Some(&v) = remote_versions.iter().rev().find(|v| **v <= version && **v > 0)
+            && !same_bytes(v).await?
+        {
+            return Err(diverged(format!("its version {v} is not this pond's version {v}")));
         }
         if listing.files.contains_key(&PondFile::LastCheckpoint) {
             self.remote_hint = Some(self.remote.get_bytes(&PondFile::LastCheckpoint).await?);

@@ -56,7 +56,7 @@ pub async fn restore(
     let staging = Staging::create(target)?;
     let fetched = fetch(remote, staging.path(), version, true, &progress, stop).await?;
     progress.begin("verifying", 0, 0);
-    let report = verify(staging.path()).await?;
+    let report = verify(staging.path(), remote).await?;
     if !report.is_clean() {
         return Err(ReplicaError::Damaged(report.damage));
     }
@@ -77,14 +77,21 @@ pub async fn verify_remote(remote: &Remote, progress: Arc<dyn Progress>, stop: &
         .map_err(|e| ReplicaError::io(std::env::temp_dir(), e))?;
     let fetched = fetch(remote, tmp.path(), None, false, &progress, stop).await?;
     progress.begin("verifying", 0, 0);
-    let mut report = verify(tmp.path()).await?;
+    let mut report = verify(tmp.path(), remote).await?;
     report.damage.splice(0..0, fetched.damage);
     Ok(report)
 }
 
-async fn verify(root: &Path) -> Result<VerifyReport, ReplicaError> {
-    let root = root.to_path_buf();
-    blocking(move || Ok(verify_pond(&root)?)).await
+/// Verify the fetched copy at `root`; damage is reported with the remote's names, not the copy's.
+async fn verify(root: &Path, remote: &Remote) -> Result<VerifyReport, ReplicaError> {
+    let copy = root.to_path_buf();
+    let mut report = blocking(move || Ok(verify_pond(&copy)?)).await?;
+    let url = remote.url().trim_end_matches('/');
+    let local = root.to_string_lossy();
+    for d in &mut report.damage {
+        *d = d.replace(&format!("file://{local}"), url).replace(&*local, url);
+    }
+    Ok(report)
 }
 
 /// Restore makes a new pond: the target must be absent or an empty directory.
