@@ -7,6 +7,7 @@ pub mod gc;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::large_files::LargeFileStore;
 use crate::large_files::hash::{Blake3Hash, Sha256Digest, summarize};
@@ -72,23 +73,12 @@ pub fn verify_pond(root: &Path) -> Result<VerifyReport, OplogError> {
         }
     }
     let store = LargeFileStore::new(root);
-    for (hash, (size, sha256, from)) in &refs {
-        match store.open(hash) {
-            Err(e) => report.damage.push(format!("object {hash} (referenced by {from}): {e}")),
-            Ok(reader) => {
-                report.objects += 1;
-                report.object_bytes += reader.size();
-                if reader.size() != *size {
-                    report.damage.push(format!("object {hash}: holds {} bytes but {from} says {size}", reader.size()));
-                }
-                if reader.sha256() != *sha256 {
-                    report.damage.push(format!("object {hash}: SHA-256 {} but {from} records {sha256}", reader.sha256()));
-                }
-                if let Err(errors) = reader.verify() {
-                    report.damage.extend(errors.into_iter().map(|e| format!("object {hash}: {e}")));
-                }
-            }
+    for (opened_size, damage) in check_objects(&store, &refs) {
+        if let Some(size) = opened_size {
+            report.objects += 1;
+            report.object_bytes += size;
         }
+        report.damage.extend(damage);
     }
     match store.list() {
         Ok(all) => report.unreferenced = all.into_iter().filter(|h| !refs.contains_key(h)).collect(),
@@ -96,6 +86,51 @@ pub fn verify_pond(root: &Path) -> Result<VerifyReport, OplogError> {
     }
     check_checkpoints(root, &mut report);
     Ok(report)
+}
+
+/// Check every referenced object (re-hashing is CPU-bound: spread over the cores), in name order.
+/// For each: its content size if it opened, and what is wrong with it.
+fn check_objects(store: &LargeFileStore, refs: &References) -> Vec<(Option<u64>, Vec<String>)> {
+    let items: Vec<_> = refs.iter().collect();
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 4).min(items.len().max(1));
+    let next = AtomicUsize::new(0);
+    let mut checked: Vec<(usize, (Option<u64>, Vec<String>))> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut mine = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some((hash, claimed)) = items.get(i) else { break };
+                        mine.push((i, check_object(store, hash, claimed)));
+                    }
+                    mine
+                })
+            })
+            .collect();
+        // A panicking check must not pass for a clean one.
+        handles.into_iter().flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
+    });
+    checked.sort_by_key(|(i, _)| *i);
+    checked.into_iter().map(|(_, r)| r).collect()
+}
+
+fn check_object(store: &LargeFileStore, hash: &Blake3Hash, (size, sha256, from): &(u64, Sha256Digest, String)) -> (Option<u64>, Vec<String>) {
+    let reader = match store.open(hash) {
+        Err(e) => return (None, vec![format!("object {hash} (referenced by {from}): {e}")]),
+        Ok(reader) => reader,
+    };
+    let mut damage = Vec::new();
+    if reader.size() != *size {
+        damage.push(format!("object {hash}: holds {} bytes but {from} says {size}", reader.size()));
+    }
+    if reader.sha256() != *sha256 {
+        damage.push(format!("object {hash}: SHA-256 {} but {from} records {sha256}", reader.sha256()));
+    }
+    if let Err(errors) = reader.verify() {
+        damage.extend(errors.into_iter().map(|e| format!("object {hash}: {e}")));
+    }
+    (Some(reader.size()), damage)
 }
 
 /// The table as a Delta reader opens it (through checkpoints and `_last_checkpoint`) must list the

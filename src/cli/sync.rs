@@ -133,6 +133,8 @@ fn rate(bytes: u64, elapsed: Duration) -> String {
 }
 
 pub fn replicate(pond: &Path, url: &str, follow: bool) -> anyhow::Result<ExitCode> {
+    // Before the remote is opened: a local remote's directory is created then.
+    pond::oplog::check_is_pond(pond)?;
     let rt = runtime()?;
     let stop = stop_on_signals(&rt)?;
     let remote = Remote::open(url, &aws_settings(), true)?;

@@ -32,6 +32,10 @@ pub enum ReplicaError {
     #[error("{url} holds a different history than this pond: {reason}; replicate to another URL")]
     Diverged { url: String, reason: String },
 
+    /// The remote holds something that is not part of a pond replica: not a place to replicate to.
+    #[error("{url} holds {name:?}, which is not part of a pond replica: replicate into an empty directory or a new prefix")]
+    Foreign { url: String, name: String },
+
     /// The object store failed (network, permissions, a missing bucket...).
     #[error("object store: {0}")]
     Store(#[from] object_store::Error),

@@ -217,10 +217,7 @@ impl<'a> Replicator<'a> {
     async fn check_remote(&mut self, version: u64) -> Result<(), ReplicaError> {
         let listing = self.listing.as_ref().expect("listed before the check");
         if let Some(name) = listing.foreign.first() {
-            return Err(ReplicaError::Diverged {
-                url: self.remote.url().to_string(),
-                reason: format!("it holds {name:?}, which is not part of a pond replica (use an empty directory or prefix)"),
-            });
+            return Err(ReplicaError::Foreign { url: self.remote.url().to_string(), name: name.clone() });
         }
         let diverged = |reason: String| ReplicaError::Diverged { url: self.remote.url().to_string(), reason };
         let remote_versions = listing.log_versions();

