@@ -88,13 +88,15 @@ pub fn verify_pond(root: &Path) -> Result<VerifyReport, OplogError> {
     Ok(report)
 }
 
+/// One object's check: its content size if it opened, and what is wrong with it.
+type ObjectCheck = (Option<u64>, Vec<String>);
+
 /// Check every referenced object (re-hashing is CPU-bound: spread over the cores), in name order.
-/// For each: its content size if it opened, and what is wrong with it.
-fn check_objects(store: &LargeFileStore, refs: &References) -> Vec<(Option<u64>, Vec<String>)> {
+fn check_objects(store: &LargeFileStore, refs: &References) -> Vec<ObjectCheck> {
     let items: Vec<_> = refs.iter().collect();
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 4).min(items.len().max(1));
     let next = AtomicUsize::new(0);
-    let mut checked: Vec<(usize, (Option<u64>, Vec<String>))> = std::thread::scope(|s| {
+    let mut checked: Vec<(usize, ObjectCheck)> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..workers)
             .map(|_| {
                 s.spawn(|| {
@@ -115,7 +117,7 @@ fn check_objects(store: &LargeFileStore, refs: &References) -> Vec<(Option<u64>,
     checked.into_iter().map(|(_, r)| r).collect()
 }
 
-fn check_object(store: &LargeFileStore, hash: &Blake3Hash, (size, sha256, from): &(u64, Sha256Digest, String)) -> (Option<u64>, Vec<String>) {
+fn check_object(store: &LargeFileStore, hash: &Blake3Hash, (size, sha256, from): &(u64, Sha256Digest, String)) -> ObjectCheck {
     let reader = match store.open(hash) {
         Err(e) => return (None, vec![format!("object {hash} (referenced by {from}): {e}")]),
         Ok(reader) => reader,
