@@ -77,7 +77,7 @@ impl Bar {
     fn show_files(&self) {
         let what = self.what.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let (done, total) = (self.files.load(Ordering::Relaxed), self.total.load(Ordering::Relaxed));
-        self.bar.set_message(format!("{what} {done}/{total} files"));
+        self.bar.set_message(format!("{what} {done}/{total} objects"));
     }
 
     fn finish(&self) {

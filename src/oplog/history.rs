@@ -20,14 +20,22 @@ pub struct HistoryEntry {
 /// (checkpoints, `_last_checkpoint`, a writer's staging files) are not log entries and are skipped.
 pub fn log_entries(root: &Path) -> Result<Vec<(u64, PathBuf)>, OplogError> {
     super::check_is_pond(root)?;
+    versions_named(root, log_entry_version)
+}
+
+/// The versions of the checkpoints in `_delta_log`, sorted.
+pub fn checkpoint_versions(root: &Path) -> Result<Vec<u64>, OplogError> {
+    Ok(versions_named(root, checkpoint_version)?.into_iter().map(|(v, _)| v).collect())
+}
+
+/// The files of `_delta_log` whose name `parse` reads as a version, sorted by version.
+fn versions_named(root: &Path, parse: fn(&str) -> Option<u64>) -> Result<Vec<(u64, PathBuf)>, OplogError> {
     let log = root.join("_delta_log");
     let io = |e: std::io::Error| OplogError::Io { path: log.clone(), source: e };
-    let mut versions: Vec<(u64, PathBuf)> = Vec::new();
+    let mut versions = Vec::new();
     for entry in std::fs::read_dir(&log).map_err(io)? {
         let entry = entry.map_err(io)?;
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
-        if let Some(v) = log_entry_version(name) {
+        if let Some(v) = entry.file_name().to_str().and_then(parse) {
             versions.push((v, entry.path()));
         }
     }
@@ -37,28 +45,17 @@ pub fn log_entries(root: &Path) -> Result<Vec<(u64, PathBuf)>, OplogError> {
 
 /// The version of a JSON log entry's file name (`00000000000000000042.json` → 42).
 pub fn log_entry_version(name: &str) -> Option<u64> {
-    let stem = name.strip_suffix(".json")?;
-    (stem.len() == 20 && stem.bytes().all(|b| b.is_ascii_digit())).then(|| stem.parse().ok()).flatten()
+    version_stem(name.strip_suffix(".json")?)
 }
 
 /// The version of a (single-file) checkpoint's name (`00000000000000000049.checkpoint.parquet` → 49).
 pub fn checkpoint_version(name: &str) -> Option<u64> {
-    let stem = name.strip_suffix(".checkpoint.parquet")?;
-    (stem.len() == 20 && stem.bytes().all(|b| b.is_ascii_digit())).then(|| stem.parse().ok()).flatten()
+    version_stem(name.strip_suffix(".checkpoint.parquet")?)
 }
 
-/// The versions of the checkpoints in `_delta_log`, sorted.
-pub fn checkpoint_versions(root: &Path) -> Result<Vec<u64>, OplogError> {
-    let log = root.join("_delta_log");
-    let io = |e: std::io::Error| OplogError::Io { path: log.clone(), source: e };
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(&log).map_err(io)? {
-        if let Some(v) = entry.map_err(io)?.file_name().to_str().and_then(checkpoint_version) {
-            out.push(v);
-        }
-    }
-    out.sort();
-    Ok(out)
+/// Delta's zero-padded 20-digit version.
+fn version_stem(stem: &str) -> Option<u64> {
+    (stem.len() == 20 && stem.bytes().all(|b| b.is_ascii_digit())).then(|| stem.parse().ok()).flatten()
 }
 
 /// Every version whose log entry is present, oldest first.
@@ -128,19 +125,12 @@ pub fn parse_log_entry(text: &str, path: &Path) -> Result<FileActions, OplogErro
     Ok(actions)
 }
 
-/// The file actions of every version 0..=`upto` (every version present when `None`), oldest first.
-/// Fails if an entry in that range is missing, so callers never act on a partial picture.
-pub fn file_actions(root: &Path, upto: Option<u64>) -> Result<Vec<(u64, FileActions)>, OplogError> {
+/// The file actions of every version, oldest first. Fails if an entry is missing, so callers never
+/// act on a partial picture.
+pub fn file_actions(root: &Path) -> Result<Vec<(u64, FileActions)>, OplogError> {
     let log = root.join("_delta_log");
-    let mut entries = log_entries(root)?;
-    if let Some(upto) = upto {
-        entries.retain(|(v, _)| *v <= upto);
-        if entries.last().map(|(v, _)| *v) != Some(upto) {
-            return Err(OplogError::Corrupt { path: log, reason: format!("log entry for version {upto} is missing") });
-        }
-    }
-    let mut out = Vec::with_capacity(entries.len());
-    for (expected, (version, path)) in entries.into_iter().enumerate() {
+    let mut out = Vec::new();
+    for (expected, (version, path)) in log_entries(root)?.into_iter().enumerate() {
         if version != expected as u64 {
             return Err(OplogError::Corrupt { path: log, reason: format!("log entry for version {expected} is missing") });
         }
@@ -150,27 +140,26 @@ pub fn file_actions(root: &Path, upto: Option<u64>) -> Result<Vec<(u64, FileActi
     Ok(out)
 }
 
-/// Every data file that versions 0..=`upto` add (all versions when `None`; history included:
-/// compaction removes files from the latest version, but older versions still read them), with the
-/// size the log records. Fails if the log has a gap or names a path outside the table, so callers
-/// that delete (gc) never act on a partial picture.
-pub fn referenced_data_files_upto(root: &Path, upto: Option<u64>) -> Result<BTreeMap<String, u64>, OplogError> {
+/// Every data file that `actions` add (history included: compaction removes files from the latest
+/// version, but older versions still read them), with the size the log records. Fails if the log
+/// names a path outside the table, so callers that delete (gc) never act on a partial picture.
+pub fn added_files(root: &Path, actions: &[(u64, FileActions)]) -> Result<BTreeMap<String, u64>, OplogError> {
     let mut files = BTreeMap::new();
-    for (version, actions) in file_actions(root, upto)? {
-        for (p, size) in actions.added {
-            let rel = super::safe_relative(&p).ok_or_else(|| OplogError::Corrupt {
+    for (version, a) in actions {
+        for (p, size) in &a.added {
+            let rel = super::safe_relative(p).ok_or_else(|| OplogError::Corrupt {
                 path: root.join("_delta_log").join(format!("{version:020}.json")),
                 reason: format!("the log names a data file outside the table: {p:?}"),
             })?;
-            files.insert(rel.to_string(), size);
+            files.insert(rel.to_string(), *size);
         }
     }
     Ok(files)
 }
 
-/// [`referenced_data_files_upto`] over every version, names only.
+/// Every data file that any version adds ([`added_files`] of the whole log), names only.
 pub fn referenced_data_files(root: &Path) -> Result<BTreeSet<String>, OplogError> {
-    Ok(referenced_data_files_upto(root, None)?.into_keys().collect())
+    Ok(added_files(root, &file_actions(root)?)?.into_keys().collect())
 }
 
 /// The active data files after each version in `at`, replaying adds and removes: what a Delta
