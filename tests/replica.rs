@@ -501,9 +501,17 @@ fn restore_refuses_a_non_empty_target_and_replicate_refuses_another_ponds_remote
     assert_eq!(std::fs::read(target.join("keep.txt")).unwrap(), b"mine");
     assert_eq!(std::fs::read_dir(&target).unwrap().count(), 1);
     assert_no_staging_left(&target);
-    // An empty directory is a fine target.
+    // An empty directory is a fine target; what a killed restore to it left (its process is gone) goes.
     let empty = a.scratch("empty");
+    let stale = a.dir.path().join("empty.restore-tmp-999999999");
+    std::fs::create_dir_all(stale.join("_delta_log")).unwrap();
     pond_ok(&["restore", s(&remote), s(&empty)]);
+    assert!(!stale.exists(), "a dead restore's staging directory is removed");
+    assert_no_staging_left(&empty);
+
+    let inside = pond(&["replicate", a.path(), s(&a.root.join("backup"))]);
+    assert!(String::from_utf8_lossy(&inside.stderr).contains("contain one another"), "a remote inside the pond is refused");
+    assert!(!a.root.join("backup").join("_delta_log").exists());
 
     let b = TestPond::new();
     let before = remote_files(&remote);

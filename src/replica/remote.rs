@@ -1,12 +1,18 @@
 //! `Remote`: where a replica lives, as an [`ObjectStore`] opened from a URL — a path or
-//! `file:///path` (object_store's `LocalFileSystem`, which writes to a staging name and renames, so
-//! a file appears whole or not at all) or `s3://bucket/prefix` (`AmazonS3`, where a put or a
-//! completed multipart upload is atomic). It lists with sizes, streams a local file up, and
-//! streams an object down to a file, all in bounded memory; it knows nothing of versions.
+//! `file:///path` (object_store's `LocalFileSystem`) or `s3://bucket/prefix` (`AmazonS3`). It
+//! lists with sizes, streams a local file up, and streams an object down to a file, all in bounded
+//! memory; it knows nothing of versions.
 //!
-//! Memory: a file above [`PART_SIZE`] goes up as a multipart upload of `PART_SIZE` parts with at
-//! most [`PARTS_IN_FLIGHT`] in flight, one more being read: `3 × 8 MiB` per file at most. Smaller
-//! files are read whole and put in one request.
+//! Every upload appears whole or not at all: on S3 a put or a completed multipart upload is atomic;
+//! into a directory, a file is copied to a staging name (`<name>#<digits>`, which listings ignore)
+//! and renamed. That directory upload is done here with copy_file_range rather than through
+//! `LocalFileSystem::put` (same staging-and-rename scheme, but every byte through user space):
+//! see [`put_local`]. Downloads from a directory are copied the same way.
+//!
+//! Memory: a file above [`PART_SIZE`] goes to S3 as a multipart upload of `PART_SIZE` parts with
+//! at most [`PARTS_IN_FLIGHT`] in flight and one more being read: `3 × 8 MiB` per file at most;
+//! smaller files are read whole and put in one request. Downloads are written in steps of at most
+//! `PART_SIZE`.
 
 use std::collections::BTreeMap;
 use std::io::Read;
