@@ -5,3 +5,4 @@ pub mod fs;
 pub mod fuse;
 pub mod large_files;
 pub mod oplog;
+pub mod replica;

@@ -8,3 +8,5 @@ mod core_fs;
 mod fuse_posix;
 /// Real mounts driven by cp -a, rsync -aH twice, tar, git, save-by-rename; remount keeps everything.
 mod fuse_tools;
+/// Replication: replicate/restore/verify URL over a directory and S3, resume, tampering, --follow.
+mod replica;

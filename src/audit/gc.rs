@@ -9,7 +9,6 @@ use std::sync::Arc;
 use crate::fs::{FsError, WORK_DIR, WriterLock};
 use crate::large_files::LargeFileStore;
 use crate::large_files::hash::Blake3Hash;
-use crate::oplog::schema::{Content, OplogRow};
 use crate::oplog::{OplogError, datafile, history};
 
 #[derive(Debug, Default)]
@@ -47,17 +46,9 @@ pub fn collect_garbage(root: &Path, dry_run: bool) -> Result<GcReport, GcError> 
             // A version needs this file and it is gone: keep everything, say so.
             return Err(GcError::Unsafe(format!("data file {rel} is missing; run `pond verify`")));
         }
-        datafile::for_each_batch(root, &rel, false, |rows| {
-            for row in rows {
-                if let OplogRow::Node { data: Some(d), .. } = row
-                    && let Some(Content::Large { hash, .. }) = d.content
-                {
-                    referenced.insert(hash);
-                }
-            }
-            Ok(())
-        })
-        .map_err(|e| GcError::Unsafe(format!("cannot read {rel}: {e}")))?;
+        let objects = datafile::large_objects(root, &rel)
+            .map_err(|e| GcError::Unsafe(format!("cannot read {rel}: {e}")))?;
+        referenced.extend(objects.into_iter().map(|(hash, _, _)| hash));
     }
     let mut report = GcReport::default();
     let store = LargeFileStore::new(root);

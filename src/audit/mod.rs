@@ -4,14 +4,16 @@
 
 pub mod gc;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::large_files::LargeFileStore;
-use crate::large_files::hash::{Blake3Hash, summarize};
+use crate::large_files::hash::{Blake3Hash, Sha256Digest, summarize};
 use crate::oplog::schema::{Content, OplogRow};
-use crate::oplog::{OplogError, check_is_pond, datafile, history};
+use crate::oplog::history::FileActions;
+use crate::oplog::{Oplog, OplogError, check_is_pond, datafile, history};
 
 /// What `pond verify` found. Damage lines name the file, row, object or chunk.
 #[derive(Debug, Default)]
@@ -33,27 +35,33 @@ impl VerifyReport {
     }
 }
 
-/// Which object each large-file row references, and the size the row claims.
-type References = BTreeMap<Blake3Hash, (u64, String)>;
+/// Which object each large-file row references: the size and SHA-256 the row records, and where.
+type References = BTreeMap<Blake3Hash, (u64, Sha256Digest, String)>;
 
 /// Check the pond at `root`. `Err` only when `root` is not a pond at all; damage is in the report.
 pub fn verify_pond(root: &Path) -> Result<VerifyReport, OplogError> {
     check_is_pond(root)?;
     let mut report = VerifyReport::default();
-    match history::read_history(root) {
-        Ok(h) => report.versions = h.len() as u64,
+    match history::log_entries(root) {
+        Ok(entries) => report.versions = entries.len() as u64,
         Err(e) => report.damage.push(format!("log: {e}")),
     }
-    let files = match history::referenced_data_files(root) {
-        Ok(f) => f,
-        Err(e) => {
-            report.damage.push(format!("log: {e}"));
-            Default::default()
-        }
-    };
+    let actions = history::file_actions(root).unwrap_or_else(|e| {
+        report.damage.push(format!("log: {e}"));
+        Vec::new()
+    });
+    let files = history::added_files(root, &actions).unwrap_or_else(|e| {
+        report.damage.push(format!("log: {e}"));
+        Default::default()
+    });
     let mut refs = References::new();
-    for rel in &files {
+    for (rel, logged_size) in &files {
         report.data_files += 1;
+        if let Ok(m) = std::fs::metadata(root.join(rel))
+            && m.len() != *logged_size
+        {
+            report.damage.push(format!("data file {rel}: {} bytes, but the log records {logged_size}", m.len()));
+        }
         let rel: Arc<str> = Arc::from(rel.as_str());
         let checked = datafile::for_each_batch(root, &rel, true, |rows| {
             for row in rows {
@@ -67,26 +75,126 @@ pub fn verify_pond(root: &Path) -> Result<VerifyReport, OplogError> {
         }
     }
     let store = LargeFileStore::new(root);
-    for (hash, (size, from)) in &refs {
-        match store.open(hash) {
-            Err(e) => report.damage.push(format!("object {hash} (referenced by {from}): {e}")),
-            Ok(reader) => {
-                report.objects += 1;
-                report.object_bytes += reader.size();
-                if reader.size() != *size {
-                    report.damage.push(format!("object {hash}: holds {} bytes but {from} says {size}", reader.size()));
-                }
-                if let Err(errors) = reader.verify() {
-                    report.damage.extend(errors.into_iter().map(|e| format!("object {hash}: {e}")));
-                }
-            }
+    for (opened_size, damage) in check_objects(&store, &refs) {
+        if let Some(size) = opened_size {
+            report.objects += 1;
+            report.object_bytes += size;
         }
+        report.damage.extend(damage);
     }
     match store.list() {
         Ok(all) => report.unreferenced = all.into_iter().filter(|h| !refs.contains_key(h)).collect(),
         Err(e) => report.damage.push(format!("_large_files: {e}")),
     }
+    check_checkpoints(root, &actions, &mut report);
     Ok(report)
+}
+
+/// One object's check: its content size if it opened, and what is wrong with it.
+type ObjectCheck = (Option<u64>, Vec<String>);
+
+/// Check every referenced object (re-hashing is CPU-bound: spread over the cores), in name order.
+fn check_objects(store: &LargeFileStore, refs: &References) -> Vec<ObjectCheck> {
+    let items: Vec<_> = refs.iter().collect();
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 4).min(items.len().max(1));
+    let next = AtomicUsize::new(0);
+    let mut checked: Vec<(usize, ObjectCheck)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut mine = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some((hash, claimed)) = items.get(i) else { break };
+                        mine.push((i, check_object(store, hash, claimed)));
+                    }
+                    mine
+                })
+            })
+            .collect();
+        // A panicking check must not pass for a clean one.
+        handles.into_iter().flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
+    });
+    checked.sort_by_key(|(i, _)| *i);
+    checked.into_iter().map(|(_, r)| r).collect()
+}
+
+fn check_object(store: &LargeFileStore, hash: &Blake3Hash, (size, sha256, from): &(u64, Sha256Digest, String)) -> ObjectCheck {
+    let reader = match store.open(hash) {
+        Err(e) => return (None, vec![format!("object {hash} (referenced by {from}): {e}")]),
+        Ok(reader) => reader,
+    };
+    let mut damage = Vec::new();
+    if reader.size() != *size {
+        damage.push(format!("object {hash}: holds {} bytes but {from} says {size}", reader.size()));
+    }
+    if reader.sha256() != *sha256 {
+        damage.push(format!("object {hash}: SHA-256 {} but {from} records {sha256}", reader.sha256()));
+    }
+    if let Err(errors) = reader.verify() {
+        damage.extend(errors.into_iter().map(|e| format!("object {hash}: {e}")));
+    }
+    (Some(reader.size()), damage)
+}
+
+/// The table as a Delta reader opens it (through checkpoints and `_last_checkpoint`) must list the
+/// same data files as replaying the JSON entries does: checkpoints are derived data, and a damaged or
+/// forged one would show another tree without any hash noticing. Checked at every checkpoint's
+/// version and at the latest version.
+fn check_checkpoints(root: &Path, actions: &[(u64, FileActions)], report: &mut VerifyReport) {
+    // No actions: the log did not replay, which is reported already.
+    let Some(latest) = actions.last().map(|(v, _)| *v) else { return };
+    let mut at: BTreeSet<u64> = match history::checkpoint_versions(root) {
+        Ok(v) => v.into_iter().collect(),
+        Err(e) => {
+            report.damage.push(format!("log: {e}"));
+            return;
+        }
+    };
+    for c in at.iter().filter(|c| **c > latest) {
+        report.damage.push(format!("log: checkpoint for version {c}, but the log ends at version {latest}"));
+    }
+    at.retain(|c| *c <= latest);
+    at.insert(latest);
+    let expected = history::replay_active_files(actions, &at);
+    // Opening is async: give it a runtime on a thread of its own, so any caller (inside a runtime or
+    // not) can verify.
+    let opened = std::thread::scope(|s| {
+        s.spawn(|| {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let open = |v: u64| -> Result<(u64, BTreeSet<String>), OplogError> {
+                let oplog = rt.block_on(Oplog::open(root, (v != latest).then_some(v)))?;
+                let files = oplog.data_files()?.into_iter().map(|(p, _)| p.to_string()).collect();
+                Ok((oplog.version(), files))
+            };
+            Ok::<_, std::io::Error>(at.iter().map(|&v| (v, open(v))).collect::<Vec<_>>())
+        })
+        .join()
+    });
+    let opened = match opened {
+        Ok(Ok(opened)) => opened,
+        Ok(Err(e)) => return report.damage.push(format!("log: cannot open the table to check checkpoints: {e}")),
+        Err(_) => return report.damage.push("log: opening the table to check checkpoints panicked".into()),
+    };
+    for (v, result) in opened {
+        // Every checked version is in the replayed log (no gaps, at most the latest).
+        let Some(want) = expected.get(&v) else { continue };
+        match result {
+            Err(e) => report.damage.push(format!("log: the table does not open at version {v}: {e}")),
+            Ok((got_version, _)) if got_version != v => {
+                report.damage.push(format!("log: opening version {v} gives version {got_version} (check _last_checkpoint)"))
+            }
+            Ok((_, files)) if files != *want => {
+                let extra: Vec<_> = files.difference(want).take(3).collect();
+                let lacking: Vec<_> = want.difference(&files).take(3).collect();
+                report.damage.push(format!(
+                    "log: at version {v} the checkpoint lists other data files than the log entries do \
+                     (only in the checkpoint: {extra:?}; only in the entries: {lacking:?})"
+                ));
+            }
+            Ok(_) => {}
+        }
+    }
 }
 
 fn check_row(rel: &str, row: &OplogRow, report: &mut VerifyReport, refs: &mut References) {
@@ -104,8 +212,8 @@ fn check_row(rel: &str, row: &OplogRow, report: &mut VerifyReport, refs: &mut Re
         Some(Content::Inline { bytes: None, .. }) => {
             report.damage.push(format!("data file {rel}: inode {ino}: inline content missing"));
         }
-        Some(Content::Large { hash, .. }) => {
-            refs.entry(*hash).or_insert_with(|| (d.size, format!("inode {ino} in {rel}")));
+        Some(Content::Large { hash, sha256 }) => {
+            refs.entry(*hash).or_insert_with(|| (d.size, *sha256, format!("inode {ino} in {rel}")));
         }
         None => {}
     }

@@ -5,6 +5,7 @@ mod inspect;
 mod maintain;
 mod mount;
 pub mod mount_options;
+mod sync;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -62,13 +63,37 @@ pub enum Command {
     },
     /// The history: one line per Delta version (version, time, files changed, bytes, operation).
     Log { pond: PathBuf },
-    /// Check every hash and reference. Exit 1 with a list when anything is damaged.
-    Verify { pond: String },
+    /// Check every hash and reference of a pond, or of a replica given by URL (file:// or s3://,
+    /// fetched into a temporary directory under $TMPDIR). Exit 1 with a list when anything is damaged.
+    Verify {
+        /// A pond directory, or a replica's URL.
+        #[arg(value_name = "POND|URL")]
+        pond: String,
+    },
     /// Remove large-file objects and data files that nothing references.
     Gc {
         pond: PathBuf,
         #[arg(long)]
         dry_run: bool,
+    },
+    /// Push the committed pond to a remote, sending only what it lacks; run it again to resume.
+    ///
+    /// URL: a path, file:///path or s3://bucket/prefix (credentials, AWS_REGION, AWS_ENDPOINT_URL and
+    /// AWS_ALLOW_HTTP from the environment). Ends with one summary line.
+    Replicate {
+        pond: PathBuf,
+        url: String,
+        /// Keep shipping new versions as they commit, until SIGINT/SIGTERM.
+        #[arg(long)]
+        follow: bool,
+    },
+    /// Make a new pond from a remote replica, verified before it appears. POND must be absent or empty.
+    Restore {
+        url: String,
+        pond: PathBuf,
+        /// Restore this version (the restored pond's latest version is N).
+        #[arg(long, value_name = "N")]
+        version: Option<u64>,
     },
 }
 
@@ -92,6 +117,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Command::Log { pond } => inspect::log(&pond),
                 Command::Verify { pond } => maintain::verify(&pond),
                 Command::Gc { pond, dry_run } => maintain::gc(&pond, dry_run),
+                Command::Replicate { pond, url, follow } => sync::replicate(&pond, &url, follow),
+                Command::Restore { url, pond, version } => sync::restore(&url, &pond, version),
                 Command::Mount { .. } => unreachable!("handled above"),
             }
         }

@@ -18,7 +18,8 @@ use parquet::file::properties::WriterProperties;
 use parquet::schema::types::ColumnPath;
 
 use super::error::OplogError;
-use super::schema::{self, OplogRow, RowLoc, col};
+use super::schema::{self, Content, OplogRow, RowLoc, col};
+use crate::large_files::hash::{Blake3Hash, Sha256Digest};
 
 /// Rows per row group: small enough that fetching one file's content decodes little, large enough
 /// that a 100,000-row compacted file has few groups.
@@ -90,6 +91,23 @@ pub fn for_each_batch(
         f(decoded)?;
     }
     Ok(())
+}
+
+/// The large objects that the rows of data file `rel` reference: (object name, content size the row
+/// records, its SHA-256), one entry per row, read without the inline content column.
+pub fn large_objects(root: &Path, rel: &Arc<str>) -> Result<Vec<(Blake3Hash, u64, Sha256Digest)>, OplogError> {
+    let mut out = Vec::new();
+    for_each_batch(root, rel, false, |rows| {
+        for row in rows {
+            if let OplogRow::Node { data: Some(d), .. } = row
+                && let Some(Content::Large { hash, sha256 }) = d.content
+            {
+                out.push((hash, d.size, sha256));
+            }
+        }
+        Ok(())
+    })?;
+    Ok(out)
 }
 
 /// Fetches inline content by [`RowLoc`], caching each data file's footer (files are immutable).

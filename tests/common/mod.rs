@@ -167,3 +167,105 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
         })
         .collect()
 }
+
+/// The caller the library-level tests act as.
+pub const ME: pond::fs::Caller = pond::fs::Caller { uid: 1000, gid: 1000 };
+
+/// Create `name` in `parent` holding `data`, written in FUSE-sized pieces, and release it.
+pub fn write_file(fs: &PondFs, parent: u64, name: &str, data: &[u8]) -> u64 {
+    let (attr, fh) = fs.create(parent, name.as_bytes(), 0o644, libc::O_WRONLY | libc::O_CREAT, ME).expect("create");
+    for (i, piece) in data.chunks(128 * 1024).enumerate() {
+        fs.write(fh, (i * 128 * 1024) as u64, piece).expect("write");
+    }
+    fs.flush(fh).expect("flush");
+    fs.release(fh).expect("release");
+    attr.ino
+}
+
+/// The whole content of `ino`.
+pub fn read_file(fs: &PondFs, ino: u64) -> Vec<u8> {
+    let fh = fs.open_file(ino, libc::O_RDONLY).expect("open");
+    let mut out = Vec::new();
+    loop {
+        let buf = fs.read(fh, out.len() as u64, 128 * 1024).expect("read");
+        if buf.is_empty() {
+            break;
+        }
+        out.extend_from_slice(&buf);
+    }
+    fs.release(fh).expect("release");
+    out
+}
+
+/// The latest committed version of the pond at `root`.
+pub fn latest_version(root: &Path) -> u64 {
+    runtime().block_on(Oplog::open(root, None)).expect("open oplog").version()
+}
+
+/// Everything a user can see of one inode (atime aside: reading may move it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Seen {
+    pub attr_without_atime: pond::fs::Attr,
+    pub symlink: Option<Vec<u8>>,
+    pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    pub content: Option<Vec<u8>>,
+}
+
+/// Every path of the tree with what it shows, walked from the root.
+pub fn tree_snapshot(fs: &PondFs) -> std::collections::BTreeMap<String, Seen> {
+    use pond::fs::NodeKind;
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![(String::new(), pond::oplog::ROOT_INO)];
+    while let Some((path, ino)) = stack.pop() {
+        let mut attr = fs.getattr(ino).expect("getattr");
+        attr.atime_ns = 0;
+        let names = fs.listxattr(ino).expect("listxattr");
+        let mut xattrs: Vec<(Vec<u8>, Vec<u8>)> = names
+            .split(|b| *b == 0)
+            .filter(|n| !n.is_empty())
+            .map(|n| (n.to_vec(), fs.getxattr(ino, n).expect("getxattr")))
+            .collect();
+        xattrs.sort();
+        let symlink = (attr.kind == NodeKind::Symlink).then(|| fs.readlink(ino).expect("readlink"));
+        let content = (attr.kind == NodeKind::File).then(|| read_file(fs, ino));
+        if attr.kind == NodeKind::Dir {
+            let fh = fs.opendir(ino).expect("opendir");
+            for (entry, _) in fs.readdirplus(fh, 2).expect("readdir") {
+                stack.push((format!("{path}/{}", String::from_utf8_lossy(&entry.name)), entry.ino));
+            }
+            fs.releasedir(fh).expect("releasedir");
+        }
+        out.insert(if path.is_empty() { "/".into() } else { path }, Seen { attr_without_atime: attr, symlink, xattrs, content });
+    }
+    out
+}
+
+/// Compare two snapshots path by path, naming the first difference (never dumping content).
+pub fn assert_same_tree(
+    got: &std::collections::BTreeMap<String, Seen>,
+    want: &std::collections::BTreeMap<String, Seen>,
+    what: &str,
+) {
+    let got_paths: Vec<_> = got.keys().collect();
+    let want_paths: Vec<_> = want.keys().collect();
+    assert_eq!(got_paths, want_paths, "{what}: the same paths");
+    for (path, w) in want {
+        let g = &got[path];
+        if let (Some(gc), Some(wc)) = (&g.content, &w.content) {
+            assert_same_bytes(gc, wc, &format!("{what}: content of {path}"));
+        }
+        assert_eq!(g.attr_without_atime, w.attr_without_atime, "{what}: attributes of {path}");
+        assert_eq!(g.symlink, w.symlink, "{what}: symlink target of {path}");
+        assert_eq!(g.xattrs, w.xattrs, "{what}: xattrs of {path}");
+    }
+}
+
+/// A child process that is killed (and reaped) on every path out of the test.
+pub struct ChildGuard(pub std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

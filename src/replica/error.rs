@@ -1,0 +1,72 @@
+//! `ReplicaError`: everything that can go wrong pushing a pond to a remote or bringing one back.
+//! Each message names the remote object or local path involved, so it can be acted on alone.
+
+use std::path::PathBuf;
+
+use crate::oplog::OplogError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicaError {
+    /// The URL is neither a path, `file://` nor `s3://bucket/prefix`, or the store refused it.
+    #[error("remote {url}: {reason}")]
+    BadUrl { url: String, reason: String },
+
+    /// A remote object's content is not what the pond's log or its name says.
+    #[error("remote object {path} was altered: expected {expected}, got {got}")]
+    Tampered { path: String, expected: String, got: String },
+
+    /// The remote lacks an object that its log needs.
+    #[error("the remote lacks {0}, which its log needs")]
+    Missing(String),
+
+    /// A name from the remote (a listing or a log entry) that is not part of a pond's layout, or
+    /// would land outside the target.
+    #[error(
+        "refusing remote name {0:?}: a pond replica holds only _delta_log/<version>.json, \
+         checkpoints, _last_checkpoint, top-level <name>.parquet data files and \
+         _large_files/<blake3>.parquet"
+    )]
+    PathEscape(String),
+
+    /// The remote holds another pond's history, or one that went another way than this pond's.
+    #[error("{url} holds a different history than this pond: {reason}; replicate to another URL")]
+    Diverged { url: String, reason: String },
+
+    /// The remote holds something that is not part of a pond replica: not a place to replicate to.
+    #[error("{url} holds {name:?}, which is not part of a pond replica: replicate into an empty directory or a new prefix")]
+    Foreign { url: String, name: String },
+
+    /// The object store failed (network, permissions, a missing bucket...).
+    #[error("object store: {0}")]
+    Store(#[from] object_store::Error),
+
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+
+    /// Reading the local pond's log or data files failed.
+    #[error("{0}")]
+    Oplog(#[from] OplogError),
+
+    #[error("{0} is not empty: restore makes a new pond and never writes over existing files")]
+    TargetNotEmpty(PathBuf),
+
+    #[error("version {asked} is not on the remote (it holds versions 0 to {latest})")]
+    NoSuchVersion { asked: u64, latest: u64 },
+
+    #[error("the remote holds no pond (no _delta_log/00000000000000000000.json)")]
+    Empty,
+
+    /// What verification of the fetched copy found; nothing was restored.
+    #[error("the remote's copy failed verification, nothing was restored:\n  {}", .0.join("\n  "))]
+    Damaged(Vec<String>),
+
+    /// SIGINT/SIGTERM arrived; what was under way finished, the rest was not started.
+    #[error("interrupted")]
+    Interrupted,
+}
+
+impl ReplicaError {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        ReplicaError::Io { path: path.into(), source }
+    }
+}

@@ -1,0 +1,372 @@
+//! Bringing a replica back: [`restore`] makes a new pond from a remote, and [`verify_remote`]
+//! checks a remote the same way without keeping the copy.
+//!
+//! Restore fetches into a staging directory beside the target (`POND.restore-tmp-<pid>`, same
+//! filesystem, so the last step is one rename): log entries `0..=N`, the data files they add,
+//! the large objects those reference, the checkpoints up to `N` and `_last_checkpoint` if it names
+//! one of them. Every name comes from the remote, so each is parsed as a [`PondFile`] before
+//! anything is written (a log entry naming `../x` or `/x` is refused). Then the staged pond goes
+//! through [`verify_pond`] — every chunk re-hashed, each object checked against its name and the
+//! size and SHA-256 its row records, inline content against its hashes, every data file's size
+//! against its log entry, every reference resolved, checkpoints against the JSON log — is synced
+//! (syncfs) and only then renamed into place. On any failure, interruption included, the staging
+//! directory is removed (a `Drop` guard), so no half-restored pond is ever left; one left by a
+//! killed restore is removed by the next restore to the same target once its process is gone.
+//!
+//! `verify_remote` fetches the same way into a temporary directory (under `$TMPDIR`, so it needs
+//! the replica's size in free space there), but collects what is wrong instead of stopping at the
+//! first problem, runs the same verification, and removes the copy. Simplest correct choice: one
+//! code path checks a remote exactly as restore would; streaming verification would save the disk
+//! space but duplicate `verify_pond`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use futures::StreamExt;
+
+use crate::audit::{VerifyReport, verify_pond};
+use crate::large_files::LARGE_FILES_DIR;
+use crate::oplog::{datafile, history};
+
+use super::layout::{LOG_DIR, PondFile};
+use super::remote::{Listing, OnBytes, Remote, sync_filesystem};
+use super::{FILES_IN_FLIGHT, Progress, ReplicaError, blocking};
+
+/// The outcome of [`restore`].
+#[derive(Clone, Debug)]
+pub struct RestoreReport {
+    /// The restored pond's latest version.
+    pub version: u64,
+    pub files: u64,
+    pub bytes: u64,
+}
+
+/// Make a new pond at `target` (absent or an empty directory) from the replica at `remote`, at its
+/// latest version or at `version`, verified before it appears.
+pub async fn restore(
+    remote: &Remote,
+    target: &Path,
+    version: Option<u64>,
+    progress: Arc<dyn Progress>,
+    stop: &AtomicBool,
+) -> Result<RestoreReport, ReplicaError> {
+    check_target(target)?;
+    let staging = Staging::create(target)?;
+    let fetched = fetch(remote, staging.path(), version, true, &progress, stop).await?;
+    progress.begin("verifying", 0, 0);
+    let report = verify(staging.path(), remote).await?;
+    if !report.is_clean() {
+        return Err(ReplicaError::Damaged(report.damage));
+    }
+    if stop.load(Ordering::SeqCst) {
+        return Err(ReplicaError::Interrupted);
+    }
+    sync_filesystem(staging.path()).await?;
+    staging.commit(target)?;
+    Ok(RestoreReport { version: fetched.version, files: fetched.files, bytes: fetched.bytes })
+}
+
+/// Check the replica at `remote` as [`restore`] would, without keeping it. Damage is in the
+/// report; `Err` only when the remote cannot be read at all.
+pub async fn verify_remote(remote: &Remote, progress: Arc<dyn Progress>, stop: &AtomicBool) -> Result<VerifyReport, ReplicaError> {
+    let tmp = tempfile::Builder::new()
+        .prefix("pond-verify-")
+        .tempdir()
+        .map_err(|e| ReplicaError::io(std::env::temp_dir(), e))?;
+    let fetched = fetch(remote, tmp.path(), None, false, &progress, stop).await?;
+    progress.begin("verifying", 0, 0);
+    let mut report = verify(tmp.path(), remote).await?;
+    report.damage.splice(0..0, fetched.damage);
+    Ok(report)
+}
+
+/// Verify the fetched copy at `root`; damage is reported with the remote's names, not the copy's.
+async fn verify(root: &Path, remote: &Remote) -> Result<VerifyReport, ReplicaError> {
+    let copy = root.to_path_buf();
+    let mut report = blocking(move || Ok(verify_pond(&copy)?)).await?;
+    let url = remote.url().trim_end_matches('/');
+    let local = root.to_string_lossy();
+    for d in &mut report.damage {
+        *d = d.replace(&format!("file://{local}"), url).replace(&*local, url);
+    }
+    Ok(report)
+}
+
+/// Restore makes a new pond: the target must be absent or an empty directory.
+fn check_target(target: &Path) -> Result<(), ReplicaError> {
+    match std::fs::symlink_metadata(target) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(ReplicaError::io(target, e)),
+        Ok(m) if m.is_dir() => {
+            let mut entries = std::fs::read_dir(target).map_err(|e| ReplicaError::io(target, e))?;
+            if entries.next().is_none() { Ok(()) } else { Err(ReplicaError::TargetNotEmpty(target.to_path_buf())) }
+        }
+        Ok(_) => Err(ReplicaError::TargetNotEmpty(target.to_path_buf())),
+    }
+}
+
+/// The staging directory beside the target; removed on drop unless committed.
+struct Staging {
+    path: PathBuf,
+    committed: bool,
+}
+
+impl Staging {
+    fn create(target: &Path) -> Result<Staging, ReplicaError> {
+        let invalid = || ReplicaError::io(target, std::io::Error::new(std::io::ErrorKind::InvalidInput, "restore needs a new directory's name"));
+        let name = target.file_name().and_then(|n| n.to_str()).ok_or_else(invalid)?;
+        let parent = match target.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        std::fs::create_dir_all(&parent).map_err(|e| ReplicaError::io(&parent, e))?;
+        let prefix = format!("{name}.restore-tmp-");
+        remove_stale(&parent, &prefix);
+        let path = parent.join(format!("{prefix}{}", std::process::id()));
+        std::fs::create_dir(&path).map_err(|e| ReplicaError::io(&path, e))?;
+        Ok(Staging { path, committed: false })
+    }
+
+    fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Rename into place (atomic; fails if the target gained entries meanwhile) and make it durable.
+    fn commit(mut self, target: &Path) -> Result<(), ReplicaError> {
+        if let Err(e) = std::fs::rename(&self.path, target) {
+            return Err(match e.raw_os_error() {
+                Some(libc::ENOTEMPTY | libc::EEXIST | libc::ENOTDIR) => ReplicaError::TargetNotEmpty(target.to_path_buf()),
+                _ => ReplicaError::io(target, e),
+            });
+        }
+        self.committed = true;
+        let parent = self.path.parent().unwrap_or(Path::new("."));
+        datafile::sync_dir(parent)?;
+        Ok(())
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// Remove staging directories of restores to the same target whose process is gone (killed).
+fn remove_stale(parent: &Path, prefix: &str) {
+    let Ok(entries) = std::fs::read_dir(parent) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix(prefix)).and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new("/proc").join(pid.to_string()).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// What [`fetch`] brought.
+struct Fetched {
+    version: u64,
+    files: u64,
+    bytes: u64,
+    /// Problems found while fetching (only when not strict: strict stops at the first).
+    damage: Vec<String>,
+}
+
+struct Fetcher<'a> {
+    remote: &'a Remote,
+    dest: &'a Path,
+    listing: Listing,
+    strict: bool,
+    progress: &'a Arc<dyn Progress>,
+    fetched: Fetched,
+}
+
+/// Copy the replica at `remote` (version `version`, or its latest) into the empty directory `dest`.
+/// `strict`: stop at the first problem; otherwise note it and go on.
+async fn fetch(
+    remote: &Remote,
+    dest: &Path,
+    version: Option<u64>,
+    strict: bool,
+    progress: &Arc<dyn Progress>,
+    stop: &AtomicBool,
+) -> Result<Fetched, ReplicaError> {
+    let listing = remote.list().await?;
+    let Some(&latest) = listing.log_versions().last() else { return Err(ReplicaError::Empty) };
+    if !listing.files.contains_key(&PondFile::Log(0)) {
+        return Err(ReplicaError::Empty);
+    }
+    let version = version.unwrap_or(latest);
+    if version > latest {
+        return Err(ReplicaError::NoSuchVersion { asked: version, latest });
+    }
+    for dir in [LOG_DIR, LARGE_FILES_DIR] {
+        let d = dest.join(dir);
+        std::fs::create_dir_all(&d).map_err(|e| ReplicaError::io(&d, e))?;
+    }
+    let mut f = Fetcher {
+        remote,
+        dest,
+        listing,
+        strict,
+        progress,
+        fetched: Fetched { version, files: 0, bytes: 0, damage: Vec::new() },
+    };
+    for name in std::mem::take(&mut f.listing.foreign) {
+        f.problem(ReplicaError::PathEscape(name))?;
+    }
+
+    f.get_all("fetching log", (0..=version).map(PondFile::Log).collect(), stop).await?;
+    let data = f.data_files(version)?;
+    let mut wanted = Vec::new();
+    for (name, logged) in data {
+        let file = PondFile::Data(name.clone());
+        match f.listing.files.get(&file) {
+            Some(&size) if size != logged => {
+                let (expected, got) = (format!("{logged} bytes, as the log records"), format!("{size} bytes"));
+                f.problem(ReplicaError::Tampered { path: name, expected, got })?;
+                wanted.push(file); // not strict: fetch it anyway, verification says more
+            }
+            _ => wanted.push(file),
+        }
+    }
+    let data_files: Vec<PondFile> = wanted.clone();
+    f.get_all("fetching data files", wanted, stop).await?;
+
+    let objects = f.objects(&data_files).await?;
+    f.get_all("fetching objects", objects.into_iter().map(PondFile::Object).collect(), stop).await?;
+
+    let checkpoints: Vec<PondFile> =
+        f.listing.files.keys().filter(|k| matches!(k, PondFile::Checkpoint(c) if *c <= version)).cloned().collect();
+    f.get_all("fetching checkpoints", checkpoints, stop).await?;
+    f.hint(version).await?;
+    Ok(f.fetched)
+}
+
+impl Fetcher<'_> {
+    /// Strict: fail with `e`. Otherwise: note it and go on.
+    fn problem(&mut self, e: ReplicaError) -> Result<(), ReplicaError> {
+        if self.strict {
+            return Err(e);
+        }
+        self.fetched.damage.push(e.to_string());
+        Ok(())
+    }
+
+    /// Download `files` into `dest`, a few at a time.
+    async fn get_all(&mut self, what: &str, files: Vec<PondFile>, stop: &AtomicBool) -> Result<(), ReplicaError> {
+        let total: u64 = files.iter().filter_map(|f| self.listing.files.get(f)).sum();
+        self.progress.begin(what, files.len() as u64, total);
+        let progress = self.progress.clone();
+        let on_bytes: OnBytes = Arc::new(move |n| progress.bytes(n));
+        let (remote, dest) = (self.remote, self.dest);
+        let mut results = futures::stream::iter(files)
+            .map(|file| {
+                let on_bytes = on_bytes.clone();
+                async move {
+                    if stop.load(Ordering::SeqCst) {
+                        return Err(ReplicaError::Interrupted);
+                    }
+                    remote.get_to_file(&file, &file.local_path(dest), &on_bytes).await
+                }
+            })
+            .buffer_unordered(FILES_IN_FLIGHT);
+        while let Some(result) = results.next().await {
+            match result {
+                Ok(n) => {
+                    self.progress.file_done();
+                    self.fetched.files += 1;
+                    self.fetched.bytes += n;
+                }
+                Err(e @ ReplicaError::Missing(_)) => self.problem(e)?,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// The data files that the fetched log entries `0..=version` add, with their logged sizes;
+    /// every add and remove path must be a top-level data file name.
+    fn data_files(&mut self, version: u64) -> Result<BTreeMap<String, u64>, ReplicaError> {
+        let mut data = BTreeMap::new();
+        for v in 0..=version {
+            let path = PondFile::Log(v).local_path(self.dest);
+            let Ok(text) = std::fs::read_to_string(&path) else { continue }; // missing: already noted
+            let actions = match history::parse_log_entry(&text, &path) {
+                Ok(a) => a,
+                Err(e) => {
+                    self.problem(e.into())?;
+                    continue;
+                }
+            };
+            for name in actions.removed {
+                if let Err(e) = PondFile::data(&name) {
+                    self.problem(e)?;
+                }
+            }
+            for (name, size) in actions.added {
+                match PondFile::data(&name) {
+                    Ok(_) => {
+                        data.insert(name, size);
+                    }
+                    Err(e) => self.problem(e)?,
+                }
+            }
+        }
+        Ok(data)
+    }
+
+    /// The large objects the fetched data files reference, each checked against the listing. A data
+    /// file that does not read is left to verification, which names it as the remote has it.
+    async fn objects(&mut self, data: &[PondFile]) -> Result<Vec<crate::large_files::Blake3Hash>, ReplicaError> {
+        let (dest, names) = (self.dest.to_path_buf(), data.iter().map(|f| f.name()).collect::<Vec<_>>());
+        let hashes = blocking(move || {
+            let mut out = std::collections::BTreeSet::new();
+            for name in names {
+                if let Ok(objects) = datafile::large_objects(&dest, &Arc::from(name.as_str())) {
+                    out.extend(objects.into_iter().map(|(h, _, _)| h));
+                }
+            }
+            Ok(out)
+        })
+        .await?;
+        let mut wanted = Vec::new();
+        for h in hashes {
+            if self.listing.files.contains_key(&PondFile::Object(h)) {
+                wanted.push(h);
+            } else {
+                self.problem(ReplicaError::Missing(PondFile::Object(h).name()))?;
+            }
+        }
+        Ok(wanted)
+    }
+
+    /// Copy `_last_checkpoint` if it names a checkpoint that was fetched; otherwise leave it out
+    /// (it is a hint: readers then find the newest checkpoint by listing the log).
+    async fn hint(&mut self, version: u64) -> Result<(), ReplicaError> {
+        let file = PondFile::LastCheckpoint;
+        if !self.listing.files.contains_key(&file) {
+            return Ok(());
+        }
+        let bytes = self.remote.get_bytes(&file).await?;
+        let named = serde_json::from_slice::<serde_json::Value>(&bytes).ok().and_then(|v| v.get("version")?.as_u64());
+        let Some(c) = named else {
+            let (expected, got) = ("a checkpoint hint naming a version".to_string(), format!("{} unreadable bytes", bytes.len()));
+            return self.problem(ReplicaError::Tampered { path: file.name(), expected, got });
+        };
+        if c <= version && PondFile::Checkpoint(c).local_path(self.dest).exists() {
+            let path = file.local_path(self.dest);
+            std::fs::write(&path, &bytes).map_err(|e| ReplicaError::io(&path, e))?;
+            self.fetched.files += 1;
+            self.fetched.bytes += bytes.len() as u64;
+        }
+        Ok(())
+    }
+}
