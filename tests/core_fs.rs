@@ -6,34 +6,9 @@ use pond::oplog::schema::{Content, OplogRow};
 use pond::oplog::{Oplog, ROOT_INO};
 
 use crate::common::sizes::{C, INTERESTING, T};
-use crate::common::{TestPond, assert_same_bytes, pattern, runtime};
+use crate::common::{TestPond, assert_same_bytes, pattern, read_file, runtime, write_file};
 
 const ME: Caller = Caller { uid: 1000, gid: 1000 };
-
-fn write_file(fs: &PondFs, parent: u64, name: &str, data: &[u8]) -> u64 {
-    let (attr, fh) = fs.create(parent, name.as_bytes(), 0o644, libc::O_WRONLY | libc::O_CREAT, ME).expect("create");
-    // Write in FUSE-sized pieces, as the kernel would.
-    for (i, piece) in data.chunks(128 * 1024).enumerate() {
-        fs.write(fh, (i * 128 * 1024) as u64, piece).expect("write");
-    }
-    fs.flush(fh).expect("flush");
-    fs.release(fh).expect("release");
-    attr.ino
-}
-
-fn read_file(fs: &PondFs, ino: u64) -> Vec<u8> {
-    let fh = fs.open_file(ino, libc::O_RDONLY).expect("open");
-    let mut out = Vec::new();
-    loop {
-        let buf = fs.read(fh, out.len() as u64, 128 * 1024).expect("read");
-        if buf.is_empty() {
-            break;
-        }
-        out.extend_from_slice(&buf);
-    }
-    fs.release(fh).expect("release");
-    out
-}
 
 /// The committed row of `ino` at the pond's latest version.
 fn committed_content(pond: &TestPond, ino: u64) -> Content {

@@ -4,6 +4,10 @@
 mod common;
 /// The filesystem core without FUSE: write path, threshold, POSIX namespace rules, persistence.
 mod core_fs;
+/// Python's deltalake reads the table: rows and inline content as written.
+mod delta_reader;
+/// kill -9 mid-write, orphans and gc, corrupt chunks, bad command-line input.
+mod crash;
 /// Real mounts: errno for each refusal, offsets/append/truncate, rename flags, xattrs, ro/version mounts.
 mod fuse_posix;
 /// Real mounts driven by cp -a, rsync -aH twice, tar, git, save-by-rename; remount keeps everything.

@@ -21,11 +21,11 @@ pub struct GcReport {
 
 #[derive(Debug, thiserror::Error)]
 pub enum GcError {
-    #[error("{0}")]
+    #[error(transparent)]
     Oplog(#[from] OplogError),
-    #[error("{0}")]
+    #[error(transparent)]
     Fs(#[from] FsError),
-    #[error("{0}")]
+    #[error(transparent)]
     Store(#[from] crate::large_files::error::StoreError),
     #[error("refusing to collect garbage: {0}")]
     Unsafe(String),

@@ -97,9 +97,13 @@ pub enum Command {
     },
 }
 
+/// The default log filter: warnings of pond's own; delta-kernel logs at ERROR for conditions pond
+/// reports itself (a missing version, no table yet), so it is silenced unless RUST_LOG asks.
+pub const QUIET: &str = "warn,buoyant_kernel=off,deltalake_core=off";
+
 /// Quiet by default; `RUST_LOG` shows more.
 pub fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(QUIET));
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }
 

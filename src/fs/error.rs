@@ -41,7 +41,7 @@ pub enum FsError {
     Corrupt(String),
     #[error("I/O error: {0}")]
     Io(String),
-    #[error("{0}")]
+    #[error(transparent)]
     Oplog(#[from] OplogError),
     #[error("another process has this pond mounted read-write (lock {0} is held)")]
     Busy(String),

@@ -44,7 +44,7 @@ pub enum ReplicaError {
     Io { path: PathBuf, source: std::io::Error },
 
     /// Reading the local pond's log or data files failed.
-    #[error("{0}")]
+    #[error(transparent)]
     Oplog(#[from] OplogError),
 
     #[error("{0} is not empty: restore makes a new pond and never writes over existing files")]

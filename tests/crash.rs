@@ -1,0 +1,202 @@
+//! Crashes and damage: kill -9 of the daemon mid-write, objects orphaned between write and commit,
+//! a corrupt chunk (EIO, never wrong bytes; named by verify), and bad input on the command line.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use pond::large_files::LargeFileStore;
+use pond::oplog::ROOT_INO;
+
+use crate::common::sizes::{C, T};
+use crate::common::{Mounted, TestPond, assert_same_bytes, is_mounted, pattern, pond_ok, write_file};
+
+/// The pid of the daemon serving `mountpoint`.
+fn daemon_pid(mountpoint: &Path) -> i32 {
+    let want = mountpoint.to_str().unwrap();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(cmd) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
+        if args.iter().any(|a| *a == b"mount") && args.iter().any(|a| *a == want.as_bytes()) {
+            return pid;
+        }
+    }
+    panic!("no daemon found for {want}");
+}
+
+/// Kill the daemon with SIGKILL and clear the dead mount it leaves.
+fn kill_daemon(m: &Mounted) {
+    let pid = daemon_pid(&m.mountpoint);
+    // SAFETY: sending a signal to a pid we found.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = std::process::Command::new("umount").arg("-l").arg(&m.mountpoint).status();
+    assert!(!is_mounted(&m.mountpoint), "dead mount cleared");
+}
+
+/// Files whose fsync returned, with the content it acknowledged.
+type Acked = Arc<Mutex<BTreeMap<String, Vec<u8>>>>;
+
+/// Write files (sizes around the threshold) and fsync them until the mount dies.
+fn writer(dir: PathBuf, round: u64, acked: Acked) {
+    for i in 0u64.. {
+        let name = format!("r{round}-f{i}");
+        let data = pattern([T / 3, T, T + 1, 3 * C + 5][i as usize % 4], round * 1000 + i);
+        let Ok(mut f) = std::fs::File::create(dir.join(&name)) else { return };
+        if f.write_all(&data).is_err() || f.sync_all().is_err() {
+            return;
+        }
+        acked.lock().unwrap().insert(name, data);
+    }
+}
+
+#[test]
+fn kill_9_mid_write_keeps_every_fsynced_file_and_verify_stays_clean() {
+    let pond = TestPond::new();
+    let mnt = pond.scratch("mnt");
+    let acked: Acked = Arc::default();
+    for round in 0..4u64 {
+        let m = Mounted::new(&pond.root, &mnt, &[]);
+        // Everything acknowledged in earlier rounds is intact.
+        for (name, data) in acked.lock().unwrap().iter() {
+            assert_same_bytes(&std::fs::read(m.path(name)).unwrap(), data, &format!("{name} after kill -9 and remount"));
+        }
+        let (dir, a) = (m.mountpoint.clone(), acked.clone());
+        let w = std::thread::spawn(move || writer(dir, round, a));
+        std::thread::sleep(Duration::from_millis(300 + round * 170));
+        kill_daemon(&m);
+        w.join().unwrap();
+    }
+    assert!(acked.lock().unwrap().len() >= 4, "the writer got some fsyncs through");
+    let out = crate::common::pond(&["verify", pond.path()]);
+    assert!(out.status.success(), "verify after crashes: {}", String::from_utf8_lossy(&out.stdout));
+    pond_ok(&["gc", pond.path()]);
+    let m = Mounted::new(&pond.root, &mnt, &[]);
+    for (name, data) in acked.lock().unwrap().iter() {
+        assert_same_bytes(&std::fs::read(m.path(name)).unwrap(), data, name);
+    }
+}
+
+#[test]
+fn an_object_written_before_a_crash_is_unreferenced_and_gc_removes_it() {
+    let pond = TestPond::new();
+    {
+        let fs = pond.open();
+        write_file(&fs, ROOT_INO, "kept", &pattern(T + 1, 1));
+        fs.shutdown().unwrap();
+    }
+    // What a process killed between the object's fsync and its commit leaves behind.
+    let orphan = LargeFileStore::new(&pond.root).put_bytes(&pattern(2 * C, 2)).unwrap();
+    std::fs::write(pond.root.join("part-00000000000000000099-orphan.parquet"), b"half written").unwrap();
+    let v = pond_ok(&["verify", pond.path()]);
+    assert!(v.starts_with("clean") || v.contains("\nclean"), "an orphan is not damage: {v}");
+    assert!(v.contains(&format!("unreferenced object {}", orphan.hash)), "{v}");
+    let dry = pond_ok(&["gc", pond.path(), "--dry-run"]);
+    assert!(dry.contains(&orphan.hash.to_hex()) && LargeFileStore::new(&pond.root).contains(&orphan.hash), "dry run removes nothing: {dry}");
+    let out = pond_ok(&["gc", pond.path()]);
+    assert!(out.contains("removed 1 objects, 1 data files"), "{out}");
+    assert!(!LargeFileStore::new(&pond.root).contains(&orphan.hash));
+    assert_eq!(crate::common::pond(&["cat", pond.path(), "kept"]).stdout.len(), T + 1, "referenced content untouched");
+    assert!(pond_ok(&["verify", pond.path()]).contains("clean"));
+}
+
+#[test]
+fn gc_refuses_while_a_writer_holds_the_pond() {
+    let pond = TestPond::new();
+    let _fs = pond.open();
+    let out = crate::common::pond(&["gc", pond.path()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("mounted read-write"), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Flip one byte of chunk `chunk` of the object holding `data` (data is stored uncompressed).
+fn corrupt_chunk(object: &Path, data: &[u8], chunk: usize) {
+    let mut bytes = std::fs::read(object).unwrap();
+    let needle = &data[chunk * C + 100..chunk * C + 164];
+    let at = bytes.windows(needle.len()).position(|w| w == needle).expect("chunk bytes found in the object");
+    bytes[at + 10] ^= 0x55;
+    std::fs::write(object, bytes).unwrap();
+}
+
+#[test]
+fn a_corrupt_chunk_reads_as_eio_other_chunks_read_and_verify_names_it() {
+    let pond = TestPond::new();
+    let data = pattern(4 * C, 3);
+    {
+        let fs = pond.open();
+        write_file(&fs, ROOT_INO, "big", &data);
+        write_file(&fs, ROOT_INO, "other", &pattern(T + 1, 4));
+        fs.shutdown().unwrap();
+    }
+    let hash = blake3::hash(&data).to_hex().to_string();
+    corrupt_chunk(&pond.root.join("_large_files").join(format!("{hash}.parquet")), &data, 2);
+
+    let v = crate::common::pond(&["verify", pond.path()]);
+    let text = String::from_utf8_lossy(&v.stdout);
+    assert_eq!(v.status.code(), Some(1), "verify exits 1 on damage: {text}");
+    assert!(text.contains(&hash) && text.contains("chunk 2"), "verify names the object and chunk: {text}");
+
+    let m = Mounted::new(&pond.root, &pond.scratch("mnt"), &["ro"]);
+    let f = std::fs::File::open(m.path("big")).unwrap();
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; 4096];
+    let err = f.read_exact_at(&mut buf, (2 * C + 4096) as u64).expect_err("corrupt chunk must not read");
+    assert_eq!(err.raw_os_error(), Some(libc::EIO));
+    f.read_exact_at(&mut buf, (3 * C) as u64).expect("the next chunk still reads");
+    assert_same_bytes(&buf, &data[3 * C..3 * C + 4096], "chunk 3");
+    f.read_exact_at(&mut buf, 0).expect("the first chunk still reads");
+    assert_eq!(std::fs::read(m.path("other")).unwrap().len(), T + 1, "other files still read");
+}
+
+#[test]
+fn bad_input_gets_a_one_line_error_and_exit_2_never_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing");
+    let plain = dir.path().join("plain");
+    std::fs::create_dir(&plain).unwrap();
+    std::fs::write(plain.join("x"), b"x").unwrap();
+    let pond = TestPond::new();
+    {
+        let fs = pond.open();
+        write_file(&fs, ROOT_INO, "f", b"hello");
+        fs.shutdown().unwrap();
+    }
+    let check = |args: &[&str], expect: &str| {
+        let out = crate::common::pond(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(expect), "{args:?}: expected {expect:?} in {err}");
+        assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: one line: {err}");
+    };
+    let m = missing.to_str().unwrap();
+    let p = plain.to_str().unwrap();
+    check(&["ls", m], "does not exist");
+    check(&["ls", p], "is not a pond");
+    check(&["init", p], "not empty");
+    check(&["mount", p, dir.path().to_str().unwrap()], "is not a pond");
+    check(&["cat", pond.path(), "nope"], "nope");
+    check(&["ls", pond.path(), "--version", "999"], "version 999 does not exist");
+    check(&["mount", pond.path(), m], "mountpoint");
+    check(&["mount", pond.path(), dir.path().to_str().unwrap(), "-o", "treshold=5"], "unknown mount option");
+
+    // A truncated data file and a corrupt log entry: refused with a message naming them.
+    let data_file = std::fs::read_dir(&pond.root).unwrap().flatten().map(|e| e.path()).find(|p| p.extension().is_some_and(|e| e == "parquet")).unwrap();
+    let bytes = std::fs::read(&data_file).unwrap();
+    std::fs::write(&data_file, &bytes[..bytes.len() / 2]).unwrap();
+    check(&["ls", pond.path()], data_file.file_name().unwrap().to_str().unwrap());
+    std::fs::write(&data_file, &bytes).unwrap();
+    let log = pond.root.join("_delta_log").join(format!("{:020}.json", 2));
+    std::fs::write(&log, b"{ not json").unwrap();
+    let out = crate::common::pond(&["ls", pond.path()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
+    let v = crate::common::pond(&["verify", pond.path()]);
+    assert_eq!(v.status.code(), Some(1), "verify reports a corrupt log entry as damage");
+}
