@@ -1,13 +1,27 @@
 #!/usr/bin/env bash
-# Run pond's test suite with everything its tests need: a local S3 server (scripts/s3-local.sh, for
-# the replica's S3 test) and a Python venv with deltalake (the replica is read by a Delta reader).
-# Extra arguments go to `cargo test` (e.g. `scripts/test.sh replica`).
+# Set up and run every pond test on a fresh machine of this kind (Debian, root, /dev/fuse):
+# installs the system tools the tests drive (fuse3, rsync, git, tar, attr, curl), a Python venv with
+# deltalake (an external Delta reader), starts a local S3-compatible server on 127.0.0.1 for the
+# replica's S3 tests (scripts/s3-local.sh, stopped on exit), builds with --locked, runs clippy and
+# every test. Extra arguments go to `cargo test` (e.g. `scripts/test.sh replica`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/pond-target}
-venv=${POND_PY_VENV:-$HOME/.cache/pond-venv-deltalake}
+export CARGO_TERM_COLOR=never
 
+need=()
+for tool in fusermount3:fuse3 rsync:rsync git:git tar:tar setfattr:attr curl:curl; do
+    command -v "${tool%%:*}" >/dev/null || need+=("${tool#*:}")
+done
+if ((${#need[@]})); then
+    echo "test.sh: installing ${need[*]}" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+[[ -e /dev/fuse ]] || { echo "test.sh: /dev/fuse is missing: the mount tests need FUSE" >&2; exit 1; }
+
+venv=${POND_PY_VENV:-$HOME/.cache/pond-venv-deltalake}
 if ! "$venv/bin/python" -c 'import deltalake, pyarrow' 2>/dev/null; then
     echo "test.sh: making $venv with deltalake" >&2
     python3 -m venv "$venv"
@@ -15,8 +29,16 @@ if ! "$venv/bin/python" -c 'import deltalake, pyarrow' 2>/dev/null; then
 fi
 export POND_PY_VENV=$venv
 
-trap 'scripts/s3-local.sh stop' EXIT
+# Nothing of ours may outlive the run: the S3 server, and any mount a crashed test left.
+cleanup() {
+    scripts/s3-local.sh stop || true
+    grep -E ' fuse(\.pond)? ' /proc/mounts | awk '$1 ~ /pond/ {print $2}' | while read -r m; do
+        case "$m" in /tmp/*) umount -l "$m" 2>/dev/null || true ;; esac
+    done
+}
+trap cleanup EXIT
 eval "$(scripts/s3-local.sh start)"
 
-cargo build --locked
-cargo test --locked --test tests "$@"
+cargo build --locked --all-targets
+cargo clippy --locked --all-targets -- -D warnings
+cargo test --locked "$@"
