@@ -12,5 +12,7 @@ mod crash;
 mod fuse_posix;
 /// Real mounts driven by cp -a, rsync -aH twice, tar, git, save-by-rename; remount keeps everything.
 mod fuse_tools;
+/// Property test: random operations through the mount vs a native directory, with remounts.
+mod reftest;
 /// Replication: replicate/restore/verify URL over a directory and S3, resume, tampering, --follow.
 mod replica;

@@ -123,17 +123,25 @@ fn run(mut oplog: Oplog, tree: Arc<Mutex<Tree>>, inline: Arc<InlineReader>, rt: 
     let mut commits = 0u64;
     let mut failures = 0u32;
     let result = loop {
-        let (urgent, stop) = {
+        let stop = {
             let mut st = shared.lock();
             while !st.wake && !st.stop {
                 st = shared.cv.wait(st).unwrap_or_else(|p| p.into_inner());
             }
+            // Gather releases for the batching window, but cut at once when an fsync (urgent) or
+            // shutdown arrives meanwhile.
+            let deadline = std::time::Instant::now() + BATCH_WINDOW;
+            while !st.urgent && !st.stop {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                st = shared.cv.wait_timeout(st, left).unwrap_or_else(|p| p.into_inner()).0;
+            }
             st.wake = false;
-            (std::mem::take(&mut st.urgent), st.stop)
+            st.urgent = false;
+            st.stop
         };
-        if !urgent && !stop {
-            std::thread::sleep(BATCH_WINDOW);
-        }
         let cut = lock_tree(&tree).take_cut();
         if cut.rows.is_empty() {
             let mut st = shared.lock();
