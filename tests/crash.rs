@@ -20,7 +20,7 @@ fn daemon_pid(mountpoint: &Path) -> i32 {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
         let Ok(cmd) = std::fs::read(entry.path().join("cmdline")) else { continue };
         let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
-        if args.iter().any(|a| *a == b"mount") && args.iter().any(|a| *a == want.as_bytes()) {
+        if args.iter().any(|a| *a == b"mount") && args.contains(&want.as_bytes()) {
             return pid;
         }
     }

@@ -56,7 +56,7 @@ fn writes_at_offsets_append_and_truncate_match_a_reference_file() {
 fn an_open_file_reads_its_own_writes_and_survives_unlink() {
     let pond = TestPond::new();
     let m = Mounted::new(&pond.root, &pond.scratch("mnt"), &[]);
-    let mut f = OpenOptions::new().read(true).write(true).create(true).open(m.path("f")).unwrap();
+    let mut f = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(m.path("f")).unwrap();
     let data = pattern(T * 2, 4);
     f.write_all(&data).unwrap();
     std::fs::remove_file(m.path("f")).unwrap();

@@ -12,6 +12,8 @@ mod crash;
 mod fuse_posix;
 /// Real mounts driven by cp -a, rsync -aH twice, tar, git, save-by-rename; remount keeps everything.
 mod fuse_tools;
+/// The large-file store and HybridWriter: chunking, hashing, dedup, corruption, bounded memory.
+mod large_files;
 /// Property test: random operations through the mount vs a native directory, with remounts.
 mod reftest;
 /// Replication: replicate/restore/verify URL over a directory and S3, resume, tampering, --follow.

@@ -29,9 +29,10 @@ use parquet::arrow::arrow_reader::{
     ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder, RowSelection,
     RowSelectionPolicy, RowSelector,
 };
+use parquet::arrow::arrow_writer::ArrowWriterOptions;
 use parquet::basic::Compression;
 use parquet::errors::ParquetError;
-use parquet::file::metadata::{KeyValue, PageIndexPolicy};
+use parquet::file::metadata::{KeyValue, PageIndexPolicy, ParquetMetaData};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::file::reader::{ChunkReader, Length};
 use parquet::schema::types::ColumnPath;
@@ -127,7 +128,11 @@ impl ObjectMeta {
         let blake3 = Blake3Hash::from_hex(b3).ok_or_else(|| bad(KEY_BLAKE3, b3))?;
         let sha = get(KEY_SHA256)?;
         let sha256 = Sha256Digest::from_hex(sha).ok_or_else(|| bad(KEY_SHA256, sha))?;
-        Ok(ObjectMeta { size, blake3, sha256 })
+        Ok(ObjectMeta {
+            size,
+            blake3,
+            sha256,
+        })
     }
 }
 
@@ -142,9 +147,17 @@ impl ChunkWriter {
     /// Starts an object file on `file` (positioned at 0; `path` is for error messages).
     pub(crate) fn new(file: File, path: &Path) -> Result<Self, StoreError> {
         let schema = arrow_schema();
-        let writer = ArrowWriter::try_new(file, schema.clone(), Some(writer_properties()))
+        // No embedded arrow schema: the parquet schema says it all, and the footer stays small.
+        let options = ArrowWriterOptions::new()
+            .with_properties(writer_properties())
+            .with_skip_arrow_metadata(true);
+        let writer = ArrowWriter::try_new_with_options(file, schema.clone(), options)
             .map_err(|e| StoreError::parquet(path, e))?;
-        Ok(ChunkWriter { writer, schema, next_index: 0 })
+        Ok(ChunkWriter {
+            writer,
+            schema,
+            next_index: 0,
+        })
     }
 
     /// Appends the next chunk (its hash and bytes) as one row / one data page.
@@ -170,7 +183,9 @@ impl ChunkWriter {
             ],
         )
         .map_err(|e| StoreError::arrow(path, e))?;
-        self.writer.write(&batch).map_err(|e| StoreError::parquet(path, e))?;
+        self.writer
+            .write(&batch)
+            .map_err(|e| StoreError::parquet(path, e))?;
         self.next_index += 1;
         Ok(())
     }
@@ -180,7 +195,9 @@ impl ChunkWriter {
         for kv in meta.key_values() {
             self.writer.append_key_value_metadata(kv);
         }
-        self.writer.close().map_err(|e| StoreError::parquet(path, e))?;
+        self.writer
+            .close()
+            .map_err(|e| StoreError::parquet(path, e))?;
         Ok(())
     }
 }
@@ -196,7 +213,11 @@ pub(crate) struct PreadFile {
 
 impl PreadFile {
     pub(crate) fn new(file: File, len: u64) -> Self {
-        PreadFile { file: Arc::new(file), len, bytes_read: Arc::new(AtomicU64::new(0)) }
+        PreadFile {
+            file: Arc::new(file),
+            len,
+            bytes_read: Arc::new(AtomicU64::new(0)),
+        }
     }
 
     /// Total bytes read from the file through this reader (and its clones).
@@ -226,7 +247,10 @@ impl ChunkReader for PreadFile {
 
     fn get_read(&self, start: u64) -> Result<PreadReader, ParquetError> {
         self.check_range(start, 0)?;
-        Ok(PreadReader { src: self.clone(), pos: start })
+        Ok(PreadReader {
+            src: self.clone(),
+            pos: start,
+        })
     }
 
     fn get_bytes(&self, start: u64, length: usize) -> Result<Bytes, ParquetError> {
@@ -265,9 +289,17 @@ pub(crate) struct OpenedObject {
 }
 
 /// Runs parquet code that might panic on hostile bytes, turning a panic into an error.
-fn guarded<T>(path: &Path, what: &str, f: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
-        .unwrap_or_else(|_| Err(StoreError::malformed(path, format!("parquet panicked while {what}"))))
+fn guarded<T>(
+    path: &Path,
+    what: &str,
+    f: impl FnOnce() -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|_| {
+        Err(StoreError::malformed(
+            path,
+            format!("parquet panicked while {what}"),
+        ))
+    })
 }
 
 /// Loads and checks the footer, page index, metadata and hash column of an object file.
@@ -277,8 +309,12 @@ pub(crate) fn open_object(file: &PreadFile, path: &Path) -> Result<OpenedObject,
 }
 
 fn open_object_inner(file: &PreadFile, path: &Path) -> Result<OpenedObject, StoreError> {
-    let options = ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Required);
-    let meta = ArrowReaderMetadata::load(file, options).map_err(|e| StoreError::parquet(path, e))?;
+    // An embedded arrow schema is ignored (its flatbuffer decoder is not hardened).
+    let options = ArrowReaderOptions::new()
+        .with_page_index_policy(PageIndexPolicy::Required)
+        .with_skip_arrow_metadata(true);
+    let meta =
+        ArrowReaderMetadata::load(file, options).map_err(|e| StoreError::parquet(path, e))?;
     check_schema(&meta, path)?;
     let pq = meta.metadata();
     let kv = ObjectMeta::parse(pq.file_metadata().key_value_metadata(), path)?;
@@ -302,30 +338,49 @@ fn open_object_inner(file: &PreadFile, path: &Path) -> Result<OpenedObject, Stor
             format!("{total} chunks but size {} needs {expected}", kv.size),
         ));
     }
-    // Every row (chunk) is one page in the data column; each page location within the file.
-    let offset_index = pq
-        .offset_index()
-        .ok_or_else(|| StoreError::malformed(path, "no offset index"))?;
+    check_layout(pq, file.len()).map_err(|reason| StoreError::malformed(path, reason))?;
+    let chunk_hashes = read_hash_column(file, &meta, path, expected)?;
+    Ok(OpenedObject {
+        meta,
+        kv,
+        chunk_hashes,
+        rg_starts,
+    })
+}
+
+/// Checks that every column chunk and every page of the offset index lies within the file
+/// (parquet asserts on negative offsets rather than returning an error).
+fn check_layout(pq: &ParquetMetaData, file_len: u64) -> Result<(), String> {
+    let within = |start: i64, len: i64| {
+        u64::try_from(start).is_ok_and(|s| {
+            u64::try_from(len).is_ok_and(|l| s.checked_add(l).is_some_and(|e| e <= file_len))
+        })
+    };
+    let offset_index = pq.offset_index().ok_or("no offset index")?;
     if offset_index.len() != pq.num_row_groups() {
-        return Err(StoreError::malformed(path, "offset index does not cover every row group"));
+        return Err("offset index does not cover every row group".into());
     }
-    for (rg, cols) in offset_index.iter().enumerate() {
-        let pages = cols
-            .get(COL_DATA)
-            .ok_or_else(|| StoreError::malformed(path, format!("row group {rg}: no data offset index")))?
-            .page_locations();
-        for p in pages {
-            let ok = u64::try_from(p.offset).is_ok_and(|o| {
-                u64::try_from(p.compressed_page_size).is_ok_and(|l| o.saturating_add(l) <= file.len())
-            });
-            if !ok {
-                return Err(StoreError::malformed(path, format!("row group {rg}: page outside the file")));
+    for (rg, (group, index)) in pq.row_groups().iter().zip(offset_index).enumerate() {
+        if index.len() != group.num_columns() {
+            return Err(format!("row group {rg}: offset index misses columns"));
+        }
+        for (col, pages) in group.columns().iter().zip(index) {
+            let start = col
+                .dictionary_page_offset()
+                .unwrap_or(col.data_page_offset());
+            let pages_ok = pages
+                .page_locations()
+                .iter()
+                .all(|p| within(p.offset, p.compressed_page_size.into()));
+            if !within(start, col.compressed_size()) || !pages_ok {
+                return Err(format!(
+                    "row group {rg}: {} outside the file",
+                    col.column_path()
+                ));
             }
         }
     }
-
-    let chunk_hashes = read_hash_column(file, &meta, path, expected)?;
-    Ok(OpenedObject { meta, kv, chunk_hashes, rg_starts })
+    Ok(())
 }
 
 fn check_schema(meta: &ArrowReaderMetadata, path: &Path) -> Result<(), StoreError> {
@@ -339,7 +394,10 @@ fn check_schema(meta: &ArrowReaderMetadata, path: &Path) -> Result<(), StoreErro
     if same {
         Ok(())
     } else {
-        Err(StoreError::malformed(path, format!("unexpected schema {:?}", got.fields())))
+        Err(StoreError::malformed(
+            path,
+            format!("unexpected schema {:?}", got.fields()),
+        ))
     }
 }
 
@@ -359,17 +417,13 @@ fn read_hash_column(
     let mut hashes = Vec::new();
     for batch in reader {
         let batch = batch.map_err(|e| StoreError::arrow(path, e))?;
-        let col = batch
-            .column(0)
-            .as_any()
-            .downcast_ref::<BinaryArray>()
-            .ok_or_else(|| StoreError::malformed(path, "hash column is not binary"))?;
-        if col.null_count() != 0 {
-            return Err(StoreError::malformed(path, "null chunk hash"));
-        }
+        let col = binary_column(&batch, path)?;
         for v in col.iter().flatten() {
             let h: [u8; 32] = v.try_into().map_err(|_| {
-                StoreError::malformed(path, format!("chunk {} hash is {} bytes", hashes.len(), v.len()))
+                StoreError::malformed(
+                    path,
+                    format!("chunk {} hash is {} bytes", hashes.len(), v.len()),
+                )
             })?;
             hashes.push(h);
         }
@@ -386,6 +440,16 @@ fn read_hash_column(
     Ok(hashes)
 }
 
+/// The single projected column of `batch`, which must be binary without nulls.
+fn binary_column<'a>(batch: &'a RecordBatch, path: &Path) -> Result<&'a BinaryArray, StoreError> {
+    batch
+        .column(0)
+        .as_any()
+        .downcast_ref::<BinaryArray>()
+        .filter(|col| col.null_count() == 0)
+        .ok_or_else(|| StoreError::malformed(path, "column is not binary without nulls"))
+}
+
 /// Decodes row `row` of row group `rg` (the `data` column only), fetching just that row's page.
 /// Any error other than [`StoreError::Io`] means the chunk's bytes on disk are bad.
 pub(crate) fn decode_chunk(
@@ -397,7 +461,9 @@ pub(crate) fn decode_chunk(
     path: &Path,
 ) -> Result<Bytes, StoreError> {
     guarded(path, "decoding a chunk", || {
-        let to_usize = |n: u64| usize::try_from(n).map_err(|_| StoreError::malformed(path, "row out of range"));
+        let to_usize = |n: u64| {
+            usize::try_from(n).map_err(|_| StoreError::malformed(path, "row out of range"))
+        };
         let mut selectors = Vec::with_capacity(3);
         if row > 0 {
             selectors.push(RowSelector::skip(to_usize(row)?));
@@ -408,26 +474,23 @@ pub(crate) fn decode_chunk(
             selectors.push(RowSelector::skip(to_usize(after)?));
         }
         let mask = ProjectionMask::leaves(meta.parquet_schema(), [COL_DATA]);
-        let mut reader = ParquetRecordBatchReaderBuilder::new_with_metadata(file.clone(), meta.clone())
-            .with_projection(mask)
-            .with_row_groups(vec![rg])
-            .with_row_selection(RowSelection::from(selectors))
-            // Always skip pages through the offset index, never decode-then-mask.
-            .with_row_selection_policy(RowSelectionPolicy::Selectors)
-            .with_batch_size(1)
-            .build()
-            .map_err(|e| StoreError::parquet(path, e))?;
+        let mut reader =
+            ParquetRecordBatchReaderBuilder::new_with_metadata(file.clone(), meta.clone())
+                .with_projection(mask)
+                .with_row_groups(vec![rg])
+                .with_row_selection(RowSelection::from(selectors))
+                // Always skip pages through the offset index, never decode-then-mask.
+                .with_row_selection_policy(RowSelectionPolicy::Selectors)
+                .with_batch_size(1)
+                .build()
+                .map_err(|e| StoreError::parquet(path, e))?;
         let batch = reader
             .next()
             .ok_or_else(|| StoreError::malformed(path, "chunk row missing"))?
             .map_err(|e| StoreError::arrow(path, e))?;
-        let col = batch
-            .column(0)
-            .as_any()
-            .downcast_ref::<BinaryArray>()
-            .ok_or_else(|| StoreError::malformed(path, "data column is not binary"))?;
-        if col.len() != 1 || col.null_count() != 0 {
-            return Err(StoreError::malformed(path, "chunk row is not one non-null value"));
+        let col = binary_column(&batch, path)?;
+        if col.len() != 1 {
+            return Err(StoreError::malformed(path, "not exactly one chunk row"));
         }
         Ok(Bytes::copy_from_slice(col.value(0)))
     })

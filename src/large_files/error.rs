@@ -4,7 +4,6 @@
 //! I/O failures keep their `std::io::Error` (also when parquet or arrow wrapped it) so a caller can
 //! map them to an errno; [`StoreError::is_enospc`] and [`StoreError::raw_os_error`] help with that.
 
-use std::error::Error as _;
 use std::io;
 use std::path::PathBuf;
 
@@ -43,7 +42,11 @@ pub enum StoreError {
 
     /// A chunk number past the end of the object.
     #[error("large object {object}: chunk {chunk} out of range (object has {chunks} chunks)")]
-    ChunkOutOfRange { object: Blake3Hash, chunk: u64, chunks: u64 },
+    ChunkOutOfRange {
+        object: Blake3Hash,
+        chunk: u64,
+        chunks: u64,
+    },
 
     /// The file is not a well-formed pond large-file object.
     #[error("malformed large object {}: {reason}", path.display())]
@@ -80,11 +83,17 @@ impl StoreError {
     }
 
     pub(crate) fn io(path: impl Into<PathBuf>, source: io::Error) -> Self {
-        StoreError::Io { path: path.into(), source }
+        StoreError::Io {
+            path: path.into(),
+            source,
+        }
     }
 
     pub(crate) fn malformed(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
-        StoreError::Malformed { path: path.into(), reason: reason.into() }
+        StoreError::Malformed {
+            path: path.into(),
+            reason: reason.into(),
+        }
     }
 
     /// A parquet error on `path`; an I/O error wrapped inside it becomes [`StoreError::Io`].

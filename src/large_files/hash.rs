@@ -163,7 +163,9 @@ impl Default for StreamHasher {
 
 impl fmt::Debug for StreamHasher {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("StreamHasher").field("size", &self.size).finish_non_exhaustive()
+        f.debug_struct("StreamHasher")
+            .field("size", &self.size)
+            .finish_non_exhaustive()
     }
 }
 

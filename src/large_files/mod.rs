@@ -19,6 +19,7 @@ use std::sync::Mutex;
 
 use bytes::Bytes;
 use parquet::arrow::arrow_reader::ArrowReaderMetadata;
+use sha2::{Digest, Sha256};
 
 use crate::config::CHUNK_SIZE;
 use chunked::{ChunkWriter, ObjectMeta, PreadFile};
@@ -97,7 +98,12 @@ impl LargeFileStore {
                 )));
             }
             if self.contains(&k.root) {
-                return Ok(PutOutcome { hash: k.root, sha256: k.sha256, size, existed: true });
+                return Ok(PutOutcome {
+                    hash: k.root,
+                    sha256: k.sha256,
+                    size,
+                    existed: true,
+                });
             }
         }
         self.put_with(size, known, |offset, buf| {
@@ -130,48 +136,63 @@ impl LargeFileStore {
             .tempfile_in(&self.tmp)
             .map_err(|e| StoreError::io(&self.tmp, e))?;
         let tmp_path = tmp.path().to_path_buf();
-        let handle = tmp.as_file().try_clone().map_err(|e| StoreError::io(&tmp_path, e))?;
+        let handle = tmp
+            .as_file()
+            .try_clone()
+            .map_err(|e| StoreError::io(&tmp_path, e))?;
         let mut writer = ChunkWriter::new(handle, &tmp_path)?;
 
         let n = chunk_count(size);
-        let mut hasher = known.is_none().then(StreamHasher::new);
+        // Without known hashes: chunk hashes and SHA-256 computed here, in the same pass.
+        let mut computed = known.is_none().then(|| (Vec::new(), Sha256::new()));
         for i in 0..n {
             let mut buf = vec![0u8; chunk_len(size, i) as usize];
             read(i * CHUNK_SIZE, &mut buf)?;
-            let h = match (&mut hasher, known) {
-                (Some(hasher), _) => {
-                    hasher.update(&buf);
-                    chunk_hash(i, n, &buf)
+            let h = chunk_hash(i, n, &buf);
+            match (&mut computed, known) {
+                (Some((hashes, sha)), _) => {
+                    hashes.push(h);
+                    sha.update(&buf);
                 }
-                (None, Some(k)) => {
-                    // Trust but verify: the source must still be what was hashed.
-                    let h = chunk_hash(i, n, &buf);
-                    if k.chunk_hashes.get(i as usize) != Some(&h) {
-                        return Err(StoreError::ContentMismatch {
-                            object: k.root,
-                            reason: format!("source chunk {i} changed since it was hashed"),
-                        });
-                    }
-                    h
+                // Trust but verify: the source must still be what was hashed.
+                (None, Some(k)) if k.chunk_hashes.get(i as usize) != Some(&h) => {
+                    return Err(StoreError::ContentMismatch {
+                        object: k.root,
+                        reason: format!("source chunk {i} changed since it was hashed"),
+                    });
                 }
-                (None, None) => unreachable!("hasher exists when no summary is known"),
-            };
+                (None, _) => {}
+            }
             writer.write_chunk(&h, buf, &tmp_path)?;
         }
-        let (root, sha256) = match (&hasher, known) {
-            (Some(h), _) => {
-                let s = h.summary();
-                (s.root, s.sha256)
-            }
+        let (root, sha256) = match (computed, known) {
+            (Some((hashes, sha)), _) => match root_from_chunk_hashes(&hashes) {
+                Some(root) => (root, Sha256Digest(sha.finalize().into())),
+                None => unreachable!("there is always at least one chunk"),
+            },
             (None, Some(k)) => (k.root, k.sha256),
-            (None, None) => unreachable!("hasher exists when no summary is known"),
+            (None, None) => unreachable!("hashes are computed when none are known"),
         };
-        let outcome = |existed| PutOutcome { hash: root, sha256, size, existed };
+        let outcome = |existed| PutOutcome {
+            hash: root,
+            sha256,
+            size,
+            existed,
+        };
         if self.contains(&root) {
             return Ok(outcome(true)); // temp file dropped (deleted)
         }
-        writer.finish(&ObjectMeta { size, blake3: root, sha256 }, &tmp_path)?;
-        tmp.as_file().sync_all().map_err(|e| StoreError::io(&tmp_path, e))?;
+        writer.finish(
+            &ObjectMeta {
+                size,
+                blake3: root,
+                sha256,
+            },
+            &tmp_path,
+        )?;
+        tmp.as_file()
+            .sync_all()
+            .map_err(|e| StoreError::io(&tmp_path, e))?;
 
         let dest = self.object_path(&root);
         match tmp.persist_noclobber(&dest) {
@@ -191,7 +212,9 @@ impl LargeFileStore {
         let path = self.object_path(hash);
         let file = match File::open(&path) {
             Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StoreError::NotFound(*hash)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(StoreError::NotFound(*hash));
+            }
             Err(e) => return Err(StoreError::io(&path, e)),
         };
         let len = file.metadata().map_err(|e| StoreError::io(&path, e))?.len();
@@ -200,7 +223,10 @@ impl LargeFileStore {
         if opened.kv.blake3 != *hash {
             return Err(StoreError::malformed(
                 &path,
-                format!("metadata names {} but the file is named {hash}", opened.kv.blake3),
+                format!(
+                    "metadata names {} but the file is named {hash}",
+                    opened.kv.blake3
+                ),
             ));
         }
         if root_from_chunk_hashes(&opened.chunk_hashes) != Some(*hash) {
@@ -333,6 +359,13 @@ impl LargeFileReader {
         &self.chunk_hashes
     }
 
+    /// Approximate heap held by this open reader (footer, page index, chunk hashes, cache).
+    pub fn memory_size(&self) -> usize {
+        let cached = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        let cached = cached.as_ref().map_or(0, |(_, b)| b.len());
+        self.meta.metadata().memory_size() + self.chunk_hashes.len() * 32 + cached
+    }
+
     /// Bytes read from the object file by this reader since open (footer and page index included).
     pub fn bytes_read_from_disk(&self) -> u64 {
         self.file.bytes_read()
@@ -362,7 +395,11 @@ impl LargeFileReader {
 
     /// The verified bytes of chunk `idx`.
     pub fn read_chunk(&self, idx: u64) -> Result<Bytes, StoreError> {
-        if let Some((i, bytes)) = self.cache.lock().unwrap_or_else(|p| p.into_inner()).as_ref()
+        if let Some((i, bytes)) = self
+            .cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
             && *i == idx
         {
             return Ok(bytes.clone());
@@ -376,14 +413,23 @@ impl LargeFileReader {
     fn decode_verified(&self, idx: u64) -> Result<Bytes, StoreError> {
         let n = self.chunk_count();
         if idx >= n {
-            return Err(StoreError::ChunkOutOfRange { object: self.hash, chunk: idx, chunks: n });
+            return Err(StoreError::ChunkOutOfRange {
+                object: self.hash,
+                chunk: idx,
+                chunks: n,
+            });
         }
         // rg_starts is sorted, starts at 0 and ends at n > idx, so rg is a valid row group.
         let rg = self.rg_starts.partition_point(|&s| s <= idx) - 1;
         let row = idx - self.rg_starts[rg];
         let rg_rows = self.rg_starts[rg + 1] - self.rg_starts[rg];
-        let corrupt = StoreError::CorruptChunk { object: self.hash, chunk: idx };
-        let bytes = match chunked::decode_chunk(&self.file, &self.meta, rg, row, rg_rows, &self.path) {
+        let corrupt = StoreError::CorruptChunk {
+            object: self.hash,
+            chunk: idx,
+        };
+        let bytes = match chunked::decode_chunk(
+            &self.file, &self.meta, rg, row, rg_rows, &self.path,
+        ) {
             Ok(b) => b,
             Err(e @ StoreError::Io { .. }) => return Err(e),
             Err(e) => {
@@ -414,18 +460,31 @@ impl LargeFileReader {
         if errors.is_empty() {
             let s = hasher.summary();
             let mut mismatch = |reason: String| {
-                errors.push(StoreError::ContentMismatch { object: self.hash, reason })
+                errors.push(StoreError::ContentMismatch {
+                    object: self.hash,
+                    reason,
+                })
             };
             if s.size != self.size {
-                mismatch(format!("content is {} bytes, metadata says {}", s.size, self.size));
+                mismatch(format!(
+                    "content is {} bytes, metadata says {}",
+                    s.size, self.size
+                ));
             }
             if s.root != self.hash {
                 mismatch(format!("content hashes to {}", s.root));
             }
             if s.sha256 != self.sha256 {
-                mismatch(format!("content SHA-256 is {}, metadata says {}", s.sha256, self.sha256));
+                mismatch(format!(
+                    "content SHA-256 is {}, metadata says {}",
+                    s.sha256, self.sha256
+                ));
             }
         }
-        if errors.is_empty() { Ok(()) } else { Err(errors) }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
     }
 }
