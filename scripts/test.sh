@@ -32,11 +32,12 @@ export POND_PY_VENV=$venv
 # Nothing of ours may outlive the run: the S3 server, and any mount a crashed test left.
 cleanup() {
     scripts/s3-local.sh stop || true
-    grep -E ' fuse(\.pond)? ' /proc/mounts | awk '$1 ~ /pond/ {print $2}' | while read -r m; do
-        case "$m" in /tmp/*) umount -l "$m" 2>/dev/null || true ;; esac
+    local m
+    for m in $(awk '$3 ~ /^fuse/ && $1 ~ /pond/ && $2 ~ /^\/tmp\// {print $2}' /proc/mounts); do
+        umount -l "$m" 2>/dev/null || true
     done
 }
-trap cleanup EXIT
+trap 'rc=$?; cleanup; exit $rc' EXIT
 eval "$(scripts/s3-local.sh start)"
 
 cargo build --locked --all-targets

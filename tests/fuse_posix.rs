@@ -147,3 +147,79 @@ fn a_version_mount_shows_the_old_tree_read_only() {
     assert_eq!(std::fs::read(old.path("f")).unwrap(), b"old");
     assert_eq!(errno(std::fs::write(old.path("f"), b"x")), libc::EROFS);
 }
+
+#[test]
+fn posix_record_locks_and_flock_exclude_other_processes() {
+    let pond = TestPond::new();
+    let m = Mounted::new(&pond.root, &pond.scratch("mnt"), &[]);
+    std::fs::write(m.path("lockfile"), b"").unwrap();
+    let f = OpenOptions::new().read(true).write(true).open(m.path("lockfile")).unwrap();
+    use std::os::fd::AsRawFd;
+    // A write lock on bytes 0..10 through fcntl, held by this process.
+    let lock = libc::flock { l_type: libc::F_WRLCK as i16, l_whence: libc::SEEK_SET as i16, l_start: 0, l_len: 10, l_pid: 0 };
+    // SAFETY: valid fd and flock struct.
+    assert_eq!(unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETLK, &lock) }, 0, "{}", std::io::Error::last_os_error());
+    // Another process asking for the same range is refused; a disjoint range is granted.
+    let probe = |start: u32| {
+        let code = format!(
+            "import fcntl,sys\nf=open(sys.argv[1],'r+')\ntry:\n fcntl.lockf(f,fcntl.LOCK_EX|fcntl.LOCK_NB,5,{start})\n print('got')\nexcept OSError:\n print('busy')"
+        );
+        let out = std::process::Command::new("python3").arg("-c").arg(code).arg(m.path("lockfile")).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(probe(2), "busy", "overlapping fcntl lock must be refused");
+    assert_eq!(probe(20), "got", "disjoint range is free");
+    drop(f);
+    assert_eq!(probe(2), "got", "closing the file releases its locks");
+    // flock(1): a held lock makes a non-blocking attempt fail.
+    let mut holder = std::process::Command::new("flock").arg(m.path("lockfile")).args(["sleep", "3"]).spawn().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let try_lock = std::process::Command::new("flock").arg("-n").arg(m.path("lockfile")).arg("true").status().unwrap();
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert!(!try_lock.success(), "flock -n must fail while another process holds the lock");
+}
+
+#[test]
+fn permissions_are_enforced_for_other_users_with_allow_other() {
+    let pond = TestPond::new();
+    let mnt = pond.scratch("mnt");
+    // The mountpoint's parents must be searchable by the other user.
+    for dir in [pond.dir.path(), mnt.as_path()] {
+        std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    }
+    let m = Mounted::new(&pond.root, &mnt, &["allow_other"]);
+    std::fs::write(m.path("public"), b"everyone").unwrap();
+    std::fs::write(m.path("private"), b"root only").unwrap();
+    std::fs::set_permissions(m.path("private"), std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let as_nobody = |args: &[&str]| {
+        std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let ok = as_nobody(&["cat", m.path("public").to_str().unwrap()]);
+    assert_eq!(String::from_utf8_lossy(&ok.stdout), "everyone", "{}", String::from_utf8_lossy(&ok.stderr));
+    let denied = as_nobody(&["cat", m.path("private").to_str().unwrap()]);
+    assert!(!denied.status.success() && String::from_utf8_lossy(&denied.stderr).contains("Permission denied"));
+    let write = as_nobody(&["touch", m.path("new-by-nobody").to_str().unwrap()]);
+    assert!(!write.status.success(), "the root directory (0755, root) is not writable by nobody");
+}
+
+#[test]
+fn the_threshold_option_moves_the_inline_boundary() {
+    let pond = TestPond::new();
+    let m = Mounted::new(&pond.root, &pond.scratch("mnt"), &["threshold=1024"]);
+    std::fs::write(m.path("at"), pattern(1024, 1)).unwrap();
+    std::fs::write(m.path("above"), pattern(1025, 2)).unwrap();
+    m.unmount();
+    let objects: Vec<String> = std::fs::read_dir(pond.root.join("_large_files"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".parquet"))
+        .collect();
+    assert_eq!(objects, vec![format!("{}.parquet", blake3::hash(&pattern(1025, 2)).to_hex())], "only the file above 1024 bytes is a large object");
+    assert_eq!(crate::common::pond(&["cat", pond.path(), "above"]).stdout, pattern(1025, 2));
+}
