@@ -175,7 +175,7 @@ impl Tree {
         self.generation += 1;
     }
 
-    /// Record that `ino`'s content changed (counted in the commit summary).
+    /// Record that `ino`'s content changed (its size counts in the commit summary's bytes).
     pub fn touch_content(&mut self, ino: u64) {
         self.content_changed.insert(ino);
         self.touch_node(ino);
@@ -268,17 +268,20 @@ impl Tree {
             match key {
                 RowKey::Node(ino) => {
                     let data = self.nodes.get(&ino).filter(|n| n.data.nlink > 0).map(|n| n.data.clone());
-                    if changed.contains(&ino) || data.is_none() {
+                    // A changed file: any version of a non-directory (content, attributes, removal)
+                    // and a new directory, but not a directory whose mtime moved because an entry
+                    // in it changed. Bytes count content that changed.
+                    let is_dir = data.as_ref().is_some_and(|d| d.kind == NodeKind::Dir);
+                    if !is_dir || changed.contains(&ino) {
                         files_changed += 1;
+                    }
+                    if changed.contains(&ino) {
                         bytes += data.as_ref().filter(|d| d.content.is_some()).map(|d| d.size).unwrap_or(0);
                     }
                     rows.push(OplogRow::Node { ino, seq, data });
                 }
                 RowKey::Dirent(parent, name) => {
                     let child = self.nodes.get(&parent).and_then(|p| p.dir.as_ref()).and_then(|d| d.entries.get(&*name)).copied();
-                    if child.is_none() {
-                        files_changed += 1;
-                    }
                     rows.push(OplogRow::Dirent { parent, name: name.into_vec(), seq, child });
                 }
             }
