@@ -19,8 +19,20 @@ use pond::fs::{FsError, FsOptions, PondFs, WORK_DIR, WriterLock};
 
 use super::mount_options::{self, MountOptions};
 
+/// A FUSE mount as the kernel shows it.
+pub struct FuseMount {
+    /// The mount's source: for a pond, the pond's path.
+    pub source: String,
+    pub read_only: bool,
+}
+
 /// Where the kernel shows `mountpoint` mounted with a FUSE type, return the mount's source.
 pub fn fuse_mount_source(mountpoint: &Path) -> Option<String> {
+    fuse_mount(mountpoint).map(|m| m.source)
+}
+
+/// The FUSE mount on `mountpoint`, if the kernel shows one.
+pub fn fuse_mount(mountpoint: &Path) -> Option<FuseMount> {
     let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     let want = mountpoint.to_str()?;
     for line in text.lines() {
@@ -30,7 +42,8 @@ pub fn fuse_mount_source(mountpoint: &Path) -> Option<String> {
         if fields.get(4).map(|m| unescape(m)) == Some(want.to_string())
             && fields.get(sep + 1).is_some_and(|t| t.starts_with("fuse"))
         {
-            return fields.get(sep + 2).map(|s| unescape(s));
+            let read_only = fields.get(5).is_some_and(|o| o.split(',').any(|o| o == "ro"));
+            return fields.get(sep + 2).map(|s| FuseMount { source: unescape(s), read_only });
         }
     }
     None
@@ -187,10 +200,10 @@ fn serve(pond: &Path, mountpoint: &Path, opts: &MountOptions, report: Option<&mu
 
 pub fn umount(mountpoint: &Path) -> anyhow::Result<ExitCode> {
     let canon = std::fs::canonicalize(mountpoint).with_context(|| format!("mountpoint {}", mountpoint.display()))?;
-    let Some(source) = fuse_mount_source(&canon) else {
+    let Some(mounted) = fuse_mount(&canon) else {
         bail!("{} is not a mounted pond", mountpoint.display());
     };
-    let pond = PathBuf::from(&source);
+    let pond = PathBuf::from(&mounted.source);
     let c = std::ffi::CString::new(canon.as_os_str().as_encoded_bytes())?;
     // SAFETY: plain syscall on a NUL-terminated path.
     if unsafe { libc::umount2(c.as_ptr(), 0) } != 0 {
@@ -200,8 +213,10 @@ pub fn umount(mountpoint: &Path) -> anyhow::Result<ExitCode> {
             bail!("unmounting {}: {err}", mountpoint.display());
         }
     }
-    // The daemon releases the writer lock only after its final commit.
-    if pond.join("_delta_log").is_dir() {
+    // The daemon releases the writer lock only after its final commit. A read-only mount commits
+    // nothing and never held the lock; waiting for it would wait on whichever read-write mount of
+    // the same pond is live (for 10 minutes, then fail).
+    if !mounted.read_only && pond.join("_delta_log").is_dir() {
         let deadline = Instant::now() + Duration::from_secs(600);
         loop {
             match WriterLock::acquire(&pond) {
