@@ -4,3 +4,5 @@
 mod common;
 /// The filesystem core without FUSE: write path, threshold, POSIX namespace rules, persistence.
 mod core_fs;
+/// mount(8)/fstab/systemd helpers, scripts/install.sh, and pond mount's daemon mode under them.
+mod mount_helper;
