@@ -151,6 +151,11 @@ fn put_link(target: &Path, dest: &Path) {
 
 /// The pids of the `pond mount` daemons serving `pond` (zombies excluded).
 fn daemon_pids(pond: &Path) -> Vec<i32> {
+    daemons(pond, None)
+}
+
+/// The daemons serving `pond`, on `at` if given (as canonical path, which mount(8) passes).
+fn daemons(pond: &Path, at: Option<&Path>) -> Vec<i32> {
     let want = s(pond);
     let mut pids = Vec::new();
     for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
@@ -158,7 +163,8 @@ fn daemon_pids(pond: &Path) -> Vec<i32> {
         let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
         let args: Vec<String> = cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
         let is_pond = args.first().is_some_and(|a| Path::new(a).file_name().is_some_and(|n| n == "pond"));
-        if is_pond && args.get(1).is_some_and(|a| a == "mount") && args.iter().any(|a| a == want) && alive(pid) {
+        let at_dir = at.is_none_or(|d| args.iter().any(|a| a == s(d)));
+        if is_pond && args.get(1).is_some_and(|a| a == "mount") && args.iter().any(|a| a == want) && at_dir && alive(pid) {
             pids.push(pid);
         }
     }
@@ -191,10 +197,11 @@ fn wait_for_exit(pid: i32, limit: Duration) -> bool {
     true
 }
 
-/// Wait until no daemon serves `pond`; SIGKILL as the last resort so none is ever left behind.
-fn reap_daemons(pond: &Path, limit: Duration) -> bool {
+/// Wait until no daemon serves `pond` (on `at`, if given); SIGKILL as the last resort so none is
+/// ever left behind.
+fn reap_daemons(pond: &Path, at: Option<&Path>, limit: Duration) -> bool {
     let mut clean = true;
-    for pid in daemon_pids(pond) {
+    for pid in daemons(pond, at) {
         if !wait_for_exit(pid, limit) {
             clean = false;
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
@@ -215,7 +222,8 @@ impl Unmount {
     fn new(pond: &Path, dir: &Path) -> Unmount {
         require_fuse();
         std::fs::create_dir_all(dir).expect("mount point");
-        Unmount { dir: dir.to_path_buf(), pond: pond.to_path_buf() }
+        let dir = std::fs::canonicalize(dir).expect("canonical mount point");
+        Unmount { dir, pond: pond.to_path_buf() }
     }
 }
 
@@ -231,7 +239,10 @@ impl Drop for Unmount {
         while is_mounted(&self.dir) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
-        reap_daemons(&self.pond, Duration::from_secs(30));
+        // Only this mount point's: another mount of the same pond may still be live.
+        if !reap_daemons(&self.pond, Some(&self.dir), Duration::from_secs(30)) {
+            eprintln!("the pond daemon on {} did not exit after unmounting: killed it", self.dir.display());
+        }
     }
 }
 
@@ -865,7 +876,7 @@ fn daemon_detaches_and_logs_to_the_named_file() {
     // Without log=: POND/_pond/mount.log.
     let mounted = Mounted::new(&pond.root, &dir, &[]);
     mounted.unmount();
-    reap_daemons(&pond.root, Duration::from_secs(10));
+    assert!(reap_daemons(&pond.root, None, Duration::from_secs(10)), "a daemon did not exit after pond umount");
     let text = std::fs::read_to_string(pond.root.join("_pond/mount.log")).unwrap();
     assert!(text.contains("mounted"), "default log:\n{text}");
 }
@@ -925,5 +936,5 @@ fn pond_umount_of_a_read_only_mount_does_not_wait_for_the_writer() {
     assert!(!is_mounted(&ro_dir) && is_mounted(&rw_dir));
     rw.unmount();
     assert_committed(&pond.root, &files, before, "pond umount");
-    reap_daemons(&pond.root, Duration::from_secs(10));
+    assert!(reap_daemons(&pond.root, None, Duration::from_secs(10)), "a daemon did not exit after pond umount");
 }
