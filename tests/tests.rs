@@ -18,3 +18,5 @@ mod large_files;
 mod reftest;
 /// Replication: replicate/restore/verify URL over a directory and S3, resume, tampering, --follow.
 mod replica;
+/// mount(8)/fstab/systemd helpers, scripts/install.sh, and pond mount's daemon mode under them.
+mod mount_helper;

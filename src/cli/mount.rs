@@ -19,7 +19,8 @@ use pond::fs::{FsError, FsOptions, PondFs, WORK_DIR};
 
 use super::mount_options::{self, MountOptions};
 
-/// Where the kernel shows `mountpoint` mounted with a FUSE type, return the mount's source.
+/// Where the kernel shows `mountpoint` mounted with a FUSE type, return the mount's source (for a
+/// pond, the pond's path).
 pub fn fuse_mount_source(mountpoint: &Path) -> Option<String> {
     let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     let want = mountpoint.to_str()?;
@@ -119,11 +120,18 @@ pub fn mount(pond: &Path, mountpoint: &Path, foreground: bool, options: &[String
 fn daemon(pond: &Path, mountpoint: &Path, opts: &MountOptions, report: OwnedFd) -> i32 {
     let _ = nix::unistd::setsid();
     let log_path = opts.log.clone().unwrap_or_else(|| pond.join(WORK_DIR).join("mount.log"));
+    // Leave the caller's working directory, so the daemon does not keep its filesystem busy;
+    // a relative log= is the caller's, so resolve it first (pond and mountpoint already are).
+    let log_path = std::path::absolute(&log_path).unwrap_or(log_path);
+    let _ = std::env::set_current_dir("/");
     if let Some(dir) = log_path.parent() {
         let _ = std::fs::create_dir_all(dir);
     }
     redirect_stdio(&log_path);
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // pond's own events (mounted, unmounted, signals) and everyone's warnings; the Delta crates
+    // log kilobytes per commit at info, which would grow the log without bound. RUST_LOG overrides.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,pond=info"));
     if let Ok(file) = std::fs::OpenOptions::new().create(true).append(true).open(&log_path) {
         let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false).with_writer(Arc::new(file)).try_init();
     }

@@ -41,7 +41,11 @@ const SIGNALS: [Signal; 3] = [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP];
 /// as the mount's source (`fsname`) unless the config already names one.
 pub fn mount_options(read_only: bool, allow_other: bool) -> Config {
     let mut cfg = Config::default();
-    cfg.mount_options = vec![MountOption::Subtype("pond".into()), MountOption::DefaultPermissions];
+    // `subtype=pond` as a plain option, not `MountOption::Subtype`: fuser gives Subtype only to
+    // fusermount, so a mount made directly with mount(2) (as root) would show type `fuse`, and
+    // umount(8) would never find its `umount.fuse.pond` helper. The kernel (and fusermount) take
+    // `subtype=` and show the mount as `fuse.pond`.
+    cfg.mount_options = vec![MountOption::CUSTOM("subtype=pond".into()), MountOption::DefaultPermissions];
     if read_only {
         cfg.mount_options.push(MountOption::RO);
     }
@@ -236,6 +240,7 @@ mod tests {
     fn config_follows_the_flags() {
         let rw = mount_options(false, false);
         assert!(rw.mount_options.contains(&MountOption::DefaultPermissions));
+        assert!(rw.mount_options.contains(&MountOption::CUSTOM("subtype=pond".into())));
         assert!(!rw.mount_options.contains(&MountOption::RO));
         assert_eq!(rw.acl, SessionACL::Owner);
         assert_eq!(rw.n_threads, Some(THREADS));
