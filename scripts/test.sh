@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up and run every pond test on a fresh machine of this kind (Debian, root, /dev/fuse):
-# installs the system tools the tests drive (fuse3, rsync, git, tar, attr, curl), a Python venv with
+# installs the system tools the tests drive (fuse3, rsync, git, tar, attr, curl, systemd for
+# systemd-analyze and the fstab generator), a Python venv with
 # deltalake (an external Delta reader), starts a local S3-compatible server on 127.0.0.1 for the
 # replica's S3 tests (scripts/s3-local.sh, stopped on exit), builds with --locked, runs clippy and
 # every test. Extra arguments go to `cargo test` (e.g. `scripts/test.sh replica`).
@@ -11,7 +12,7 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/pond-target}
 export CARGO_TERM_COLOR=never
 
 need=()
-for tool in fusermount3:fuse3 rsync:rsync git:git tar:tar setfattr:attr curl:curl; do
+for tool in fusermount3:fuse3 rsync:rsync git:git tar:tar setfattr:attr curl:curl systemd-analyze:systemd flock:util-linux setpriv:util-linux; do
     command -v "${tool%%:*}" >/dev/null || need+=("${tool#*:}")
 done
 if ((${#need[@]})); then
