@@ -362,11 +362,18 @@ fn strings(v: &[&str]) -> Vec<String> {
     v.iter().map(|x| x.to_string()).collect()
 }
 
+/// Every generic option mount.pond drops (and pond itself ignores), as mount(8), fstab and systemd
+/// pass them.
+const GENERIC: &str = "defaults,rw,dev,nodev,suid,nosuid,exec,noexec,auto,noauto,user,users,nouser,owner,group,\
+    _netdev,nofail,async,sync,dirsync,atime,noatime,relatime,norelatime,strictatime,nostrictatime,diratime,nodiratime,\
+    lazytime,nolazytime,iversion,noiversion,mand,nomand,silent,loud,default_permissions,x-systemd.automount,\
+    x-systemd.idle-timeout=1min,x-whatever,comment=systemd.x,context=x,fscontext=x,defcontext=x,rootcontext=x,\
+    helper=pond,uhelper=pond";
+
 #[test]
 fn helper_keeps_ponds_options_and_drops_the_generic_ones() {
     let fake = FakePond::new();
-    let generic = "rw,defaults,auto,noauto,nofail,_netdev,user,users,nouser,nosuid,nodev,noexec,relatime,\
-                   x-systemd.automount,x-systemd.idle-timeout=1min,x-whatever,comment=systemd.x";
+    let generic = GENERIC;
     let cases: &[(&[&str], &[&str])] = &[
         (&["P", "D"], &["mount", "P", "D"]),
         (&["P", "D", "-o", generic], &["mount", "P", "D"]),
@@ -833,6 +840,17 @@ fn daemon_mode_failures_exit_non_zero_with_the_reason() {
     assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
     assert!(stderr(&out).contains("is busy"), "{}", describe(&out));
     assert_eq!(daemon_pids(&pond.root).len(), 1, "a failed mount must leave no daemon");
+}
+
+#[test]
+fn pond_mount_itself_ignores_the_generic_options() {
+    // What an older helper, or a caller without one, passes straight to pond.
+    let pond = TestPond::new();
+    let dir = pond.scratch("mnt");
+    let mounted = Mounted::new(&pond.root, &dir, &[GENERIC]);
+    std::fs::write(dir.join("a"), b"a").unwrap();
+    mounted.unmount();
+    assert_eq!(committed(&pond.root, "a"), b"a");
 }
 
 #[test]

@@ -19,11 +19,12 @@ const IGNORED: &[&str] = &[
     "defaults", "rw", "dev", "nodev", "suid", "nosuid", "exec", "noexec", "auto", "noauto", "user", "users",
     "nouser", "owner", "group", "_netdev", "nofail", "async", "sync", "atime", "noatime", "relatime",
     "norelatime", "strictatime", "nodiratime", "diratime", "lazytime", "nolazytime", "silent", "loud",
-    "default_permissions",
+    "default_permissions", "dirsync", "nostrictatime", "iversion", "noiversion", "mand", "nomand",
 ];
 
 /// Prefixes of ignored `key` or `key=value` options (`x-systemd.automount`, `comment=...`).
-const IGNORED_PREFIXES: &[&str] = &["x-", "comment=", "context=", "fscontext=", "defcontext=", "rootcontext="];
+const IGNORED_PREFIXES: &[&str] =
+    &["x-", "comment=", "context=", "fscontext=", "defcontext=", "rootcontext=", "helper=", "uhelper="];
 
 pub fn parse(options: &[String]) -> Result<MountOptions, String> {
     let mut out = MountOptions::default();
@@ -59,6 +60,9 @@ mod tests {
     fn pond_options_are_parsed_and_generic_ones_ignored() {
         let o = parse(&["rw,_netdev,x-systemd.automount,noauto,threshold=4096".into(), "allow_other,version=3".into()]).unwrap();
         assert_eq!(o, MountOptions { allow_other: true, threshold: Some(4096), version: Some(3), ..Default::default() });
+        // The rest of what mount.pond drops, so pond run directly takes the same lines.
+        let o = parse(&["dirsync,nostrictatime,iversion,noiversion,mand,nomand,helper=pond,uhelper=pond".into()]).unwrap();
+        assert_eq!(o, MountOptions::default());
     }
 
     #[test]
