@@ -3,7 +3,7 @@
 # installs the system tools the tests drive (fuse3, rsync, git, tar, attr, curl, systemd for
 # systemd-analyze and the fstab generator), a Python venv with
 # deltalake (an external Delta reader), starts a local S3-compatible server on 127.0.0.1 for the
-# replica's S3 tests (scripts/s3-local.sh, stopped on exit), builds with --locked, runs clippy and
+# replica's S3 tests (scripts/s3-local.sh, stopped on exit), builds with --locked, checks rustfmt, runs clippy and
 # every test. Extra arguments go to `cargo test` (e.g. `scripts/test.sh replica`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -42,5 +42,6 @@ trap 'rc=$?; cleanup; exit $rc' EXIT
 eval "$(scripts/s3-local.sh start)"
 
 cargo build --locked --all-targets
+cargo fmt --check
 cargo clippy --locked --all-targets -- -D warnings
 cargo test --locked "$@"

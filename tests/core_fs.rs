@@ -38,7 +38,11 @@ fn content_round_trips_at_every_interesting_size_across_reopen() {
     }
     let fs = pond.open();
     for (i, (size, what)) in INTERESTING.iter().enumerate() {
-        assert_eq!(fs.lookup(ROOT_INO, format!("f{i}").as_bytes()).expect("lookup").ino, inos[i], "inode numbers are stable");
+        assert_eq!(
+            fs.lookup(ROOT_INO, format!("f{i}").as_bytes()).expect("lookup").ino,
+            inos[i],
+            "inode numbers are stable"
+        );
         assert_same_bytes(&read_file(&fs, inos[i]), &pattern(*size, i as u64), &format!("{what}, after reopen"));
     }
 }
@@ -55,7 +59,11 @@ fn threshold_is_inclusive_inline_at_t_and_large_at_t_plus_one() {
     assert!(matches!(committed_content(&pond, at), Content::Inline { .. }), "T is inline");
     match committed_content(&pond, above) {
         Content::Large { hash, .. } => {
-            assert_eq!(hash.to_hex(), blake3::hash(&pattern(T + 1, 3)).to_hex().to_string(), "object named by b3sum of content");
+            assert_eq!(
+                hash.to_hex(),
+                blake3::hash(&pattern(T + 1, 3)).to_hex().to_string(),
+                "object named by b3sum of content"
+            );
             assert!(pond.root.join("_large_files").join(format!("{}.parquet", hash.to_hex())).exists());
         }
         other => panic!("T+1 must be large, got {other:?}"),
@@ -70,7 +78,10 @@ fn identical_large_content_is_stored_once() {
     write_file(&fs, ROOT_INO, "a", &data);
     write_file(&fs, ROOT_INO, "b", &data);
     fs.shutdown().expect("shutdown");
-    let objects = std::fs::read_dir(pond.root.join("_large_files")).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".parquet")).count();
+    let objects = std::fs::read_dir(pond.root.join("_large_files"))
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".parquet"))
+        .count();
     assert_eq!(objects, 1, "two files with identical content share one object");
 }
 
@@ -93,7 +104,11 @@ fn overwrite_in_the_middle_truncate_append_and_sparse_match_a_reference() {
         fs.write(fh, far as u64, b"tail").unwrap();
         model.resize(far, 0);
         model.extend_from_slice(b"tail");
-        assert_same_bytes(&fs.read(fh, 0, model.len() as u32 + 10).unwrap(), &model, &format!("{what}: read through the open session"));
+        assert_same_bytes(
+            &fs.read(fh, 0, model.len() as u32 + 10).unwrap(),
+            &model,
+            &format!("{what}: read through the open session"),
+        );
         fs.release(fh).unwrap();
         // truncate without a handle
         fs.setattr(ino, SetAttr { size: Some((start / 3) as u64), ..Default::default() }).unwrap();
@@ -138,7 +153,10 @@ fn rename_replaces_exchanges_and_refuses_as_posix_says() {
 
     let d = fs.mkdir(ROOT_INO, b"d", 0o755, ME).unwrap().ino;
     let sub = fs.mkdir(d, b"sub", 0o755, ME).unwrap().ino;
-    assert!(matches!(fs.rename(ROOT_INO, b"d", sub, b"x", RenameMode::Replace), Err(FsError::Invalid(_))), "dir into itself");
+    assert!(
+        matches!(fs.rename(ROOT_INO, b"d", sub, b"x", RenameMode::Replace), Err(FsError::Invalid(_))),
+        "dir into itself"
+    );
     write_file(&fs, sub, "inner", b"i");
     let e = fs.mkdir(ROOT_INO, b"e", 0o755, ME).unwrap().ino;
     assert!(matches!(fs.rename(ROOT_INO, b"e", d, b"sub", RenameMode::Replace), Err(FsError::NotEmpty)));
@@ -193,7 +211,17 @@ fn symlinks_special_files_modes_times_and_xattrs_persist() {
     let l = fs.symlink(ROOT_INO, b"link", b"../target with space", ME).unwrap().ino;
     let p = fs.mknod(ROOT_INO, b"fifo", NodeKind::Fifo, 0o600, 0, ME).unwrap().ino;
     let f = write_file(&fs, ROOT_INO, "f", b"x");
-    fs.setattr(f, SetAttr { mode: Some(0o4750), uid: Some(12), gid: Some(34), mtime: Some(pond::fs::TimeSet::At(1_234_567_890_123_456_789)), ..Default::default() }).unwrap();
+    fs.setattr(
+        f,
+        SetAttr {
+            mode: Some(0o4750),
+            uid: Some(12),
+            gid: Some(34),
+            mtime: Some(pond::fs::TimeSet::At(1_234_567_890_123_456_789)),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     fs.setxattr(f, b"user.k", b"v\0binary", XattrSet::Create).unwrap();
     assert!(matches!(fs.setxattr(f, b"user.k", b"v", XattrSet::Create), Err(FsError::Exists)));
     assert!(matches!(fs.setxattr(f, b"user.none", b"v", XattrSet::Replace), Err(FsError::NoXattr)));
@@ -246,7 +274,8 @@ fn a_second_writer_is_refused_at_once_but_readers_work() {
         Err(e) => panic!("expected Busy, got {e}"),
         Ok(_) => panic!("a second writer must be refused"),
     }
-    let reader = PondFs::open(&pond.root, pond::fs::FsOptions { read_only: true, ..Default::default() }).expect("read-only open while a writer holds the pond");
+    let reader = PondFs::open(&pond.root, pond::fs::FsOptions { read_only: true, ..Default::default() })
+        .expect("read-only open while a writer holds the pond");
     assert!(matches!(reader.mkdir(ROOT_INO, b"x", 0o755, ME), Err(FsError::ReadOnly)));
 }
 

@@ -65,7 +65,11 @@ fn kill_9_mid_write_keeps_every_fsynced_file_and_verify_stays_clean() {
         let m = Mounted::new(&pond.root, &mnt, &[]);
         // Everything acknowledged in earlier rounds is intact.
         for (name, data) in acked.lock().unwrap().iter() {
-            assert_same_bytes(&std::fs::read(m.path(name)).unwrap(), data, &format!("{name} after kill -9 and remount"));
+            assert_same_bytes(
+                &std::fs::read(m.path(name)).unwrap(),
+                data,
+                &format!("{name} after kill -9 and remount"),
+            );
         }
         let (dir, a) = (m.mountpoint.clone(), acked.clone());
         let w = std::thread::spawn(move || writer(dir, round, a));
@@ -98,7 +102,10 @@ fn an_object_written_before_a_crash_is_unreferenced_and_gc_removes_it() {
     assert!(v.starts_with("clean") || v.contains("\nclean"), "an orphan is not damage: {v}");
     assert!(v.contains(&format!("unreferenced object {}", orphan.hash)), "{v}");
     let dry = pond_ok(&["gc", pond.path(), "--dry-run"]);
-    assert!(dry.contains(&orphan.hash.to_hex()) && LargeFileStore::new(&pond.root).contains(&orphan.hash), "dry run removes nothing: {dry}");
+    assert!(
+        dry.contains(&orphan.hash.to_hex()) && LargeFileStore::new(&pond.root).contains(&orphan.hash),
+        "dry run removes nothing: {dry}"
+    );
     let out = pond_ok(&["gc", pond.path()]);
     assert!(out.contains("removed 1 objects, 1 data files"), "{out}");
     assert!(!LargeFileStore::new(&pond.root).contains(&orphan.hash));
@@ -112,7 +119,11 @@ fn gc_refuses_while_a_writer_holds_the_pond() {
     let _fs = pond.open();
     let out = crate::common::pond(&["gc", pond.path()]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("mounted read-write"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("mounted read-write"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Flip one byte of chunk `chunk` of the object holding `data` (data is stored uncompressed).
@@ -187,7 +198,12 @@ fn bad_input_gets_a_one_line_error_and_exit_2_never_a_panic() {
     check(&["mount", pond.path(), dir.path().to_str().unwrap(), "-o", "treshold=5"], "unknown mount option");
 
     // A truncated data file and a corrupt log entry: refused with a message naming them.
-    let data_file = std::fs::read_dir(&pond.root).unwrap().flatten().map(|e| e.path()).find(|p| p.extension().is_some_and(|e| e == "parquet")).unwrap();
+    let data_file = std::fs::read_dir(&pond.root)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "parquet"))
+        .unwrap();
     let bytes = std::fs::read(&data_file).unwrap();
     std::fs::write(&data_file, &bytes[..bytes.len() / 2]).unwrap();
     check(&["ls", pond.path()], data_file.file_name().unwrap().to_str().unwrap());

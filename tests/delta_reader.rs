@@ -33,8 +33,11 @@ os._exit(0)  # deltalake's runtime threads may abort a normal interpreter exit
 "#;
 
 pub fn python_venv() -> String {
-    std::env::var("POND_PY_VENV")
-        .unwrap_or_else(|_| panic!("POND_PY_VENV is not set: run the tests through scripts/test.sh, which makes a Python venv with deltalake"))
+    std::env::var("POND_PY_VENV").unwrap_or_else(|_| {
+        panic!(
+            "POND_PY_VENV is not set: run the tests through scripts/test.sh, which makes a Python venv with deltalake"
+        )
+    })
 }
 
 #[test]
@@ -54,7 +57,12 @@ fn python_deltalake_reads_rows_and_inline_content() {
         fs.mkdir(ROOT_INO, b"dir", 0o750, pond::fs::Caller { uid: 0, gid: 0 }).unwrap();
         fs.shutdown().unwrap();
     }
-    let out = Command::new(Path::new(&venv).join("bin/python")).arg("-c").arg(READER).arg(&pond.root).output().expect("run python");
+    let out = Command::new(Path::new(&venv).join("bin/python"))
+        .arg("-c")
+        .arg(READER)
+        .arg(&pond.root)
+        .output()
+        .expect("run python");
     assert!(out.status.success(), "python deltalake failed: {}", String::from_utf8_lossy(&out.stderr));
     let got: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json from python");
     for (name, data) in &written {
@@ -66,8 +74,15 @@ fn python_deltalake_reads_rows_and_inline_content() {
             assert_eq!(row["large"], false, "{name}");
             assert_eq!(row["content"], hex::encode(data), "{name}: inline content as written");
         } else {
-            assert_eq!((row["large"].clone(), row["content"].clone()), (serde_json::json!(true), serde_json::Value::Null), "{name}");
+            assert_eq!(
+                (row["large"].clone(), row["content"].clone()),
+                (serde_json::json!(true), serde_json::Value::Null),
+                "{name}"
+            );
         }
     }
-    assert_eq!((got["dir"]["kind"].clone(), got["dir"]["mode"].clone()), (serde_json::json!("dir"), serde_json::json!(0o750)));
+    assert_eq!(
+        (got["dir"]["kind"].clone(), got["dir"]["mode"].clone()),
+        (serde_json::json!("dir"), serde_json::json!(0o750))
+    );
 }

@@ -156,7 +156,8 @@ fn posix_record_locks_and_flock_exclude_other_processes() {
     let f = OpenOptions::new().read(true).write(true).open(m.path("lockfile")).unwrap();
     use std::os::fd::AsRawFd;
     // A write lock on bytes 0..10 through fcntl, held by this process.
-    let lock = libc::flock { l_type: libc::F_WRLCK as i16, l_whence: libc::SEEK_SET as i16, l_start: 0, l_len: 10, l_pid: 0 };
+    let lock =
+        libc::flock { l_type: libc::F_WRLCK as i16, l_whence: libc::SEEK_SET as i16, l_start: 0, l_len: 10, l_pid: 0 };
     // SAFETY: valid fd and flock struct.
     assert_eq!(unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETLK, &lock) }, 0, "{}", std::io::Error::last_os_error());
     // Another process asking for the same range is refused; a disjoint range is granted.
@@ -220,6 +221,10 @@ fn the_threshold_option_moves_the_inline_boundary() {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| n.ends_with(".parquet"))
         .collect();
-    assert_eq!(objects, vec![format!("{}.parquet", blake3::hash(&pattern(1025, 2)).to_hex())], "only the file above 1024 bytes is a large object");
+    assert_eq!(
+        objects,
+        vec![format!("{}.parquet", blake3::hash(&pattern(1025, 2)).to_hex())],
+        "only the file above 1024 bytes is a large object"
+    );
     assert_eq!(crate::common::pond(&["cat", pond.path(), "above"]).stdout, pattern(1025, 2));
 }

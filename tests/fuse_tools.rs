@@ -57,7 +57,10 @@ fn rsync_second_run_copies_nothing() {
     assert_same_tree(&dst, &src);
     let second = run(Command::new("rsync").args(["-aHX", "--itemize-changes"]).arg(&src_arg).arg(&dst));
     assert!(second.trim().is_empty(), "second rsync -aH changed things:\n{second}");
-    let check = run(Command::new("rsync").args(["-aHX", "--checksum", "--dry-run", "--itemize-changes"]).arg(&src_arg).arg(&dst));
+    let check = run(Command::new("rsync")
+        .args(["-aHX", "--checksum", "--dry-run", "--itemize-changes"])
+        .arg(&src_arg)
+        .arg(&dst));
     assert!(check.trim().is_empty(), "rsync --checksum found differences:\n{check}");
 }
 
@@ -78,7 +81,11 @@ fn tar_round_trip_through_the_mount() {
     let (a, b) = (snapshot(&out), snapshot(&src));
     for (path, e) in &b {
         let g = &a[path];
-        assert_eq!((g.kind, g.mode, g.size, g.mtime.0, &g.link_target), (e.kind, e.mode, e.size, e.mtime.0, &e.link_target), "{path}");
+        assert_eq!(
+            (g.kind, g.mode, g.size, g.mtime.0, &g.link_target),
+            (e.kind, e.mode, e.size, e.mtime.0, &e.link_target),
+            "{path}"
+        );
         if e.kind == "file" {
             assert_same_bytes(&std::fs::read(out.join(path)).unwrap(), &std::fs::read(src.join(path)).unwrap(), path);
         }
@@ -92,7 +99,11 @@ fn git_init_add_commit_gc_and_fsck_inside_the_mount() {
     let repo = m.path("repo");
     std::fs::create_dir(&repo).unwrap();
     let git = |args: &[&str]| {
-        run(Command::new("git").arg("-C").arg(&repo).args(["-c", "user.name=t", "-c", "user.email=t@example.org"]).args(args))
+        run(Command::new("git")
+            .arg("-C")
+            .arg(&repo)
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.org"])
+            .args(args))
     };
     git(&["init", "-q"]);
     for i in 0..20 {

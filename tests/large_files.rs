@@ -25,12 +25,7 @@ fn assert_same_bytes(got: &[u8], want: &[u8], what: &str) {
         panic!("{what}: first difference at offset {i}: got {g:#04x}, want {w:#04x}");
     }
     let (g, w) = (got.len(), want.len());
-    assert_eq!(
-        g,
-        w,
-        "{what}: equal up to offset {} but lengths differ",
-        g.min(w)
-    );
+    assert_eq!(g, w, "{what}: equal up to offset {} but lengths differ", g.min(w));
 }
 
 /// Deterministic pseudo-random bytes (xorshift), different per seed.
@@ -96,11 +91,7 @@ fn tmp_entries(store: &LargeFileStore) -> usize {
 fn check_finished(f: &Finished, want: &[u8], store: &LargeFileStore, what: &str) {
     let inline = Threshold::default().is_inline(want.len() as u64);
     match f {
-        Finished::Inline {
-            bytes,
-            hash,
-            sha256: s,
-        } => {
+        Finished::Inline { bytes, hash, sha256: s } => {
             assert!(inline, "{what}: inline but {} bytes", want.len());
             assert_same_bytes(bytes, want, what);
             assert_eq!((*hash, *s), (b3(want), sha256(want)), "{what}: hashes");
@@ -122,11 +113,7 @@ fn hashes_match_blake3_and_sha256_for_many_sizes() {
     for size in small.into_iter().chain(large) {
         let data = pattern(size, size as u64);
         let s = hash::summarize(&data);
-        assert_eq!(
-            (s.root, s.sha256),
-            (b3(&data), sha256(&data)),
-            "size {size}"
-        );
+        assert_eq!((s.root, s.sha256), (b3(&data), sha256(&data)), "size {size}");
         assert_eq!(s.size, size as u64);
         let n = chunk_count(size as u64);
         assert_eq!(s.chunk_hashes.len() as u64, n);
@@ -165,10 +152,7 @@ fn hex_forms_match_b3sum() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("f");
     fs::write(&path, &data).expect("write");
-    let b3sum = std::process::Command::new("b3sum")
-        .arg("--no-names")
-        .arg(&path)
-        .output();
+    let b3sum = std::process::Command::new("b3sum").arg("--no-names").arg(&path).output();
     if let Ok(out) = b3sum {
         assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), h.to_string());
     }
@@ -179,21 +163,12 @@ fn put_names_object_by_blake3_and_leaves_no_temp() {
     let (_d, store) = store();
     let data = pattern(3 * C + 11, 1);
     let (out, r) = put_open(&store, &data);
-    assert_eq!(
-        (out.hash, out.sha256, out.existed),
-        (b3(&data), sha256(&data), false)
-    );
-    let name = store
-        .object_path(&out.hash)
-        .file_name()
-        .map(|n| n.to_owned());
+    assert_eq!((out.hash, out.sha256, out.existed), (b3(&data), sha256(&data), false));
+    let name = store.object_path(&out.hash).file_name().map(|n| n.to_owned());
     assert_eq!(name, Some(format!("{}.parquet", out.hash).into()));
     assert_eq!(tmp_entries(&store), 0, "temp left behind");
     assert_eq!(store.list().expect("list"), vec![out.hash]);
-    assert_eq!(
-        (r.hash(), r.sha256(), r.size()),
-        (out.hash, out.sha256, data.len() as u64)
-    );
+    assert_eq!((r.hash(), r.sha256(), r.size()), (out.hash, out.sha256, data.len() as u64));
     assert_same_bytes(&read_all(&r), &data, "read back");
     r.verify().expect("verify");
     // Empty content is one empty chunk.
@@ -209,11 +184,7 @@ fn dedup_same_content_is_stored_once() {
     let data = pattern(2 * C + 3, 2);
     let first = store.put_bytes(&data).expect("put");
     let path = store.object_path(&first.hash);
-    let mtime = || {
-        fs::metadata(&path)
-            .and_then(|m| m.modified())
-            .expect("mtime")
-    };
+    let mtime = || fs::metadata(&path).and_then(|m| m.modified()).expect("mtime");
     let before = mtime();
     std::thread::sleep(std::time::Duration::from_millis(20));
     let second = store.put_bytes(&data).expect("put again");
@@ -237,9 +208,7 @@ fn put_file_reads_source_and_checks_known_hashes() {
     let src = File::open(d.path().join("src")).expect("open src");
     let mut wrong = hash::summarize(&data);
     wrong.chunk_hashes[2][0] ^= 1;
-    let changed = store
-        .put_file(&src, size, Some(&wrong))
-        .expect_err("changed");
+    let changed = store.put_file(&src, size, Some(&wrong)).expect_err("changed");
     assert!(matches!(changed, E::ContentMismatch { .. }), "{changed}");
     let short = store.put_file(&src, size + 1, None).expect_err("short");
     assert!(matches!(short, E::ReadSource { .. }), "{short}");
@@ -253,13 +222,7 @@ fn put_file_reads_source_and_checks_known_hashes() {
 fn hybrid_writer_stays_inline_up_to_the_threshold_then_spills() {
     let (d, store) = store();
     let big = 5 * C + 123;
-    let sizes = [
-        (T / 2, true),
-        (T - 1, true),
-        (T, true),
-        (T + 1, false),
-        (big, false),
-    ];
+    let sizes = [(T / 2, true), (T - 1, true), (T, true), (T + 1, false), (big, false)];
     for (size, inline) in sizes {
         let what = format!("size T{:+}", size as i64 - T as i64);
         let data = pattern(size, size as u64);
@@ -298,22 +261,12 @@ fn incremental_hash_over_many_small_writes() {
             check_finished(&f, &data[..pos], &store, "snapshot");
         }
     }
-    check_finished(
-        &w.finish(&store).expect("finish"),
-        &data,
-        &store,
-        "small writes",
-    );
+    check_finished(&w.finish(&store).expect("finish"), &data, &store, "small writes");
     w.set_len(w.len()).expect("same-length truncate is a no-op");
     let extra = pattern(C / 2, 7);
     w.write_at(w.len(), &extra).expect("append after finish");
     let all = [data, extra].concat();
-    check_finished(
-        &w.finish(&store).expect("finish"),
-        &all,
-        &store,
-        "after finish",
-    );
+    check_finished(&w.finish(&store).expect("finish"), &all, &store, "after finish");
 }
 
 #[test]
@@ -365,12 +318,7 @@ fn from_large_then_modify() {
     model[2 * C - 150..2 * C + 150].copy_from_slice(&patch);
     w.set_len((3 * C + 1) as u64).expect("truncate");
     model.truncate(3 * C + 1);
-    check_finished(
-        &w.finish(&store).expect("finish"),
-        &model,
-        &store,
-        "modified",
-    );
+    check_finished(&w.finish(&store).expect("finish"), &model, &store, "modified");
     // And from inline bytes.
     let (small, more) = (pattern(T / 3, 14), pattern(T, 15));
     let mut w = HybridWriter::from_bytes(Threshold::default(), dir, &small).expect("from");
@@ -398,10 +346,7 @@ fn reads_spanning_chunk_borders() {
         }
     }
     let past = r.read_chunk(5).expect_err("past the end");
-    assert!(
-        matches!(past, E::ChunkOutOfRange { chunk: 5, .. }),
-        "{past}"
-    );
+    assert!(matches!(past, E::ChunkOutOfRange { chunk: 5, .. }), "{past}");
 }
 
 #[test]
@@ -424,9 +369,7 @@ fn reader_is_send_sync_and_shared_across_threads() {
             })
         })
         .collect();
-    threads
-        .into_iter()
-        .for_each(|t| t.join().expect("reader thread"));
+    threads.into_iter().for_each(|t| t.join().expect("reader thread"));
 }
 
 #[test]
@@ -442,45 +385,28 @@ fn every_chunk_is_one_page_and_middle_read_skips_pages() {
     let pq = SerializedFileReader::new_with_options(file, opts).expect("parquet");
     let meta = pq.metadata();
     assert_eq!(meta.num_row_groups(), 2);
-    for (rg, cols) in meta
-        .offset_index()
-        .expect("offset index")
-        .iter()
-        .enumerate()
-    {
+    for (rg, cols) in meta.offset_index().expect("offset index").iter().enumerate() {
         let pages = cols[COL_DATA].page_locations();
         assert_eq!(pages.len() as i64, meta.row_group(rg).num_rows(), "rg {rg}");
         let first_rows = pages.iter().map(|p| p.first_row_index);
-        assert!(
-            first_rows.eq(0..pages.len() as i64),
-            "one page per chunk in rg {rg}"
-        );
+        assert!(first_rows.eq(0..pages.len() as i64), "one page per chunk in rg {rg}");
     }
     let before = r.bytes_read_from_disk();
     let mid = (n / 2) * C;
     let mut buf = vec![0u8; 4096];
     r.read_at(mid as u64 + 100, &mut buf).expect("read middle");
     let read = r.bytes_read_from_disk() - before;
-    assert!(
-        read < CHUNK_SIZE + 4096,
-        "one middle chunk read {read} bytes from disk"
-    );
+    assert!(read < CHUNK_SIZE + 4096, "one middle chunk read {read} bytes from disk");
     assert_same_bytes(&buf, &data[mid + 100..][..4096], "middle read");
     // A second read in the same chunk is served from the cache.
     r.read_at(mid as u64 + 5000, &mut buf).expect("read again");
-    assert_eq!(
-        r.bytes_read_from_disk() - before,
-        read,
-        "cached chunk re-read"
-    );
+    assert_eq!(r.bytes_read_from_disk() - before, read, "cached chunk re-read");
 }
 
 /// Where chunk `k`'s bytes start inside the object file.
 fn chunk_offset_in_file(file: &[u8], data: &[u8], k: usize) -> usize {
     let needle = &data[k * C..k * C + 64];
-    file.windows(needle.len())
-        .position(|w| w == needle)
-        .expect("chunk bytes on disk")
+    file.windows(needle.len()).position(|w| w == needle).expect("chunk bytes on disk")
 }
 
 #[test]
@@ -493,18 +419,11 @@ fn corrupt_chunk_is_reported_and_other_chunks_still_read() {
     let at = chunk_offset_in_file(&file, &data, 2) + 100;
     file[at] ^= 0x5a;
     fs::write(&path, &file).expect("write object");
-    let r = store
-        .open(&out.hash)
-        .expect("open still succeeds: hashes are intact");
-    let err = r
-        .read_at((2 * C + 10) as u64, &mut [0u8; 10])
-        .expect_err("corrupt");
+    let r = store.open(&out.hash).expect("open still succeeds: hashes are intact");
+    let err = r.read_at((2 * C + 10) as u64, &mut [0u8; 10]).expect_err("corrupt");
     assert!(matches!(err, E::CorruptChunk { object, chunk: 2 } if object == out.hash));
     let msg = err.to_string();
-    assert!(
-        msg.contains(&out.hash.to_hex()) && msg.contains("chunk 2"),
-        "{msg}"
-    );
+    assert!(msg.contains(&out.hash.to_hex()) && msg.contains("chunk 2"), "{msg}");
     for k in [0, 1, 3, 4, 5] {
         let chunk = r.read_chunk(k as u64).expect("other chunk");
         assert_same_bytes(&chunk, &data[k * C..((k + 1) * C).min(data.len())], "chunk");
@@ -520,28 +439,13 @@ type Kv = Vec<(String, String)>;
 fn rewrite_object(path: &Path, edit: impl FnOnce(&mut [Vec<u8>], &mut [Vec<u8>], &mut Kv)) {
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder as Builder;
     let builder = Builder::try_new(File::open(path).expect("open")).expect("parquet");
-    let kvs = builder
-        .metadata()
-        .file_metadata()
-        .key_value_metadata()
-        .cloned();
-    let pond_kv = kvs
-        .into_iter()
-        .flatten()
-        .filter(|kv| kv.key.starts_with("pond."));
-    let mut kv: Kv = pond_kv
-        .map(|kv| (kv.key, kv.value.unwrap_or_default()))
-        .collect();
+    let kvs = builder.metadata().file_metadata().key_value_metadata().cloned();
+    let pond_kv = kvs.into_iter().flatten().filter(|kv| kv.key.starts_with("pond."));
+    let mut kv: Kv = pond_kv.map(|kv| (kv.key, kv.value.unwrap_or_default())).collect();
     let (mut datas, mut hashes) = (Vec::new(), Vec::new());
     for batch in builder.build().expect("reader") {
         let batch = batch.expect("batch");
-        let col = |i: usize| {
-            batch
-                .column(i)
-                .as_any()
-                .downcast_ref::<BinaryArray>()
-                .cloned()
-        };
+        let col = |i: usize| batch.column(i).as_any().downcast_ref::<BinaryArray>().cloned();
         let (h, d) = (col(1).expect("hash"), col(2).expect("data"));
         hashes.extend(h.iter().flatten().map(<[u8]>::to_vec));
         datas.extend(d.iter().flatten().map(<[u8]>::to_vec));
@@ -555,8 +459,7 @@ fn rewrite_object(path: &Path, edit: impl FnOnce(&mut [Vec<u8>], &mut [Vec<u8>],
             Arc::new(BinaryArray::from_vec(vec![h.as_slice()])),
             Arc::new(BinaryArray::from_vec(vec![d.as_slice()])),
         ];
-        w.write(&RecordBatch::try_new(arrow_schema(), cols).expect("batch"))
-            .expect("write");
+        w.write(&RecordBatch::try_new(arrow_schema(), cols).expect("batch")).expect("write");
     }
     for (k, v) in kv {
         w.append_key_value_metadata(parquet::file::metadata::KeyValue::new(k, v));
@@ -565,9 +468,7 @@ fn rewrite_object(path: &Path, edit: impl FnOnce(&mut [Vec<u8>], &mut [Vec<u8>],
 }
 
 fn set_kv(kv: &mut Kv, key: &str, value: String) {
-    kv.iter_mut()
-        .filter(|(k, _)| k == key)
-        .for_each(|(_, v)| *v = value.clone());
+    kv.iter_mut().filter(|(k, _)| k == key).for_each(|(_, v)| *v = value.clone());
 }
 
 #[test]
@@ -576,26 +477,19 @@ fn consistent_tampering_breaks_the_hash_tree() {
     let out = store.put_bytes(&pattern(4 * C + 3, 20)).expect("put");
     let path = store.object_path(&out.hash);
     rewrite_object(&path, |_, _, _| {});
-    store
-        .open(&out.hash)
-        .expect("a faithful rewrite still opens");
+    store.open(&out.hash).expect("a faithful rewrite still opens");
     rewrite_object(&path, |datas, hashes, _| {
         datas[1][7] ^= 1;
         hashes[1] = chunk_hash(1, datas.len() as u64, &datas[1]).to_vec();
     });
     let err = open_err(&store, &out.hash);
-    assert!(
-        matches!(err, E::HashTreeMismatch { object } if object == out.hash),
-        "{err}"
-    );
+    assert!(matches!(err, E::HashTreeMismatch { object } if object == out.hash), "{err}");
     // Metadata naming another object, or an absurd size, is malformed.
     let other = store.put_bytes(&pattern(2 * C, 21)).expect("put").hash;
     let p2 = store.object_path(&other);
     rewrite_object(&p2, |_, _, kv| set_kv(kv, "pond.blake3", out.hash.to_hex()));
     assert!(matches!(open_err(&store, &other), E::Malformed { .. }));
-    rewrite_object(&p2, |_, _, kv| {
-        set_kv(kv, "pond.size", u64::MAX.to_string())
-    });
+    rewrite_object(&p2, |_, _, kv| set_kv(kv, "pond.size", u64::MAX.to_string()));
     assert!(matches!(open_err(&store, &other), E::Malformed { .. }));
 }
 
@@ -613,10 +507,7 @@ fn truncated_garbage_and_foreign_files_are_errors_not_panics() {
     cuts.extend((0..len).step_by(C / 3));
     for cut in cuts {
         fs::write(&path, &good[..cut]).expect("write");
-        assert!(
-            store.open(&hash).is_err(),
-            "truncated to {cut} bytes opened"
-        );
+        assert!(store.open(&hash).is_err(), "truncated to {cut} bytes opened");
     }
     // Absurd footer length, then pure garbage.
     let mut absurd = good.clone();
@@ -627,13 +518,9 @@ fn truncated_garbage_and_foreign_files_are_errors_not_panics() {
     }
     // Single-byte flips in every metadata byte (hash/index pages, page headers before each
     // chunk, page index, footer): open/read never panic, and what opens returns verified bytes.
-    let chunk_pos: Vec<usize> = (0..3)
-        .map(|k| chunk_offset_in_file(&good, &data, k))
-        .collect();
+    let chunk_pos: Vec<usize> = (0..3).map(|k| chunk_offset_in_file(&good, &data, k)).collect();
     let mut flip_at: Vec<usize> = (4..chunk_pos[0]).collect();
-    chunk_pos
-        .iter()
-        .for_each(|&p| flip_at.extend(p.saturating_sub(40)..p));
+    chunk_pos.iter().for_each(|&p| flip_at.extend(p.saturating_sub(40)..p));
     flip_at.extend(chunk_pos[2] + C..len); // last chunk's page, page index, footer
     for i in flip_at {
         let mut bad = good.clone();
@@ -662,10 +549,7 @@ fn truncated_garbage_and_foreign_files_are_errors_not_panics() {
 fn list_remove_and_clear_tmp() {
     let (_d, store) = store();
     let a = store.put_bytes(&pattern(C + 1, 24)).expect("put a").hash;
-    let b = store
-        .put_bytes(&pattern(2 * C + 1, 25))
-        .expect("put b")
-        .hash;
+    let b = store.put_bytes(&pattern(2 * C + 1, 25)).expect("put b").hash;
     let dir = store.dir();
     fs::write(dir.join(TMP_DIR).join("put-crashed.parquet.tmp"), b"x").expect("leftover");
     fs::write(dir.join("notes.txt"), b"x").expect("junk");
@@ -686,18 +570,11 @@ fn list_remove_and_clear_tmp() {
 fn io_errors_come_back_from_the_writer_and_the_store() {
     let d = tempfile::tempdir().expect("tempdir");
     let mut w = HybridWriter::new(Threshold::default(), d.path().join("no-such-dir"));
-    w.write_at(0, &pattern(T / 2, 26))
-        .expect("in memory: no spill needed");
-    assert!(
-        w.write_at((T / 2) as u64, &pattern(T, 27)).is_err(),
-        "spill must fail"
-    );
+    w.write_at(0, &pattern(T / 2, 26)).expect("in memory: no spill needed");
+    assert!(w.write_at((T / 2) as u64, &pattern(T, 27)).is_err(), "spill must fail");
     assert!(w.set_len(2 * LARGE_FILE_THRESHOLD).is_err());
     let source = std::io::Error::from_raw_os_error(libc::ENOSPC);
-    let enospc = E::Io {
-        path: "x".into(),
-        source,
-    };
+    let enospc = E::Io { path: "x".into(), source };
     assert!(enospc.is_enospc() && enospc.raw_os_error() == Some(libc::ENOSPC));
     assert!(!E::NotFound(b3(b"")).is_enospc());
     // A store whose directory cannot be created reports an Io error.

@@ -35,7 +35,12 @@ fn run(cmd: &mut Command) -> Output {
 }
 
 fn describe(out: &Output) -> String {
-    format!("{}\nstdout: {}\nstderr: {}", out.status, String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    format!(
+        "{}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
 fn run_ok(cmd: &mut Command) -> Output {
@@ -164,7 +169,12 @@ fn daemons(pond: &Path, at: Option<&Path>) -> Vec<i32> {
         let args: Vec<String> = cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
         let is_pond = args.first().is_some_and(|a| Path::new(a).file_name().is_some_and(|n| n == "pond"));
         let at_dir = at.is_none_or(|d| args.iter().any(|a| a == s(d)));
-        if is_pond && args.get(1).is_some_and(|a| a == "mount") && args.iter().any(|a| a == want) && at_dir && alive(pid) {
+        if is_pond
+            && args.get(1).is_some_and(|a| a == "mount")
+            && args.iter().any(|a| a == want)
+            && at_dir
+            && alive(pid)
+        {
             pids.push(pid);
         }
     }
@@ -264,8 +274,11 @@ fn history(pond: &Path) -> Vec<(u64, String)> {
     pond_ok(&["log", s(pond)])
         .lines()
         .map(|l| {
-            let version =
-                l.split_whitespace().next().and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("pond log line {l:?}"));
+            let version = l
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("pond log line {l:?}"));
             (version, l.split_whitespace().last().unwrap_or("").to_string())
         })
         .collect()
@@ -334,8 +347,11 @@ impl FakePond {
     fn new() -> FakePond {
         let dir = tempfile::tempdir().expect("tempdir");
         let bin = dir.path().join("pond");
-        std::fs::write(&bin, "#!/bin/sh\nprintf '%s\\n' \"$@\" > \"$(dirname \"$0\")/args\"\nexit \"${FAKE_EXIT:-0}\"\n")
-            .expect("fake pond");
+        std::fs::write(
+            &bin,
+            "#!/bin/sh\nprintf '%s\\n' \"$@\" > \"$(dirname \"$0\")/args\"\nexit \"${FAKE_EXIT:-0}\"\n",
+        )
+        .expect("fake pond");
         std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).expect("chmod");
         FakePond { dir }
     }
@@ -353,7 +369,8 @@ impl FakePond {
             cmd.env(k, v);
         }
         let out = cmd.output().expect("run the helper");
-        let got = std::fs::read_to_string(self.dir.path().join("args")).ok().map(|t| t.lines().map(String::from).collect());
+        let got =
+            std::fs::read_to_string(self.dir.path().join("args")).ok().map(|t| t.lines().map(String::from).collect());
         (out, got)
     }
 }
@@ -382,7 +399,10 @@ fn helper_keeps_ponds_options_and_drops_the_generic_ones() {
             &["mount", "P", "D", "-o", "threshold=4096,allow_other"],
         ),
         // -o may come several times; ro/rw: the last one wins, as in mount(8).
-        (&["P", "D", "-o", "ro,version=3", "-o", "log=/tmp/x.log"], &["mount", "P", "D", "-o", "ro,version=3,log=/tmp/x.log"]),
+        (
+            &["P", "D", "-o", "ro,version=3", "-o", "log=/tmp/x.log"],
+            &["mount", "P", "D", "-o", "ro,version=3,log=/tmp/x.log"],
+        ),
         (&["P", "D", "-o", "ro", "-o", "rw"], &["mount", "P", "D"]),
         (&["P", "D", "-o", "rw,ro"], &["mount", "P", "D", "-o", "ro"]),
         // -n (no mtab), -v, -t and a glued -oOPTS are accepted.
@@ -402,7 +422,11 @@ fn helper_keeps_ponds_options_and_drops_the_generic_ones() {
     }
     // -v says what it runs.
     let (out, _) = fake.helper("mount.pond", &["P", "D", "-v", "-o", "nofail,allow_other"], &[]);
-    assert!(stderr(&out).contains(&format!("running {} mount P D -o allow_other", s(&fake.bin()))), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains(&format!("running {} mount P D -o allow_other", s(&fake.bin()))),
+        "{}",
+        describe(&out)
+    );
 }
 
 #[test]
@@ -445,7 +469,8 @@ fn helper_finds_pond_through_pond_bin_then_usr_local_then_path() {
     let out = cmd.output().expect("run the helper");
     assert!(out.status.success(), "{}", describe(&out));
     // /usr/local/bin/pond comes before PATH (where scripts/install.sh put it on this machine).
-    let want = if Path::new("/usr/local/bin/pond").exists() { PathBuf::from("/usr/local/bin/pond") } else { fake.bin() };
+    let want =
+        if Path::new("/usr/local/bin/pond").exists() { PathBuf::from("/usr/local/bin/pond") } else { fake.bin() };
     assert!(stderr(&out).contains(&format!("running {} mount P D", s(&want))), "{}", describe(&out));
     if !Path::new("/usr/local/bin/pond").exists() {
         // And none at all: a message saying where it looked.
@@ -622,7 +647,8 @@ fn mount_failures_exit_32_with_ponds_reason() {
     let other = pond.scratch("other");
     let _guard = Unmount::new(&pond.root, &dir);
     let _guard_other = Unmount::new(&pond.root, &other);
-    let mount = |src: &str, at: &Path, opts: &str| run(Command::new("mount").args(["-t", "pond", src, s(at), "-o", opts]));
+    let mount =
+        |src: &str, at: &Path, opts: &str| run(Command::new("mount").args(["-t", "pond", src, s(at), "-o", opts]));
     let missing = pond.dir.path().join("no-such-pond");
     let cases = [
         (mount(s(&missing), &dir, "rw"), format!("{} does not exist", missing.display())),
@@ -715,11 +741,14 @@ fn systemd_units_verify_and_are_named_after_their_path() {
 }
 
 fn fstab_generator() -> PathBuf {
-    ["/usr/lib/systemd/system-generators/systemd-fstab-generator", "/lib/systemd/system-generators/systemd-fstab-generator"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
-        .unwrap_or_else(|| panic!("this test needs systemd-fstab-generator: apt-get install -y systemd"))
+    [
+        "/usr/lib/systemd/system-generators/systemd-fstab-generator",
+        "/lib/systemd/system-generators/systemd-fstab-generator",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .find(|p| p.exists())
+    .unwrap_or_else(|| panic!("this test needs systemd-fstab-generator: apt-get install -y systemd"))
 }
 
 /// Run systemd-fstab-generator on `fstab`; the directory of units it wrote.
@@ -741,7 +770,8 @@ fn generate(fstab: &Path) -> tempfile::TempDir {
 #[test]
 fn fstab_example_lines_make_units_that_verify() {
     let example = std::fs::read_to_string(helper_src("fstab.example")).expect("fstab.example");
-    let lines: Vec<&str> = example.lines().filter(|l| l.trim_start().trim_start_matches('#').starts_with('/')).collect();
+    let lines: Vec<&str> =
+        example.lines().filter(|l| l.trim_start().trim_start_matches('#').starts_with('/')).collect();
     assert_eq!(lines.len(), 2, "fstab.example: one line at boot, one automount (commented out)");
     for (i, line) in lines.iter().enumerate() {
         let tmp = tempfile::tempdir().unwrap();
@@ -749,8 +779,8 @@ fn fstab_example_lines_make_units_that_verify() {
         std::fs::write(&fstab, format!("{}\n", line.trim_start_matches('#'))).unwrap();
         let units = generate(&fstab);
         let normal = units.path().join("normal");
-        let mount =
-            std::fs::read_to_string(normal.join("srv-pond.mount")).unwrap_or_else(|e| panic!("line {i}: no srv-pond.mount: {e}"));
+        let mount = std::fs::read_to_string(normal.join("srv-pond.mount"))
+            .unwrap_or_else(|e| panic!("line {i}: no srv-pond.mount: {e}"));
         assert_eq!(unit_setting(&mount, "Type").as_deref(), Some("pond"), "line {i}");
         let mut verify = vec!["srv-pond.mount"];
         if i == 0 {
@@ -797,7 +827,14 @@ fn systemd_mount_unit_starts_and_stops_as_systemd_runs_it() {
     let options: Vec<&str> = all_options.split(',').filter(|o| !["nofail", "noauto", "auto"].contains(o)).collect();
     assert_eq!(Path::new(&where_), dir);
     let _guard = Unmount::new(&pond.root, &dir);
-    run_ok(Command::new("mount").args([&what, &where_, "-t", &unit_setting(&unit, "Type").unwrap(), "-o", &options.join(",")]));
+    run_ok(Command::new("mount").args([
+        &what,
+        &where_,
+        "-t",
+        &unit_setting(&unit, "Type").unwrap(),
+        "-o",
+        &options.join(","),
+    ]));
     assert!(is_mounted(&dir));
     let files = write_files(&dir);
 
@@ -860,7 +897,10 @@ fn daemon_mode_without_fuse_says_so() {
     let dir = pond.scratch("mnt");
     // In a private mount namespace, an empty /dev: no /dev/fuse for this one process.
     let script = format!("mount -t tmpfs tmpfs /dev && exec {} mount {} {}", s(&pond_bin()), pond.path(), s(&dir));
-    let out = Command::new("unshare").args(["-m", "--propagation", "private", "sh", "-c", &script]).output().expect("unshare");
+    let out = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", &script])
+        .output()
+        .expect("unshare");
     assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
     assert!(stderr(&out).contains("FUSE is not available: /dev/fuse is missing"), "{}", describe(&out));
 }

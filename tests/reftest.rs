@@ -55,7 +55,9 @@ fn apply(root: &Path, op: &Op) -> Result<(), i32> {
             .truncate(false)
             .open(p(*file))
             .and_then(|f| f.write_all_at(&pattern(*len, *seed), *offset as u64)),
-        Op::Truncate { file, len } => OpenOptions::new().write(true).open(p(*file)).and_then(|f| f.set_len(*len as u64)),
+        Op::Truncate { file, len } => {
+            OpenOptions::new().write(true).open(p(*file)).and_then(|f| f.set_len(*len as u64))
+        }
         Op::Rename { from, to } => std::fs::rename(p(*from), p(*to)),
         Op::Unlink { file } => std::fs::remove_file(p(*file)),
         Op::Link { from, to } => std::fs::hard_link(p(*from), p(*to)),

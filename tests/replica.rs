@@ -16,8 +16,8 @@ use pond::replica::{self, Quiet, Remote, Transfer};
 
 use crate::common::sizes::{C, INTERESTING, T};
 use crate::common::{
-    ChildGuard, ME, Mounted, TestPond, assert_same_bytes, assert_same_tree, latest_version, pattern, pond, pond_bin, pond_ok,
-    read_file, runtime, tree_snapshot, write_file,
+    ChildGuard, ME, Mounted, TestPond, assert_same_bytes, assert_same_tree, latest_version, pattern, pond, pond_bin,
+    pond_ok, read_file, runtime, tree_snapshot, write_file,
 };
 
 /// Push `root` to the directory `remote` through the library, for exact counts.
@@ -55,21 +55,30 @@ fn open_ro(root: &Path) -> PondFs {
 }
 
 fn open_at(root: &Path, version: u64) -> PondFs {
-    PondFs::open(root, FsOptions { read_only: true, version: Some(version), ..Default::default() }).expect("open at version")
+    PondFs::open(root, FsOptions { read_only: true, version: Some(version), ..Default::default() })
+        .expect("open at version")
 }
 
 /// The one line a command printed on stdout.
 fn summary_line(out: &Output) -> String {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let lines: Vec<&str> = stdout.lines().collect();
-    assert_eq!(lines.len(), 1, "exactly one summary line on stdout, got {stdout:?} (stderr: {})", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        lines.len(),
+        1,
+        "exactly one summary line on stdout, got {stdout:?} (stderr: {})",
+        String::from_utf8_lossy(&out.stderr)
+    );
     lines[0].to_string()
 }
 
 /// The number after `word` in a summary line (`sent 12 objects` → 12).
 fn count_after(line: &str, word: &str) -> u64 {
     let rest = line.split(word).nth(1).unwrap_or_else(|| panic!("{word:?} in {line:?}"));
-    rest.split_whitespace().next().and_then(|n| n.trim_end_matches(',').parse().ok()).unwrap_or_else(|| panic!("a count after {word:?} in {line:?}"))
+    rest.split_whitespace()
+        .next()
+        .and_then(|n| n.trim_end_matches(',').parse().ok())
+        .unwrap_or_else(|| panic!("a count after {word:?} in {line:?}"))
 }
 
 fn s(p: &Path) -> &str {
@@ -98,7 +107,11 @@ fn rich_pond() -> TestPond {
     fs.setxattr(dir, b"user.dir", b"on a directory", XattrSet::Create).unwrap();
     let f1 = fs.lookup(dir, b"f1").unwrap().ino;
     let when = TimeSet::At(1_600_000_000_123_456_789);
-    fs.setattr(f1, SetAttr { mode: Some(0o600), uid: Some(1234), gid: Some(5678), mtime: Some(when), ..Default::default() }).unwrap();
+    fs.setattr(
+        f1,
+        SetAttr { mode: Some(0o600), uid: Some(1234), gid: Some(5678), mtime: Some(when), ..Default::default() },
+    )
+    .unwrap();
     fs.setattr(big, SetAttr { mtime: Some(TimeSet::At(1_000_000_000)), ..Default::default() }).unwrap();
     fs.shutdown().expect("commit");
     pond
@@ -150,7 +163,10 @@ fn round_trip_through_a_directory_remote_keeps_every_byte_and_attribute() {
     let out = pond(&["restore", s(&remote), s(&target)]);
     assert!(out.status.success(), "restore: {}", String::from_utf8_lossy(&out.stderr));
     let line = summary_line(&out);
-    assert!(line.starts_with(&format!("restored {} to {}: version {}", s(&remote), s(&target), latest_version(&src.root))), "{line}");
+    assert!(
+        line.starts_with(&format!("restored {} to {}: version {}", s(&remote), s(&target), latest_version(&src.root))),
+        "{line}"
+    );
     assert_no_staging_left(&target);
     assert_same_tree(&tree_snapshot(&open_ro(&target)), &tree_snapshot(&open_ro(&src.root)), "restored pond");
     assert!(pond_ok(&["verify", s(&target)]).starts_with("clean:"));
@@ -213,7 +229,11 @@ fn incremental_runs_send_exactly_what_the_remote_lacks() {
     let third = push(&src.root, &remote);
     let now = remote_files(&remote);
     let new: Vec<_> = now.iter().filter(|(name, size)| files.get(*name) != Some(size)).collect();
-    assert_eq!(third.sent_files, new.len() as u64, "only new (or changed, as _last_checkpoint) files are sent: {new:?}");
+    assert_eq!(
+        third.sent_files,
+        new.len() as u64,
+        "only new (or changed, as _last_checkpoint) files are sent: {new:?}"
+    );
     assert_eq!(third.sent_bytes, new.iter().map(|(_, s)| **s).sum::<u64>());
     let objects: Vec<_> = new.iter().filter(|(n, _)| n.starts_with("_large_files/")).collect();
     assert_eq!(objects.len(), 1, "one new object; the repeated content is not sent again: {objects:?}");
@@ -265,7 +285,11 @@ fn a_killed_replicate_resumes_and_sends_only_what_is_missing() {
     let resumed = push(&src.root, &remote);
     let all = remote_files(&remote);
     let missing: Vec<_> = all.keys().filter(|n| !at_kill.contains_key(*n)).collect();
-    assert_eq!(resumed.sent_files, missing.len() as u64, "the resumed run sends only what had not arrived: {missing:?}");
+    assert_eq!(
+        resumed.sent_files,
+        missing.len() as u64,
+        "the resumed run sends only what had not arrived: {missing:?}"
+    );
     let objects_at_kill = at_kill.keys().filter(|n| n.starts_with("_large_files/")).count() as u64;
     assert!(resumed.skipped_files >= objects_at_kill, "what arrived whole is skipped ({resumed:?})");
     for (name, size) in &at_kill {
@@ -296,11 +320,19 @@ fn restore_at_a_version_equals_the_source_at_that_version() {
     let at_early = src.dir.path().join("at-early");
     pond_ok(&["restore", s(&remote), s(&at_early), "--version", &early.to_string()]);
     assert_eq!(latest_version(&at_early), early, "the restored pond's latest version is the one asked for");
-    assert_same_tree(&tree_snapshot(&open_ro(&at_early)), &tree_snapshot(&open_at(&src.root, early)), "restored at the early version");
+    assert_same_tree(
+        &tree_snapshot(&open_ro(&at_early)),
+        &tree_snapshot(&open_at(&src.root, early)),
+        "restored at the early version",
+    );
     assert!(pond_ok(&["verify", s(&at_early)]).starts_with("clean:"));
     let latest = src.dir.path().join("latest");
     pond_ok(&["restore", s(&remote), s(&latest)]);
-    assert_same_tree(&tree_snapshot(&open_ro(&latest)), &tree_snapshot(&open_ro(&src.root)), "restored at the latest version");
+    assert_same_tree(
+        &tree_snapshot(&open_ro(&latest)),
+        &tree_snapshot(&open_ro(&src.root)),
+        "restored at the latest version",
+    );
 
     let beyond = src.dir.path().join("beyond");
     let out = pond(&["restore", s(&remote), s(&beyond), "--version", &(late + 1).to_string()]);
@@ -331,7 +363,11 @@ fn replicate_while_writing_through_a_mount_never_ships_a_version_with_missing_fi
         let done = writer.is_finished();
         pond_ok(&["replicate", src.path(), s(&remote)]);
         let verify = pond(&["verify", s(&remote)]);
-        assert!(verify.status.success(), "run {runs}: the remote verifies while the pond is written: {}", String::from_utf8_lossy(&verify.stdout));
+        assert!(
+            verify.status.success(),
+            "run {runs}: the remote verifies while the pond is written: {}",
+            String::from_utf8_lossy(&verify.stdout)
+        );
         runs += 1;
         if done {
             break;
@@ -394,8 +430,16 @@ fn follow_ships_new_versions_until_sigterm() {
     let target = src.dir.path().join("restored");
     pond_ok(&["restore", s(&remote), s(&target)]);
     assert_eq!(latest_version(&target), shipped);
-    assert_same_tree(&tree_snapshot(&open_ro(&target)), &tree_snapshot(&open_at(&src.root, shipped)), "what --follow shipped");
-    assert_same_bytes(&read_file(&open_ro(&target), open_ro(&target).lookup(ROOT_INO, b"f2").unwrap().ino), &pattern(2 * C + 2, 2), "last file");
+    assert_same_tree(
+        &tree_snapshot(&open_ro(&target)),
+        &tree_snapshot(&open_at(&src.root, shipped)),
+        "what --follow shipped",
+    );
+    assert_same_bytes(
+        &read_file(&open_ro(&target), open_ro(&target).lookup(ROOT_INO, b"f2").unwrap().ino),
+        &pattern(2 * C + 2, 2),
+        "last file",
+    );
 }
 
 #[test]
@@ -415,7 +459,10 @@ fn a_tampered_chunk_fails_restore_and_verify_with_the_object_named() {
     let out = pond(&["verify", &format!("file://{}", s(&remote))]);
     assert_eq!(out.status.code(), Some(1), "verify URL exits 1 on damage");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.lines().any(|l| l.starts_with("DAMAGED object") && l.contains(&hex) && l.contains("chunk")), "{stdout}");
+    assert!(
+        stdout.lines().any(|l| l.starts_with("DAMAGED object") && l.contains(&hex) && l.contains("chunk")),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -510,14 +557,21 @@ fn restore_refuses_a_non_empty_target_and_replicate_refuses_another_ponds_remote
     assert_no_staging_left(&empty);
 
     let inside = pond(&["replicate", a.path(), s(&a.root.join("backup"))]);
-    assert!(String::from_utf8_lossy(&inside.stderr).contains("contain one another"), "a remote inside the pond is refused");
+    assert!(
+        String::from_utf8_lossy(&inside.stderr).contains("contain one another"),
+        "a remote inside the pond is refused"
+    );
     assert!(!a.root.join("backup").join("_delta_log").exists());
 
     let b = TestPond::new();
     let before = remote_files(&remote);
     let out = pond(&["replicate", b.path(), s(&remote)]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("another pond's replica"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("another pond's replica"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(remote_files(&remote), before, "nothing sent to another pond's remote");
 }
 
@@ -556,7 +610,11 @@ fn replicates_to_and_restores_from_s3() {
     assert_eq!(count_after(&line, "sent"), 0, "{line}");
 
     let out = pond_env(&["verify", &url], &env);
-    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).starts_with("clean:"), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).starts_with("clean:"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let target = src.dir.path().join("restored");
     let out = pond_env(&["restore", &url, s(&target)], &env);
     assert!(out.status.success(), "restore from S3: {}", String::from_utf8_lossy(&out.stderr));
@@ -579,7 +637,12 @@ files = sorted(os.path.basename(u) for u in t.file_uris())
 print(json.dumps({"version": t.version(), "files": files, "rows": t.to_pyarrow_table().num_rows}), flush=True)
 os._exit(0)  # deltalake's runtime threads may abort a normal interpreter exit
 "#;
-    let out = Command::new(Path::new(&venv).join("bin/python")).arg("-c").arg(script).arg(&remote).output().expect("run python");
+    let out = Command::new(Path::new(&venv).join("bin/python"))
+        .arg("-c")
+        .arg(script)
+        .arg(&remote)
+        .output()
+        .expect("run python");
     assert!(out.status.success(), "python deltalake: {}", String::from_utf8_lossy(&out.stderr));
     let got: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json from python");
 

@@ -4,19 +4,19 @@
 mod common;
 /// The filesystem core without FUSE: write path, threshold, POSIX namespace rules, persistence.
 mod core_fs;
-/// Python's deltalake reads the table: rows and inline content as written.
-mod delta_reader;
 /// kill -9 mid-write, orphans and gc, corrupt chunks, bad command-line input.
 mod crash;
+/// Python's deltalake reads the table: rows and inline content as written.
+mod delta_reader;
 /// Real mounts: errno for each refusal, offsets/append/truncate, rename flags, xattrs, ro/version mounts.
 mod fuse_posix;
 /// Real mounts driven by cp -a, rsync -aH twice, tar, git, save-by-rename; remount keeps everything.
 mod fuse_tools;
 /// The large-file store and HybridWriter: chunking, hashing, dedup, corruption, bounded memory.
 mod large_files;
+/// mount(8)/fstab/systemd helpers, scripts/install.sh, and pond mount's daemon mode under them.
+mod mount_helper;
 /// Property test: random operations through the mount vs a native directory, with remounts.
 mod reftest;
 /// Replication: replicate/restore/verify URL over a directory and S3, resume, tampering, --follow.
 mod replica;
-/// mount(8)/fstab/systemd helpers, scripts/install.sh, and pond mount's daemon mode under them.
-mod mount_helper;

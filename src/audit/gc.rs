@@ -46,8 +46,8 @@ pub fn collect_garbage(root: &Path, dry_run: bool) -> Result<GcReport, GcError> 
             // A version needs this file and it is gone: keep everything, say so.
             return Err(GcError::Unsafe(format!("data file {rel} is missing; run `pond verify`")));
         }
-        let objects = datafile::large_objects(root, &rel)
-            .map_err(|e| GcError::Unsafe(format!("cannot read {rel}: {e}")))?;
+        let objects =
+            datafile::large_objects(root, &rel).map_err(|e| GcError::Unsafe(format!("cannot read {rel}: {e}")))?;
         referenced.extend(objects.into_iter().map(|(hash, _, _)| hash));
     }
     let mut report = GcReport::default();

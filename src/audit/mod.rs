@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::large_files::LargeFileStore;
 use crate::large_files::hash::{Blake3Hash, Sha256Digest, summarize};
-use crate::oplog::schema::{Content, OplogRow};
 use crate::oplog::history::FileActions;
+use crate::oplog::schema::{Content, OplogRow};
 use crate::oplog::{Oplog, OplogError, check_is_pond, datafile, history};
 
 /// What `pond verify` found. Damage lines name the file, row, object or chunk.
@@ -119,7 +119,11 @@ fn check_objects(store: &LargeFileStore, refs: &References) -> Vec<ObjectCheck> 
     checked.into_iter().map(|(_, r)| r).collect()
 }
 
-fn check_object(store: &LargeFileStore, hash: &Blake3Hash, (size, sha256, from): &(u64, Sha256Digest, String)) -> ObjectCheck {
+fn check_object(
+    store: &LargeFileStore,
+    hash: &Blake3Hash,
+    (size, sha256, from): &(u64, Sha256Digest, String),
+) -> ObjectCheck {
     let reader = match store.open(hash) {
         Err(e) => return (None, vec![format!("object {hash} (referenced by {from}): {e}")]),
         Ok(reader) => reader,
@@ -181,9 +185,9 @@ fn check_checkpoints(root: &Path, actions: &[(u64, FileActions)], report: &mut V
         let Some(want) = expected.get(&v) else { continue };
         match result {
             Err(e) => report.damage.push(format!("log: the table does not open at version {v}: {e}")),
-            Ok((got_version, _)) if got_version != v => {
-                report.damage.push(format!("log: opening version {v} gives version {got_version} (check _last_checkpoint)"))
-            }
+            Ok((got_version, _)) if got_version != v => report
+                .damage
+                .push(format!("log: opening version {v} gives version {got_version} (check _last_checkpoint)")),
             Ok((_, files)) if files != *want => {
                 let extra: Vec<_> = files.difference(want).take(3).collect();
                 let lacking: Vec<_> = want.difference(&files).take(3).collect();

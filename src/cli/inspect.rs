@@ -52,7 +52,15 @@ fn line(fs: &PondFs, a: &Attr, name: &str) -> String {
     } else {
         String::new()
     };
-    format!("{} {:>3} {:>5} {:>5} {:>12} {} {name}{target}", mode_string(a), a.nlink, a.uid, a.gid, a.size, format_time(a.mtime_ns))
+    format!(
+        "{} {:>3} {:>5} {:>5} {:>12} {} {name}{target}",
+        mode_string(a),
+        a.nlink,
+        a.uid,
+        a.gid,
+        a.size,
+        format_time(a.mtime_ns)
+    )
 }
 
 pub fn ls(pond: &Path, path: Option<&str>, version: Option<u64>) -> anyhow::Result<ExitCode> {

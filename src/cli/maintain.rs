@@ -19,7 +19,8 @@ pub fn init(pond: &Path, threshold: Option<u64>) -> anyhow::Result<ExitCode> {
 }
 
 pub fn verify(target: &str) -> anyhow::Result<ExitCode> {
-    let report = if super::sync::is_url(target) { super::sync::verify_remote(target)? } else { verify_pond(Path::new(target))? };
+    let report =
+        if super::sync::is_url(target) { super::sync::verify_remote(target)? } else { verify_pond(Path::new(target))? };
     for d in &report.damage {
         println!("DAMAGED {d}");
     }

@@ -103,14 +103,17 @@ pub const QUIET: &str = "warn,buoyant_kernel=off,deltalake_core=off";
 
 /// Quiet by default; `RUST_LOG` shows more.
 pub fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(QUIET));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(QUIET));
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         // Mount forks before anything starts a thread, and sets up its own logging.
-        Command::Mount { pond, mountpoint, foreground, options } => mount::mount(&pond, &mountpoint, foreground, &options),
+        Command::Mount { pond, mountpoint, foreground, options } => {
+            mount::mount(&pond, &mountpoint, foreground, &options)
+        }
         command => {
             init_logging();
             match command {

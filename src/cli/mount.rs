@@ -43,7 +43,10 @@ fn unescape(s: &str) -> String {
     let b = s.as_bytes();
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 4 <= b.len() && let Ok(v) = u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 4]).unwrap_or("x"), 8) {
+        if b[i] == b'\\'
+            && i + 4 <= b.len()
+            && let Ok(v) = u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 4]).unwrap_or("x"), 8)
+        {
             out.push(v);
             i += 4;
         } else {
@@ -133,7 +136,8 @@ fn daemon(pond: &Path, mountpoint: &Path, opts: &MountOptions, report: OwnedFd) 
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,pond=info"));
     if let Ok(file) = std::fs::OpenOptions::new().create(true).append(true).open(&log_path) {
-        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false).with_writer(Arc::new(file)).try_init();
+        let _ =
+            tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false).with_writer(Arc::new(file)).try_init();
     }
     let mut report = std::fs::File::from(report);
     match serve(pond, mountpoint, opts, Some(&mut report)) {
@@ -160,7 +164,12 @@ fn redirect_stdio(log: &Path) {
 }
 
 /// Open the pond and serve it until unmounted; `report` gets `ok` once the mount is live.
-fn serve(pond: &Path, mountpoint: &Path, opts: &MountOptions, report: Option<&mut std::fs::File>) -> anyhow::Result<()> {
+fn serve(
+    pond: &Path,
+    mountpoint: &Path,
+    opts: &MountOptions,
+    report: Option<&mut std::fs::File>,
+) -> anyhow::Result<()> {
     // Held until this process exits, i.e. after the final commit: `pond umount` waits on it.
     let _alive = MountLock::acquire(pond, mountpoint);
     let fs_opts = FsOptions { read_only: opts.read_only, version: opts.version, threshold: opts.threshold };
@@ -231,7 +240,11 @@ struct MountLock {
 
 impl MountLock {
     fn path(pond: &Path, mountpoint: &Path) -> PathBuf {
-        let escaped: String = mountpoint.to_string_lossy().chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' }).collect();
+        let escaped: String = mountpoint
+            .to_string_lossy()
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' })
+            .collect();
         let hash = blake3::hash(mountpoint.as_os_str().as_encoded_bytes()).to_hex();
         pond.join(WORK_DIR).join("mounts").join(format!("{escaped}-{}.lock", &hash[..16]))
     }

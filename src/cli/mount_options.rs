@@ -16,10 +16,43 @@ pub struct MountOptions {
 
 /// Options mount(8), fstab and systemd pass that mean nothing to pond.
 const IGNORED: &[&str] = &[
-    "defaults", "rw", "dev", "nodev", "suid", "nosuid", "exec", "noexec", "auto", "noauto", "user", "users",
-    "nouser", "owner", "group", "_netdev", "nofail", "async", "sync", "atime", "noatime", "relatime",
-    "norelatime", "strictatime", "nodiratime", "diratime", "lazytime", "nolazytime", "silent", "loud",
-    "default_permissions", "dirsync", "nostrictatime", "iversion", "noiversion", "mand", "nomand",
+    "defaults",
+    "rw",
+    "dev",
+    "nodev",
+    "suid",
+    "nosuid",
+    "exec",
+    "noexec",
+    "auto",
+    "noauto",
+    "user",
+    "users",
+    "nouser",
+    "owner",
+    "group",
+    "_netdev",
+    "nofail",
+    "async",
+    "sync",
+    "atime",
+    "noatime",
+    "relatime",
+    "norelatime",
+    "strictatime",
+    "nodiratime",
+    "diratime",
+    "lazytime",
+    "nolazytime",
+    "silent",
+    "loud",
+    "default_permissions",
+    "dirsync",
+    "nostrictatime",
+    "iversion",
+    "noiversion",
+    "mand",
+    "nomand",
 ];
 
 /// Prefixes of ignored `key` or `key=value` options (`x-systemd.automount`, `comment=...`).
@@ -46,7 +79,11 @@ pub fn parse(options: &[String]) -> Result<MountOptions, String> {
             "log" => out.log = Some(PathBuf::from(value.ok_or("mount option log needs a file (log=FILE)")?)),
             _ if IGNORED.contains(&opt) => {}
             _ if IGNORED_PREFIXES.iter().any(|p| opt.starts_with(p)) => {}
-            _ => return Err(format!("unknown mount option {opt:?} (pond takes ro, allow_other, threshold=BYTES, version=N, log=FILE)")),
+            _ => {
+                return Err(format!(
+                    "unknown mount option {opt:?} (pond takes ro, allow_other, threshold=BYTES, version=N, log=FILE)"
+                ));
+            }
         }
     }
     Ok(out)
@@ -58,10 +95,15 @@ mod tests {
 
     #[test]
     fn pond_options_are_parsed_and_generic_ones_ignored() {
-        let o = parse(&["rw,_netdev,x-systemd.automount,noauto,threshold=4096".into(), "allow_other,version=3".into()]).unwrap();
-        assert_eq!(o, MountOptions { allow_other: true, threshold: Some(4096), version: Some(3), ..Default::default() });
+        let o = parse(&["rw,_netdev,x-systemd.automount,noauto,threshold=4096".into(), "allow_other,version=3".into()])
+            .unwrap();
+        assert_eq!(
+            o,
+            MountOptions { allow_other: true, threshold: Some(4096), version: Some(3), ..Default::default() }
+        );
         // The rest of what mount.pond drops, so pond run directly takes the same lines.
-        let o = parse(&["dirsync,nostrictatime,iversion,noiversion,mand,nomand,helper=pond,uhelper=pond".into()]).unwrap();
+        let o =
+            parse(&["dirsync,nostrictatime,iversion,noiversion,mand,nomand,helper=pond,uhelper=pond".into()]).unwrap();
         assert_eq!(o, MountOptions::default());
     }
 

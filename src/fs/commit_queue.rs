@@ -62,7 +62,12 @@ fn clone_err(e: &FsError) -> FsError {
 }
 
 impl Committer {
-    pub fn start(oplog: Oplog, tree: Arc<Mutex<Tree>>, inline: Arc<InlineReader>, rt: Arc<tokio::runtime::Runtime>) -> Committer {
+    pub fn start(
+        oplog: Oplog,
+        tree: Arc<Mutex<Tree>>,
+        inline: Arc<InlineReader>,
+        rt: Arc<tokio::runtime::Runtime>,
+    ) -> Committer {
         let shared = Arc::new(Shared { state: Mutex::new(State::default()), cv: Condvar::new() });
         let worker_shared = shared.clone();
         let thread = std::thread::Builder::new()
@@ -119,7 +124,13 @@ impl Committer {
     }
 }
 
-fn run(mut oplog: Oplog, tree: Arc<Mutex<Tree>>, inline: Arc<InlineReader>, rt: Arc<tokio::runtime::Runtime>, shared: Arc<Shared>) -> Result<(), FsError> {
+fn run(
+    mut oplog: Oplog,
+    tree: Arc<Mutex<Tree>>,
+    inline: Arc<InlineReader>,
+    rt: Arc<tokio::runtime::Runtime>,
+    shared: Arc<Shared>,
+) -> Result<(), FsError> {
     let mut commits = 0u64;
     let mut failures = 0u32;
     let result = loop {
@@ -178,7 +189,9 @@ fn run(mut oplog: Oplog, tree: Arc<Mutex<Tree>>, inline: Arc<InlineReader>, rt: 
                 shared.cv.notify_all();
                 drop(st);
                 if stop && failures >= SHUTDOWN_ATTEMPTS {
-                    break Err(FsError::Io(format!("giving up after {failures} failed commits; uncommitted changes are lost")));
+                    break Err(FsError::Io(format!(
+                        "giving up after {failures} failed commits; uncommitted changes are lost"
+                    )));
                 }
                 std::thread::sleep(Duration::from_millis(100 * u64::from(failures.min(10))));
             }
@@ -192,7 +205,12 @@ fn run(mut oplog: Oplog, tree: Arc<Mutex<Tree>>, inline: Arc<InlineReader>, rt: 
 
 type CommitFailure = (FsError, Vec<OplogRow>);
 
-fn commit_cut(oplog: &mut Oplog, inline: &InlineReader, rt: &tokio::runtime::Runtime, cut: Cut) -> Result<(Arc<str>, Vec<OplogRow>), CommitFailure> {
+fn commit_cut(
+    oplog: &mut Oplog,
+    inline: &InlineReader,
+    rt: &tokio::runtime::Runtime,
+    cut: Cut,
+) -> Result<(Arc<str>, Vec<OplogRow>), CommitFailure> {
     let Cut { mut rows, files_changed, bytes, .. } = cut;
     // Rows for inline files whose attributes changed need their bytes, read back from the old row.
     for row in rows.iter_mut() {

@@ -62,9 +62,9 @@ impl From<StoreError> for FsError {
             return FsError::NoSpace;
         }
         match e {
-            e @ (StoreError::CorruptChunk { .. } | StoreError::HashTreeMismatch { .. } | StoreError::Malformed { .. }) => {
-                FsError::Corrupt(e.to_string())
-            }
+            e @ (StoreError::CorruptChunk { .. }
+            | StoreError::HashTreeMismatch { .. }
+            | StoreError::Malformed { .. }) => FsError::Corrupt(e.to_string()),
             StoreError::NotFound(h) => FsError::Corrupt(format!("large-file object {h} is missing")),
             other => FsError::Io(other.to_string()),
         }

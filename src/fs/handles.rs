@@ -80,10 +80,16 @@ impl OpenFile {
 
 /// What a file handle refers to.
 pub enum Handle {
-    File { ino: u64, file: Arc<OpenFile>, mode: OpenMode },
+    File {
+        ino: u64,
+        file: Arc<OpenFile>,
+        mode: OpenMode,
+    },
     /// A directory listing snapshotted at opendir, so entries added or removed while `ls` or
     /// `rm -rf` iterates neither repeat nor vanish; offsets index into it.
-    Dir { entries: Arc<Vec<DirEntry>> },
+    Dir {
+        entries: Arc<Vec<DirEntry>>,
+    },
 }
 
 /// Handle numbers to handles.

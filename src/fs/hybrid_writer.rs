@@ -22,11 +22,7 @@ use crate::large_files::{
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Finished {
     /// Small enough to live in the oplog row.
-    Inline {
-        bytes: Vec<u8>,
-        hash: Blake3Hash,
-        sha256: Sha256Digest,
-    },
+    Inline { bytes: Vec<u8>, hash: Blake3Hash, sha256: Sha256Digest },
     /// Stored (durably) as a large-file object.
     Large(PutOutcome),
 }
@@ -76,11 +72,7 @@ impl HybridWriter {
     }
 
     /// Starts from a large object, copying its verified chunks one at a time.
-    pub fn from_large(
-        threshold: Threshold,
-        spill_dir: PathBuf,
-        reader: &LargeFileReader,
-    ) -> Result<Self, StoreError> {
+    pub fn from_large(threshold: Threshold, spill_dir: PathBuf, reader: &LargeFileReader) -> Result<Self, StoreError> {
         let mut w = Self::new(threshold, spill_dir);
         for idx in 0..reader.chunk_count() {
             let chunk = reader.read_chunk(idx)?;
@@ -110,9 +102,7 @@ impl HybridWriter {
         if data.is_empty() {
             return Ok(());
         }
-        let end = offset
-            .checked_add(data.len() as u64)
-            .ok_or_else(|| io::Error::from_raw_os_error(libc::EFBIG))?;
+        let end = offset.checked_add(data.len() as u64).ok_or_else(|| io::Error::from_raw_os_error(libc::EFBIG))?;
         if !self.threshold.is_inline(end) {
             self.spill()?;
         }
@@ -140,9 +130,7 @@ impl HybridWriter {
         if offset >= self.len {
             return Ok(0);
         }
-        let n = buf
-            .len()
-            .min(usize::try_from(self.len - offset).unwrap_or(usize::MAX));
+        let n = buf.len().min(usize::try_from(self.len - offset).unwrap_or(usize::MAX));
         match &self.content {
             Content::Memory(data) => {
                 let start = offset as usize; // < len <= threshold, held in memory
@@ -196,23 +184,13 @@ impl HybridWriter {
         };
         if self.threshold.is_inline(self.len) {
             let mut bytes = vec![0u8; self.len as usize]; // within the threshold
-            let n = self
-                .read_at(0, &mut bytes)
-                .map_err(|e| self.spill_error(e))?;
+            let n = self.read_at(0, &mut bytes).map_err(|e| self.spill_error(e))?;
             bytes.truncate(n);
-            return Ok(Finished::Inline {
-                bytes,
-                hash: summary.root,
-                sha256: summary.sha256,
-            });
+            return Ok(Finished::Inline { bytes, hash: summary.root, sha256: summary.sha256 });
         }
         self.spill().map_err(|e| self.spill_error(e))?;
         match &self.content {
-            Content::Spilled(file) => Ok(Finished::Large(store.put_file(
-                file,
-                self.len,
-                Some(&summary),
-            )?)),
+            Content::Spilled(file) => Ok(Finished::Large(store.put_file(file, self.len, Some(&summary))?)),
             Content::Memory(_) => unreachable!("spill() leaves the content spilled"),
         }
     }
@@ -225,10 +203,7 @@ impl HybridWriter {
         while pos < self.len {
             let n = self.read_at(pos, &mut buf)?;
             if n == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "spill file shrank",
-                ));
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "spill file shrank"));
             }
             hasher.update(&buf[..n]);
             pos += n as u64;
@@ -248,9 +223,6 @@ impl HybridWriter {
     }
 
     fn spill_error(&self, source: io::Error) -> StoreError {
-        StoreError::Io {
-            path: self.spill_dir.clone(),
-            source,
-        }
+        StoreError::Io { path: self.spill_dir.clone(), source }
     }
 }

@@ -193,7 +193,9 @@ impl PondFs {
         match content {
             Content::Inline { bytes: Some(b), .. } => Ok(ContentReader::Inline(b)),
             Content::Inline { loc: Some(loc), .. } => Ok(ContentReader::Inline(self.inline.read(&loc)?)),
-            Content::Inline { .. } => Err(FsError::Corrupt(format!("inode {ino}: inline content has neither bytes nor a location"))),
+            Content::Inline { .. } => {
+                Err(FsError::Corrupt(format!("inode {ino}: inline content has neither bytes nor a location")))
+            }
             Content::Large { hash, .. } => Ok(ContentReader::Large(Arc::new(self.store.open(&hash)?))),
         }
     }
@@ -239,7 +241,9 @@ impl PondFs {
         }
         let size = w.len();
         let content = match w.finish(&self.store)? {
-            Finished::Inline { bytes, hash, sha256 } => Content::Inline { bytes: Some(Bytes::from(bytes)), loc: None, hash, sha256 },
+            Finished::Inline { bytes, hash, sha256 } => {
+                Content::Inline { bytes: Some(Bytes::from(bytes)), loc: None, hash, sha256 }
+            }
             Finished::Large(put) => Content::Large { hash: put.hash, sha256: put.sha256 },
         };
         {
@@ -281,7 +285,11 @@ impl PondFs {
 
     /// Apply `f` to a session of `ino` that exists for the duration of the call (for truncate
     /// without an open handle), then finalize it.
-    fn with_transient_session<R>(&self, ino: u64, f: impl FnOnce(&Self, &mut Session) -> Result<R, FsError>) -> Result<R, FsError> {
+    fn with_transient_session<R>(
+        &self,
+        ino: u64,
+        f: impl FnOnce(&Self, &mut Session) -> Result<R, FsError>,
+    ) -> Result<R, FsError> {
         let file = {
             let mut t = self.lock_tree();
             self.attach(&mut t, ino)?

@@ -105,7 +105,12 @@ impl PondFs {
     }
 
     /// Create a node named `name` in `parent`; `make` fills in its data given the parent's inode.
-    fn make_node(&self, parent: u64, name: &[u8], make: impl FnOnce(&Inode) -> NodeData) -> Result<(u64, Attr), FsError> {
+    fn make_node(
+        &self,
+        parent: u64,
+        name: &[u8],
+        make: impl FnOnce(&Inode) -> NodeData,
+    ) -> Result<(u64, Attr), FsError> {
         self.writable()?;
         check_name(name)?;
         let now = now_ns();
@@ -161,7 +166,15 @@ impl PondFs {
         }
     }
 
-    pub fn mknod(&self, parent: u64, name: &[u8], kind: NodeKind, perm: u32, rdev: u64, caller: Caller) -> Result<Attr, FsError> {
+    pub fn mknod(
+        &self,
+        parent: u64,
+        name: &[u8],
+        kind: NodeKind,
+        perm: u32,
+        rdev: u64,
+        caller: Caller,
+    ) -> Result<Attr, FsError> {
         if kind == NodeKind::Dir || kind == NodeKind::Symlink {
             return Err(FsError::Invalid("mknod of a directory or symlink"));
         }
@@ -174,7 +187,11 @@ impl PondFs {
 
     pub fn symlink(&self, parent: u64, name: &[u8], target: &[u8], caller: Caller) -> Result<Attr, FsError> {
         if target.is_empty() || target.len() > 4096 || target.contains(&0) {
-            return Err(if target.len() > 4096 { FsError::NameTooLong } else { FsError::Invalid("bad symlink target") });
+            return Err(if target.len() > 4096 {
+                FsError::NameTooLong
+            } else {
+                FsError::Invalid("bad symlink target")
+            });
         }
         self.make_node(parent, name, |p| NodeData {
             size: target.len() as u64,
@@ -190,7 +207,14 @@ impl PondFs {
         node.data.symlink.clone().ok_or(FsError::Invalid("not a symlink"))
     }
 
-    pub fn create(&self, parent: u64, name: &[u8], perm: u32, flags: i32, caller: Caller) -> Result<(Attr, u64), FsError> {
+    pub fn create(
+        &self,
+        parent: u64,
+        name: &[u8],
+        perm: u32,
+        flags: i32,
+        caller: Caller,
+    ) -> Result<(Attr, u64), FsError> {
         match self.make_node(parent, name, |p| Self::new_node(NodeKind::File, perm, caller, p)) {
             Ok((ino, attr)) => Ok((attr, self.open_file(ino, flags & !libc::O_TRUNC)?)),
             Err(FsError::Exists) if flags & libc::O_EXCL == 0 => {
@@ -346,7 +370,14 @@ impl PondFs {
         Ok(())
     }
 
-    pub fn rename(&self, parent: u64, name: &[u8], new_parent: u64, new_name: &[u8], mode: RenameMode) -> Result<(), FsError> {
+    pub fn rename(
+        &self,
+        parent: u64,
+        name: &[u8],
+        new_parent: u64,
+        new_name: &[u8],
+        mode: RenameMode,
+    ) -> Result<(), FsError> {
         self.writable()?;
         check_name(new_name)?;
         let now = now_ns();
@@ -469,10 +500,7 @@ impl PondFs {
     pub fn readdirplus(&self, fh: u64, offset: i64) -> Result<Vec<(DirEntry, Attr)>, FsError> {
         let entries = self.readdir(fh, offset)?;
         let t = self.lock_tree();
-        Ok(entries
-            .into_iter()
-            .filter_map(|e| t.nodes.get(&e.ino).map(|n| n.attr(e.ino)).map(|a| (e, a)))
-            .collect())
+        Ok(entries.into_iter().filter_map(|e| t.nodes.get(&e.ino).map(|n| n.attr(e.ino)).map(|a| (e, a))).collect())
     }
 
     pub fn releasedir(&self, fh: u64) -> Result<(), FsError> {

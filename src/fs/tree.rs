@@ -100,7 +100,8 @@ impl Tree {
     /// Build the tree from the rows current at a version. Rows for names whose parent or child is
     /// missing are ignored (they cannot be reached), never a panic.
     pub fn from_rows(loaded: LoadedRows) -> Result<Tree, FsError> {
-        let mut tree = Tree { next_ino: loaded.max_ino.max(ROOT_INO) + 1, next_seq: loaded.max_seq + 1, ..Default::default() };
+        let mut tree =
+            Tree { next_ino: loaded.max_ino.max(ROOT_INO) + 1, next_seq: loaded.max_seq + 1, ..Default::default() };
         let mut dirents = Vec::new();
         for row in loaded.rows {
             match row {
@@ -281,7 +282,12 @@ impl Tree {
                     rows.push(OplogRow::Node { ino, seq, data });
                 }
                 RowKey::Dirent(parent, name) => {
-                    let child = self.nodes.get(&parent).and_then(|p| p.dir.as_ref()).and_then(|d| d.entries.get(&*name)).copied();
+                    let child = self
+                        .nodes
+                        .get(&parent)
+                        .and_then(|p| p.dir.as_ref())
+                        .and_then(|d| d.entries.get(&*name))
+                        .copied();
                     rows.push(OplogRow::Dirent { parent, name: name.into_vec(), seq, child });
                 }
             }

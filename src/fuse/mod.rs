@@ -34,11 +34,10 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use fuser::{
-    AccessFlags, BsdFileFlags, CopyFileRangeFlags, Errno, FileHandle, Filesystem, FopenFlags, Generation,
-    INodeNo, InitFlags, IoctlFlags, KernelConfig, LockOwner, OpenFlags, PollEvents, PollFlags, PollNotifier,
-    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
-    ReplyIoctl, ReplyLseek, ReplyOpen, ReplyPoll, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
-    WriteFlags,
+    AccessFlags, BsdFileFlags, CopyFileRangeFlags, Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo,
+    InitFlags, IoctlFlags, KernelConfig, LockOwner, OpenFlags, PollEvents, PollFlags, PollNotifier, RenameFlags,
+    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl,
+    ReplyLseek, ReplyOpen, ReplyPoll, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
 use crate::fs::{Caller, FsError, PondFs, RenameMode, SetAttr, XattrSet};
@@ -425,7 +424,11 @@ impl Filesystem for PondFuse {
         reply: ReplyCreate,
     ) {
         tracing::debug!(
-            parent = parent.0, ?name, mode = format_args!("{mode:o}"), flags = format_args!("{flags:#o}"), "create"
+            parent = parent.0,
+            ?name,
+            mode = format_args!("{mode:o}"),
+            flags = format_args!("{flags:#o}"),
+            "create"
         );
         match self.fs.create(parent.0, name.as_bytes(), mode & 0o7777, flags, caller(req)) {
             Ok((a, fh)) => reply.created(&TTL, &file_attr(&a), GENERATION, FileHandle(fh), fopen_flags(flags)),

@@ -26,8 +26,8 @@ use bytes::Bytes;
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::{
-    ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder, RowSelection,
-    RowSelectionPolicy, RowSelector,
+    ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder, RowSelection, RowSelectionPolicy,
+    RowSelector,
 };
 use parquet::arrow::arrow_writer::ArrowWriterOptions;
 use parquet::basic::Compression;
@@ -128,11 +128,7 @@ impl ObjectMeta {
         let blake3 = Blake3Hash::from_hex(b3).ok_or_else(|| bad(KEY_BLAKE3, b3))?;
         let sha = get(KEY_SHA256)?;
         let sha256 = Sha256Digest::from_hex(sha).ok_or_else(|| bad(KEY_SHA256, sha))?;
-        Ok(ObjectMeta {
-            size,
-            blake3,
-            sha256,
-        })
+        Ok(ObjectMeta { size, blake3, sha256 })
     }
 }
 
@@ -148,32 +144,19 @@ impl ChunkWriter {
     pub(crate) fn new(file: File, path: &Path) -> Result<Self, StoreError> {
         let schema = arrow_schema();
         // No embedded arrow schema: the parquet schema says it all, and the footer stays small.
-        let options = ArrowWriterOptions::new()
-            .with_properties(writer_properties())
-            .with_skip_arrow_metadata(true);
+        let options = ArrowWriterOptions::new().with_properties(writer_properties()).with_skip_arrow_metadata(true);
         let writer = ArrowWriter::try_new_with_options(file, schema.clone(), options)
             .map_err(|e| StoreError::parquet(path, e))?;
-        Ok(ChunkWriter {
-            writer,
-            schema,
-            next_index: 0,
-        })
+        Ok(ChunkWriter { writer, schema, next_index: 0 })
     }
 
     /// Appends the next chunk (its hash and bytes) as one row / one data page.
-    pub(crate) fn write_chunk(
-        &mut self,
-        hash: &[u8; 32],
-        data: Vec<u8>,
-        path: &Path,
-    ) -> Result<(), StoreError> {
-        let index = i64::try_from(self.next_index)
-            .map_err(|_| StoreError::InvalidInput("too many chunks".into()))?;
-        let len = i32::try_from(data.len())
-            .map_err(|_| StoreError::InvalidInput("chunk too large".into()))?;
+    pub(crate) fn write_chunk(&mut self, hash: &[u8; 32], data: Vec<u8>, path: &Path) -> Result<(), StoreError> {
+        let index = i64::try_from(self.next_index).map_err(|_| StoreError::InvalidInput("too many chunks".into()))?;
+        let len = i32::try_from(data.len()).map_err(|_| StoreError::InvalidInput("chunk too large".into()))?;
         let offsets = OffsetBuffer::new(vec![0i32, len].into());
-        let data = BinaryArray::try_new(offsets, Buffer::from_vec(data), None)
-            .map_err(|e| StoreError::arrow(path, e))?;
+        let data =
+            BinaryArray::try_new(offsets, Buffer::from_vec(data), None).map_err(|e| StoreError::arrow(path, e))?;
         let batch = RecordBatch::try_new(
             self.schema.clone(),
             vec![
@@ -183,9 +166,7 @@ impl ChunkWriter {
             ],
         )
         .map_err(|e| StoreError::arrow(path, e))?;
-        self.writer
-            .write(&batch)
-            .map_err(|e| StoreError::parquet(path, e))?;
+        self.writer.write(&batch).map_err(|e| StoreError::parquet(path, e))?;
         self.next_index += 1;
         Ok(())
     }
@@ -195,9 +176,7 @@ impl ChunkWriter {
         for kv in meta.key_values() {
             self.writer.append_key_value_metadata(kv);
         }
-        self.writer
-            .close()
-            .map_err(|e| StoreError::parquet(path, e))?;
+        self.writer.close().map_err(|e| StoreError::parquet(path, e))?;
         Ok(())
     }
 }
@@ -213,11 +192,7 @@ pub(crate) struct PreadFile {
 
 impl PreadFile {
     pub(crate) fn new(file: File, len: u64) -> Self {
-        PreadFile {
-            file: Arc::new(file),
-            len,
-            bytes_read: Arc::new(AtomicU64::new(0)),
-        }
+        PreadFile { file: Arc::new(file), len, bytes_read: Arc::new(AtomicU64::new(0)) }
     }
 
     /// Total bytes read from the file through this reader (and its clones).
@@ -228,10 +203,9 @@ impl PreadFile {
     fn check_range(&self, start: u64, length: u64) -> Result<(), ParquetError> {
         match start.checked_add(length) {
             Some(end) if end <= self.len => Ok(()),
-            _ => Err(ParquetError::EOF(format!(
-                "range {start}+{length} past the end of the file ({} bytes)",
-                self.len
-            ))),
+            _ => {
+                Err(ParquetError::EOF(format!("range {start}+{length} past the end of the file ({} bytes)", self.len)))
+            }
         }
     }
 }
@@ -247,10 +221,7 @@ impl ChunkReader for PreadFile {
 
     fn get_read(&self, start: u64) -> Result<PreadReader, ParquetError> {
         self.check_range(start, 0)?;
-        Ok(PreadReader {
-            src: self.clone(),
-            pos: start,
-        })
+        Ok(PreadReader { src: self.clone(), pos: start })
     }
 
     fn get_bytes(&self, start: u64, length: usize) -> Result<Bytes, ParquetError> {
@@ -289,17 +260,9 @@ pub(crate) struct OpenedObject {
 }
 
 /// Runs parquet code that might panic on hostile bytes, turning a panic into an error.
-fn guarded<T>(
-    path: &Path,
-    what: &str,
-    f: impl FnOnce() -> Result<T, StoreError>,
-) -> Result<T, StoreError> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|_| {
-        Err(StoreError::malformed(
-            path,
-            format!("parquet panicked while {what}"),
-        ))
-    })
+fn guarded<T>(path: &Path, what: &str, f: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+        .unwrap_or_else(|_| Err(StoreError::malformed(path, format!("parquet panicked while {what}"))))
 }
 
 /// Loads and checks the footer, page index, metadata and hash column of an object file.
@@ -310,11 +273,9 @@ pub(crate) fn open_object(file: &PreadFile, path: &Path) -> Result<OpenedObject,
 
 fn open_object_inner(file: &PreadFile, path: &Path) -> Result<OpenedObject, StoreError> {
     // An embedded arrow schema is ignored (its flatbuffer decoder is not hardened).
-    let options = ArrowReaderOptions::new()
-        .with_page_index_policy(PageIndexPolicy::Required)
-        .with_skip_arrow_metadata(true);
-    let meta =
-        ArrowReaderMetadata::load(file, options).map_err(|e| StoreError::parquet(path, e))?;
+    let options =
+        ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Required).with_skip_arrow_metadata(true);
+    let meta = ArrowReaderMetadata::load(file, options).map_err(|e| StoreError::parquet(path, e))?;
     check_schema(&meta, path)?;
     let pq = meta.metadata();
     let kv = ObjectMeta::parse(pq.file_metadata().key_value_metadata(), path)?;
@@ -333,28 +294,19 @@ fn open_object_inner(file: &PreadFile, path: &Path) -> Result<OpenedObject, Stor
     }
     rg_starts.push(total);
     if total != expected {
-        return Err(StoreError::malformed(
-            path,
-            format!("{total} chunks but size {} needs {expected}", kv.size),
-        ));
+        return Err(StoreError::malformed(path, format!("{total} chunks but size {} needs {expected}", kv.size)));
     }
     check_layout(pq, file.len()).map_err(|reason| StoreError::malformed(path, reason))?;
     let chunk_hashes = read_hash_column(file, &meta, path, expected)?;
-    Ok(OpenedObject {
-        meta,
-        kv,
-        chunk_hashes,
-        rg_starts,
-    })
+    Ok(OpenedObject { meta, kv, chunk_hashes, rg_starts })
 }
 
 /// Checks that every column chunk and every page of the offset index lies within the file
 /// (parquet asserts on negative offsets rather than returning an error).
 fn check_layout(pq: &ParquetMetaData, file_len: u64) -> Result<(), String> {
     let within = |start: i64, len: i64| {
-        u64::try_from(start).is_ok_and(|s| {
-            u64::try_from(len).is_ok_and(|l| s.checked_add(l).is_some_and(|e| e <= file_len))
-        })
+        u64::try_from(start)
+            .is_ok_and(|s| u64::try_from(len).is_ok_and(|l| s.checked_add(l).is_some_and(|e| e <= file_len)))
     };
     let offset_index = pq.offset_index().ok_or("no offset index")?;
     if offset_index.len() != pq.num_row_groups() {
@@ -365,18 +317,10 @@ fn check_layout(pq: &ParquetMetaData, file_len: u64) -> Result<(), String> {
             return Err(format!("row group {rg}: offset index misses columns"));
         }
         for (col, pages) in group.columns().iter().zip(index) {
-            let start = col
-                .dictionary_page_offset()
-                .unwrap_or(col.data_page_offset());
-            let pages_ok = pages
-                .page_locations()
-                .iter()
-                .all(|p| within(p.offset, p.compressed_page_size.into()));
+            let start = col.dictionary_page_offset().unwrap_or(col.data_page_offset());
+            let pages_ok = pages.page_locations().iter().all(|p| within(p.offset, p.compressed_page_size.into()));
             if !within(start, col.compressed_size()) || !pages_ok {
-                return Err(format!(
-                    "row group {rg}: {} outside the file",
-                    col.column_path()
-                ));
+                return Err(format!("row group {rg}: {} outside the file", col.column_path()));
             }
         }
     }
@@ -387,18 +331,13 @@ fn check_schema(meta: &ArrowReaderMetadata, path: &Path) -> Result<(), StoreErro
     let want = arrow_schema();
     let got = meta.schema();
     let same = got.fields().len() == want.fields().len()
-        && got.fields().iter().zip(want.fields()).all(|(g, w)| {
-            g.name() == w.name() && g.data_type() == w.data_type() && !g.is_nullable()
-        })
+        && got
+            .fields()
+            .iter()
+            .zip(want.fields())
+            .all(|(g, w)| g.name() == w.name() && g.data_type() == w.data_type() && !g.is_nullable())
         && meta.parquet_schema().num_columns() == want.fields().len();
-    if same {
-        Ok(())
-    } else {
-        Err(StoreError::malformed(
-            path,
-            format!("unexpected schema {:?}", got.fields()),
-        ))
-    }
+    if same { Ok(()) } else { Err(StoreError::malformed(path, format!("unexpected schema {:?}", got.fields()))) }
 }
 
 fn read_hash_column(
@@ -420,10 +359,7 @@ fn read_hash_column(
         let col = binary_column(&batch, path)?;
         for v in col.iter().flatten() {
             let h: [u8; 32] = v.try_into().map_err(|_| {
-                StoreError::malformed(
-                    path,
-                    format!("chunk {} hash is {} bytes", hashes.len(), v.len()),
-                )
+                StoreError::malformed(path, format!("chunk {} hash is {} bytes", hashes.len(), v.len()))
             })?;
             hashes.push(h);
         }
@@ -432,10 +368,7 @@ fn read_hash_column(
         }
     }
     if hashes.len() as u64 != expected {
-        return Err(StoreError::malformed(
-            path,
-            format!("{} chunk hashes, expected {expected}", hashes.len()),
-        ));
+        return Err(StoreError::malformed(path, format!("{} chunk hashes, expected {expected}", hashes.len())));
     }
     Ok(hashes)
 }
@@ -461,9 +394,7 @@ pub(crate) fn decode_chunk(
     path: &Path,
 ) -> Result<Bytes, StoreError> {
     guarded(path, "decoding a chunk", || {
-        let to_usize = |n: u64| {
-            usize::try_from(n).map_err(|_| StoreError::malformed(path, "row out of range"))
-        };
+        let to_usize = |n: u64| usize::try_from(n).map_err(|_| StoreError::malformed(path, "row out of range"));
         let mut selectors = Vec::with_capacity(3);
         if row > 0 {
             selectors.push(RowSelector::skip(to_usize(row)?));
@@ -474,16 +405,15 @@ pub(crate) fn decode_chunk(
             selectors.push(RowSelector::skip(to_usize(after)?));
         }
         let mask = ProjectionMask::leaves(meta.parquet_schema(), [COL_DATA]);
-        let mut reader =
-            ParquetRecordBatchReaderBuilder::new_with_metadata(file.clone(), meta.clone())
-                .with_projection(mask)
-                .with_row_groups(vec![rg])
-                .with_row_selection(RowSelection::from(selectors))
-                // Always skip pages through the offset index, never decode-then-mask.
-                .with_row_selection_policy(RowSelectionPolicy::Selectors)
-                .with_batch_size(1)
-                .build()
-                .map_err(|e| StoreError::parquet(path, e))?;
+        let mut reader = ParquetRecordBatchReaderBuilder::new_with_metadata(file.clone(), meta.clone())
+            .with_projection(mask)
+            .with_row_groups(vec![rg])
+            .with_row_selection(RowSelection::from(selectors))
+            // Always skip pages through the offset index, never decode-then-mask.
+            .with_row_selection_policy(RowSelectionPolicy::Selectors)
+            .with_batch_size(1)
+            .build()
+            .map_err(|e| StoreError::parquet(path, e))?;
         let batch = reader
             .next()
             .ok_or_else(|| StoreError::malformed(path, "chunk row missing"))?

@@ -42,11 +42,7 @@ pub enum StoreError {
 
     /// A chunk number past the end of the object.
     #[error("large object {object}: chunk {chunk} out of range (object has {chunks} chunks)")]
-    ChunkOutOfRange {
-        object: Blake3Hash,
-        chunk: u64,
-        chunks: u64,
-    },
+    ChunkOutOfRange { object: Blake3Hash, chunk: u64, chunks: u64 },
 
     /// The file is not a well-formed pond large-file object.
     #[error("malformed large object {}: {reason}", path.display())]
@@ -77,23 +73,16 @@ impl StoreError {
 
     /// True when the failure was "no space left on device".
     pub fn is_enospc(&self) -> bool {
-        self.io_error().is_some_and(|e| {
-            e.raw_os_error() == Some(libc::ENOSPC) || e.kind() == io::ErrorKind::StorageFull
-        })
+        self.io_error()
+            .is_some_and(|e| e.raw_os_error() == Some(libc::ENOSPC) || e.kind() == io::ErrorKind::StorageFull)
     }
 
     pub(crate) fn io(path: impl Into<PathBuf>, source: io::Error) -> Self {
-        StoreError::Io {
-            path: path.into(),
-            source,
-        }
+        StoreError::Io { path: path.into(), source }
     }
 
     pub(crate) fn malformed(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
-        StoreError::Malformed {
-            path: path.into(),
-            reason: reason.into(),
-        }
+        StoreError::Malformed { path: path.into(), reason: reason.into() }
     }
 
     /// A parquet error on `path`; an I/O error wrapped inside it becomes [`StoreError::Io`].

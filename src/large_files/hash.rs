@@ -163,22 +163,14 @@ impl Default for StreamHasher {
 
 impl fmt::Debug for StreamHasher {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("StreamHasher")
-            .field("size", &self.size)
-            .finish_non_exhaustive()
+        f.debug_struct("StreamHasher").field("size", &self.size).finish_non_exhaustive()
     }
 }
 
 impl StreamHasher {
     /// A hasher that has seen no input.
     pub fn new() -> Self {
-        StreamHasher {
-            done: Vec::new(),
-            current: blake3::Hasher::new(),
-            current_len: 0,
-            sha: Sha256::new(),
-            size: 0,
-        }
+        StreamHasher { done: Vec::new(), current: blake3::Hasher::new(), current_len: 0, sha: Sha256::new(), size: 0 }
     }
 
     /// Bytes hashed so far.
@@ -221,12 +213,7 @@ impl StreamHasher {
             Some(root) => root,
             None => unreachable!("chunk_hashes always has at least one entry"),
         };
-        HashSummary {
-            root,
-            sha256: Sha256Digest(self.sha.clone().finalize().into()),
-            size: self.size,
-            chunk_hashes,
-        }
+        HashSummary { root, sha256: Sha256Digest(self.sha.clone().finalize().into()), size: self.size, chunk_hashes }
     }
 }
 

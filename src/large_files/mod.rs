@@ -25,8 +25,7 @@ use crate::config::CHUNK_SIZE;
 use chunked::{ChunkWriter, ObjectMeta, PreadFile};
 pub use error::StoreError;
 pub use hash::{
-    Blake3Hash, HashSummary, Sha256Digest, StreamHasher, chunk_count, chunk_hash, chunk_len,
-    root_from_chunk_hashes,
+    Blake3Hash, HashSummary, Sha256Digest, StreamHasher, chunk_count, chunk_hash, chunk_len, root_from_chunk_hashes,
 };
 
 /// Directory (under the pond root) holding the objects.
@@ -83,12 +82,7 @@ impl LargeFileStore {
 
     /// Stores the first `size` bytes of `src` (read with positional reads, in chunks). With `known`
     /// hashes and an existing object nothing is read. Durable when it returns.
-    pub fn put_file(
-        &self,
-        src: &File,
-        size: u64,
-        known: Option<&HashSummary>,
-    ) -> Result<PutOutcome, StoreError> {
+    pub fn put_file(&self, src: &File, size: u64, known: Option<&HashSummary>) -> Result<PutOutcome, StoreError> {
         if let Some(k) = known {
             if k.size != size || k.chunk_hashes.len() as u64 != chunk_count(size) {
                 return Err(StoreError::InvalidInput(format!(
@@ -98,17 +92,11 @@ impl LargeFileStore {
                 )));
             }
             if self.contains(&k.root) {
-                return Ok(PutOutcome {
-                    hash: k.root,
-                    sha256: k.sha256,
-                    size,
-                    existed: true,
-                });
+                return Ok(PutOutcome { hash: k.root, sha256: k.sha256, size, existed: true });
             }
         }
         self.put_with(size, known, |offset, buf| {
-            src.read_exact_at(buf, offset)
-                .map_err(|source| StoreError::ReadSource { offset, source })
+            src.read_exact_at(buf, offset).map_err(|source| StoreError::ReadSource { offset, source })
         })
     }
 
@@ -136,10 +124,7 @@ impl LargeFileStore {
             .tempfile_in(&self.tmp)
             .map_err(|e| StoreError::io(&self.tmp, e))?;
         let tmp_path = tmp.path().to_path_buf();
-        let handle = tmp
-            .as_file()
-            .try_clone()
-            .map_err(|e| StoreError::io(&tmp_path, e))?;
+        let handle = tmp.as_file().try_clone().map_err(|e| StoreError::io(&tmp_path, e))?;
         let mut writer = ChunkWriter::new(handle, &tmp_path)?;
 
         let n = chunk_count(size);
@@ -173,26 +158,12 @@ impl LargeFileStore {
             (None, Some(k)) => (k.root, k.sha256),
             (None, None) => unreachable!("hashes are computed when none are known"),
         };
-        let outcome = |existed| PutOutcome {
-            hash: root,
-            sha256,
-            size,
-            existed,
-        };
+        let outcome = |existed| PutOutcome { hash: root, sha256, size, existed };
         if self.contains(&root) {
             return Ok(outcome(true)); // temp file dropped (deleted)
         }
-        writer.finish(
-            &ObjectMeta {
-                size,
-                blake3: root,
-                sha256,
-            },
-            &tmp_path,
-        )?;
-        tmp.as_file()
-            .sync_all()
-            .map_err(|e| StoreError::io(&tmp_path, e))?;
+        writer.finish(&ObjectMeta { size, blake3: root, sha256 }, &tmp_path)?;
+        tmp.as_file().sync_all().map_err(|e| StoreError::io(&tmp_path, e))?;
 
         let dest = self.object_path(&root);
         match tmp.persist_noclobber(&dest) {
@@ -223,10 +194,7 @@ impl LargeFileStore {
         if opened.kv.blake3 != *hash {
             return Err(StoreError::malformed(
                 &path,
-                format!(
-                    "metadata names {} but the file is named {hash}",
-                    opened.kv.blake3
-                ),
+                format!("metadata names {} but the file is named {hash}", opened.kv.blake3),
             ));
         }
         if root_from_chunk_hashes(&opened.chunk_hashes) != Some(*hash) {
@@ -304,9 +272,7 @@ impl LargeFileStore {
 }
 
 fn sync_dir(dir: &Path) -> Result<(), StoreError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| StoreError::io(dir, e))
+    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| StoreError::io(dir, e))
 }
 
 /// An open, checked object: verified random-access reads. `Send + Sync`; share it across threads.
@@ -326,10 +292,7 @@ pub struct LargeFileReader {
 
 impl std::fmt::Debug for LargeFileReader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LargeFileReader")
-            .field("hash", &self.hash)
-            .field("size", &self.size)
-            .finish_non_exhaustive()
+        f.debug_struct("LargeFileReader").field("hash", &self.hash).field("size", &self.size).finish_non_exhaustive()
     }
 }
 
@@ -395,11 +358,7 @@ impl LargeFileReader {
 
     /// The verified bytes of chunk `idx`.
     pub fn read_chunk(&self, idx: u64) -> Result<Bytes, StoreError> {
-        if let Some((i, bytes)) = self
-            .cache
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
+        if let Some((i, bytes)) = self.cache.lock().unwrap_or_else(|p| p.into_inner()).as_ref()
             && *i == idx
         {
             return Ok(bytes.clone());
@@ -413,23 +372,14 @@ impl LargeFileReader {
     fn decode_verified(&self, idx: u64) -> Result<Bytes, StoreError> {
         let n = self.chunk_count();
         if idx >= n {
-            return Err(StoreError::ChunkOutOfRange {
-                object: self.hash,
-                chunk: idx,
-                chunks: n,
-            });
+            return Err(StoreError::ChunkOutOfRange { object: self.hash, chunk: idx, chunks: n });
         }
         // rg_starts is sorted, starts at 0 and ends at n > idx, so rg is a valid row group.
         let rg = self.rg_starts.partition_point(|&s| s <= idx) - 1;
         let row = idx - self.rg_starts[rg];
         let rg_rows = self.rg_starts[rg + 1] - self.rg_starts[rg];
-        let corrupt = StoreError::CorruptChunk {
-            object: self.hash,
-            chunk: idx,
-        };
-        let bytes = match chunked::decode_chunk(
-            &self.file, &self.meta, rg, row, rg_rows, &self.path,
-        ) {
+        let corrupt = StoreError::CorruptChunk { object: self.hash, chunk: idx };
+        let bytes = match chunked::decode_chunk(&self.file, &self.meta, rg, row, rg_rows, &self.path) {
             Ok(b) => b,
             Err(e @ StoreError::Io { .. }) => return Err(e),
             Err(e) => {
@@ -459,32 +409,17 @@ impl LargeFileReader {
         }
         if errors.is_empty() {
             let s = hasher.summary();
-            let mut mismatch = |reason: String| {
-                errors.push(StoreError::ContentMismatch {
-                    object: self.hash,
-                    reason,
-                })
-            };
+            let mut mismatch = |reason: String| errors.push(StoreError::ContentMismatch { object: self.hash, reason });
             if s.size != self.size {
-                mismatch(format!(
-                    "content is {} bytes, metadata says {}",
-                    s.size, self.size
-                ));
+                mismatch(format!("content is {} bytes, metadata says {}", s.size, self.size));
             }
             if s.root != self.hash {
                 mismatch(format!("content hashes to {}", s.root));
             }
             if s.sha256 != self.sha256 {
-                mismatch(format!(
-                    "content SHA-256 is {}, metadata says {}",
-                    s.sha256, self.sha256
-                ));
+                mismatch(format!("content SHA-256 is {}, metadata says {}", s.sha256, self.sha256));
             }
         }
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(errors)
-        }
+        if errors.is_empty() { Ok(()) } else { Err(errors) }
     }
 }

@@ -9,10 +9,10 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use parquet::arrow::ArrowWriter;
+use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::{
     ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder, RowSelection, RowSelector,
 };
-use parquet::arrow::ProjectionMask;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use parquet::schema::types::ColumnPath;
@@ -36,7 +36,10 @@ pub fn write_data_file(root: &Path, name: &str, rows: &[OplogRow]) -> Result<u64
         // Content is fetched row by row: small pages keep one fetch from decoding its neighbours.
         .set_column_data_page_size_limit(ColumnPath::from(col::CONTENT), 64 * 1024)
         .set_column_dictionary_enabled(ColumnPath::from(col::CONTENT), false)
-        .set_column_statistics_enabled(ColumnPath::from(col::CONTENT), parquet::file::properties::EnabledStatistics::None)
+        .set_column_statistics_enabled(
+            ColumnPath::from(col::CONTENT),
+            parquet::file::properties::EnabledStatistics::None,
+        )
         .build();
     let io = |e: std::io::Error| OplogError::Io { path: path.clone(), source: e };
     let file = File::create(&path).map_err(io)?;
@@ -82,11 +85,13 @@ pub fn for_each_batch(
         .collect();
     let mask = ProjectionMask::leaves(parquet_schema, leaves);
     let batch_size = if with_content { 256 } else { 8192 };
-    let reader = builder.with_projection(mask).with_batch_size(batch_size).build().map_err(|e| OplogError::parquet(&path, e))?;
+    let reader =
+        builder.with_projection(mask).with_batch_size(batch_size).build().map_err(|e| OplogError::parquet(&path, e))?;
     let mut first = 0u64;
     for batch in reader {
         let batch = batch.map_err(|e| OplogError::arrow(&path, e))?;
-        let decoded = schema::batch_to_rows(&batch, rel, first).map_err(|e| OplogError::BadRow { path: path.clone(), source: e })?;
+        let decoded = schema::batch_to_rows(&batch, rel, first)
+            .map_err(|e| OplogError::BadRow { path: path.clone(), source: e })?;
         first += batch.num_rows() as u64;
         f(decoded)?;
     }
@@ -127,8 +132,11 @@ impl InlineReader {
         if let Some(m) = cache.get(rel) {
             return Ok(m.clone());
         }
-        let m = ArrowReaderMetadata::load(file, ArrowReaderOptions::new().with_page_index_policy(parquet::file::metadata::PageIndexPolicy::Optional))
-            .map_err(|e| OplogError::parquet(path, e))?;
+        let m = ArrowReaderMetadata::load(
+            file,
+            ArrowReaderOptions::new().with_page_index_policy(parquet::file::metadata::PageIndexPolicy::Optional),
+        )
+        .map_err(|e| OplogError::parquet(path, e))?;
         if cache.len() > 4096 {
             cache.clear();
         }

@@ -92,8 +92,10 @@ fn json_lines(text: &str, path: &Path) -> Result<Vec<serde_json::Value>, OplogEr
     text.lines()
         .filter(|l| !l.trim().is_empty())
         .map(|line| {
-            serde_json::from_str(line)
-                .map_err(|e| OplogError::Corrupt { path: path.to_path_buf(), reason: format!("not a JSON log entry: {e}") })
+            serde_json::from_str(line).map_err(|e| OplogError::Corrupt {
+                path: path.to_path_buf(),
+                reason: format!("not a JSON log entry: {e}"),
+            })
         })
         .collect()
 }
@@ -111,7 +113,10 @@ pub struct FileActions {
 pub fn parse_log_entry(text: &str, path: &Path) -> Result<FileActions, OplogError> {
     let mut actions = FileActions::default();
     for value in json_lines(text, path)? {
-        let bad = |what: &str| OplogError::Corrupt { path: path.to_path_buf(), reason: format!("{what} action without a path") };
+        let bad = |what: &str| OplogError::Corrupt {
+            path: path.to_path_buf(),
+            reason: format!("{what} action without a path"),
+        };
         if let Some(add) = value.get("add") {
             let p = add.get("path").and_then(|p| p.as_str()).ok_or_else(|| bad("add"))?;
             let size = add.get("size").and_then(|s| s.as_u64()).unwrap_or(0);
@@ -132,7 +137,10 @@ pub fn file_actions(root: &Path) -> Result<Vec<(u64, FileActions)>, OplogError> 
     let mut out = Vec::new();
     for (expected, (version, path)) in log_entries(root)?.into_iter().enumerate() {
         if version != expected as u64 {
-            return Err(OplogError::Corrupt { path: log, reason: format!("log entry for version {expected} is missing") });
+            return Err(OplogError::Corrupt {
+                path: log,
+                reason: format!("log entry for version {expected} is missing"),
+            });
         }
         let text = std::fs::read_to_string(&path).map_err(|e| OplogError::Io { path: path.clone(), source: e })?;
         out.push((version, parse_log_entry(&text, &path)?));

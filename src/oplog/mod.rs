@@ -75,9 +75,7 @@ fn table_url(root: &Path) -> Result<Url, OplogError> {
 /// A table handle that has not read the log yet (`try_from_url` would, and log an error when there is
 /// no table yet).
 fn unloaded_table(url: &Url) -> Result<DeltaTable, OplogError> {
-    deltalake::DeltaTableBuilder::from_url(url.clone())
-        .and_then(|b| b.build())
-        .map_err(|e| OplogError::delta(url, e))
+    deltalake::DeltaTableBuilder::from_url(url.clone()).and_then(|b| b.build()).map_err(|e| OplogError::delta(url, e))
 }
 
 /// Refuse what is not a pond with a message that says so (and never let delta-rs invent a table).
@@ -92,10 +90,7 @@ pub fn check_is_pond(root: &Path) -> Result<(), OplogError> {
 }
 
 pub(crate) fn now_ns() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
 }
 
 impl Oplog {
@@ -103,7 +98,8 @@ impl Oplog {
     /// the root directory.
     pub async fn create(root: &Path, threshold: Threshold) -> Result<Oplog, OplogError> {
         if root.exists() {
-            let mut entries = std::fs::read_dir(root).map_err(|e| OplogError::Io { path: root.to_path_buf(), source: e })?;
+            let mut entries =
+                std::fs::read_dir(root).map_err(|e| OplogError::Io { path: root.to_path_buf(), source: e })?;
             if entries.next().is_some() {
                 return Err(OplogError::NotEmpty(root.to_path_buf()));
             }
@@ -121,7 +117,8 @@ impl Oplog {
             .with_raise_if_key_not_exists(false)
             .await
             .map_err(|e| OplogError::delta(&url, e))?;
-        let mut oplog = Oplog { root: root.to_path_buf(), url, table, index: HashMap::new(), commits_since_maintenance: 0 };
+        let mut oplog =
+            Oplog { root: root.to_path_buf(), url, table, index: HashMap::new(), commits_since_maintenance: 0 };
         let now = now_ns();
         let (uid, gid) = (nix::unistd::geteuid().as_raw(), nix::unistd::getegid().as_raw());
         let root_row = OplogRow::Node {
@@ -143,9 +140,7 @@ impl Oplog {
                 content: None,
             }),
         };
-        oplog
-            .commit_batch(vec![root_row], CommitSummary { operation: "init", files_changed: 1, bytes: 0 })
-            .await?;
+        oplog.commit_batch(vec![root_row], CommitSummary { operation: "init", files_changed: 1, bytes: 0 }).await?;
         Ok(oplog)
     }
 
@@ -260,14 +255,17 @@ impl Oplog {
         Ok(Committed { version, file: Arc::from(name.as_str()) })
     }
 
-    async fn commit_actions(&mut self, actions: Vec<Action>, op: DeltaOperation, summary: &CommitSummary) -> Result<u64, OplogError> {
-        let props = CommitProperties::default()
-            .with_cleanup_expired_logs(Some(false))
-            .with_metadata([
-                ("pond.operation".to_string(), serde_json::json!(summary.operation)),
-                ("pond.files_changed".to_string(), serde_json::json!(summary.files_changed)),
-                ("pond.bytes".to_string(), serde_json::json!(summary.bytes)),
-            ]);
+    async fn commit_actions(
+        &mut self,
+        actions: Vec<Action>,
+        op: DeltaOperation,
+        summary: &CommitSummary,
+    ) -> Result<u64, OplogError> {
+        let props = CommitProperties::default().with_cleanup_expired_logs(Some(false)).with_metadata([
+            ("pond.operation".to_string(), serde_json::json!(summary.operation)),
+            ("pond.files_changed".to_string(), serde_json::json!(summary.files_changed)),
+            ("pond.bytes".to_string(), serde_json::json!(summary.bytes)),
+        ]);
         let snapshot = self.table.snapshot().map_err(|e| OplogError::delta(&self.url, e))?;
         let finalized = CommitBuilder::from(props)
             .with_actions(actions)

@@ -14,9 +14,8 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, BinaryArray, BinaryBuilder, BooleanArray, BooleanBuilder, Int32Array,
-    Int32Builder, Int64Array, Int64Builder, ListArray, ListBuilder, RecordBatch, StringArray,
-    StringBuilder,
+    Array, ArrayRef, BinaryArray, BinaryBuilder, BooleanArray, BooleanBuilder, Int32Array, Int32Builder, Int64Array,
+    Int64Builder, ListArray, ListBuilder, RecordBatch, StringArray, StringBuilder,
 };
 use arrow::datatypes::{DataType as ArrowType, Field, Schema, SchemaRef};
 use bytes::Bytes;
@@ -281,7 +280,8 @@ pub fn rows_to_batch(rows: &[OplogRow]) -> Result<RecordBatch, arrow::error::Arr
                 let Some(d) = data else {
                     kind.append_null();
                     mode.append_null();
-                    for b in [&mut uid, &mut gid, &mut size, &mut atime, &mut mtime, &mut ctime, &mut nlink, &mut rdev] {
+                    for b in [&mut uid, &mut gid, &mut size, &mut atime, &mut mtime, &mut ctime, &mut nlink, &mut rdev]
+                    {
                         b.append_null();
                     }
                     symlink.append_null();
@@ -421,7 +421,8 @@ pub fn batch_to_rows(batch: &RecordBatch, file: &Arc<str>, first_row: u64) -> Re
     let b3: Option<&StringArray> = column(batch, col::BLAKE3)?;
     let sha: Option<&StringArray> = column(batch, col::SHA256)?;
 
-    let err = |column: &'static str, row: usize, reason: &str| RowDecodeError { column, row, reason: reason.to_string() };
+    let err =
+        |column: &'static str, row: usize, reason: &str| RowDecodeError { column, row, reason: reason.to_string() };
     let opt_i64 = |a: Option<&Int64Array>, r: usize| a.filter(|a| !a.is_null(r)).map(|a| a.value(r));
     let nonneg = |a: Option<&Int64Array>, c: &'static str, r: usize| -> Result<u64, RowDecodeError> {
         let v = opt_i64(a, r).ok_or_else(|| err(c, r, "missing value"))?;
@@ -467,7 +468,9 @@ pub fn batch_to_rows(batch: &RecordBatch, file: &Arc<str>, first_row: u64) -> Re
                                 Content::Large { hash, sha256 }
                             } else {
                                 let bytes = match content {
-                                    Some(c) if c.is_null(r) => return Err(err(col::CONTENT, r, "inline file without content")),
+                                    Some(c) if c.is_null(r) => {
+                                        return Err(err(col::CONTENT, r, "inline file without content"));
+                                    }
                                     Some(c) => Some(Bytes::copy_from_slice(c.value(r))),
                                     None => None,
                                 };

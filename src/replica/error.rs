@@ -33,7 +33,9 @@ pub enum ReplicaError {
     Diverged { url: String, reason: String },
 
     /// The remote holds something that is not part of a pond replica: not a place to replicate to.
-    #[error("{url} holds {name:?}, which is not part of a pond replica: replicate into an empty directory or a new prefix")]
+    #[error(
+        "{url} holds {name:?}, which is not part of a pond replica: replicate into an empty directory or a new prefix"
+    )]
     Foreign { url: String, name: String },
 
     /// The object store failed (network, permissions, a missing bucket...).

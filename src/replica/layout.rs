@@ -5,8 +5,8 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::large_files::hash::Blake3Hash;
 use crate::large_files::LARGE_FILES_DIR;
+use crate::large_files::hash::Blake3Hash;
 use crate::oplog::history::{checkpoint_version, log_entry_version};
 
 use super::error::ReplicaError;
@@ -142,7 +142,10 @@ mod tests {
             "_pond/lock",
             "",
         ] {
-            assert!(matches!(PondFile::parse(name), Err(ReplicaError::PathEscape(n)) if n == name), "{name:?} must be refused");
+            assert!(
+                matches!(PondFile::parse(name), Err(ReplicaError::PathEscape(n)) if n == name),
+                "{name:?} must be refused"
+            );
         }
         assert!(PondFile::data("_delta_log/00000000000000000042.json").is_err(), "a log entry is not a data file");
     }

@@ -191,10 +191,7 @@ impl<'a> Replicator<'a> {
     /// The latest committed version of the local pond.
     fn local_latest(&self) -> Result<u64, ReplicaError> {
         let entries = history::log_entries(&self.root)?;
-        entries
-            .last()
-            .map(|(v, _)| *v)
-            .ok_or_else(|| corrupt(self.root.join(layout::LOG_DIR), "no log entries".into()))
+        entries.last().map(|(v, _)| *v).ok_or_else(|| corrupt(self.root.join(layout::LOG_DIR), "no log entries".into()))
     }
 
     /// Parse the local log entries up to `version` that are not parsed yet.
@@ -302,7 +299,10 @@ impl<'a> Replicator<'a> {
             let file = PondFile::Object(hash);
             let path = file.local_path(&self.root);
             let size = local_size(&path).map_err(|_| {
-                corrupt(path.clone(), "a data file references this large object, but it is missing (run `pond verify`)".into())
+                corrupt(
+                    path.clone(),
+                    "a data file references this large object, but it is missing (run `pond verify`)".into(),
+                )
             })?;
             if listing.has(&file, size) {
                 skip(size);
@@ -312,7 +312,8 @@ impl<'a> Replicator<'a> {
         }
 
         // Log entries, each checkpoint after its version's entry.
-        let checkpoints: BTreeSet<u64> = history::checkpoint_versions(&self.root)?.into_iter().filter(|c| *c <= version).collect();
+        let checkpoints: BTreeSet<u64> =
+            history::checkpoint_versions(&self.root)?.into_iter().filter(|c| *c <= version).collect();
         let mut new_log: Vec<Outgoing> = Vec::new();
         for v in 0..=version {
             let mut files = vec![PondFile::Log(v)];
@@ -397,11 +398,15 @@ impl<'a> Replicator<'a> {
         let file = PondFile::LastCheckpoint;
         let path = file.local_path(&self.root);
         let Ok(local) = std::fs::read(&path) else { return Ok(()) };
-        let Some(c) = serde_json::from_slice::<serde_json::Value>(&local).ok().and_then(|v| v.get("version")?.as_u64()) else {
+        let Some(c) = serde_json::from_slice::<serde_json::Value>(&local).ok().and_then(|v| v.get("version")?.as_u64())
+        else {
             return Ok(()); // unreadable: a hint only; readers list the log instead
         };
         let listing = self.listing.as_ref().expect("listed");
-        if c > version || !listing.files.contains_key(&PondFile::Checkpoint(c)) || self.remote_hint.as_deref() == Some(&local[..]) {
+        if c > version
+            || !listing.files.contains_key(&PondFile::Checkpoint(c))
+            || self.remote_hint.as_deref() == Some(&local[..])
+        {
             return Ok(());
         }
         let local = Bytes::from(local);
@@ -428,7 +433,9 @@ async fn referenced_objects(root: &Path, data: &[Outgoing]) -> Result<BTreeSet<B
 }
 
 /// Run blocking work (parquet reads, hashing) off the async workers.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, ReplicaError> + Send + 'static) -> Result<T, ReplicaError> {
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ReplicaError> + Send + 'static,
+) -> Result<T, ReplicaError> {
     match tokio::task::spawn_blocking(f).await {
         Ok(r) => r,
         Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),

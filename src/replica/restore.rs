@@ -70,7 +70,11 @@ pub async fn restore(
 
 /// Check the replica at `remote` as [`restore`] would, without keeping it. Damage is in the
 /// report; `Err` only when the remote cannot be read at all.
-pub async fn verify_remote(remote: &Remote, progress: Arc<dyn Progress>, stop: &AtomicBool) -> Result<VerifyReport, ReplicaError> {
+pub async fn verify_remote(
+    remote: &Remote,
+    progress: Arc<dyn Progress>,
+    stop: &AtomicBool,
+) -> Result<VerifyReport, ReplicaError> {
     let tmp = tempfile::Builder::new()
         .prefix("pond-verify-")
         .tempdir()
@@ -115,7 +119,12 @@ struct Staging {
 
 impl Staging {
     fn create(target: &Path) -> Result<Staging, ReplicaError> {
-        let invalid = || ReplicaError::io(target, std::io::Error::new(std::io::ErrorKind::InvalidInput, "restore needs a new directory's name"));
+        let invalid = || {
+            ReplicaError::io(
+                target,
+                std::io::Error::new(std::io::ErrorKind::InvalidInput, "restore needs a new directory's name"),
+            )
+        };
         let name = target.file_name().and_then(|n| n.to_str()).ok_or_else(invalid)?;
         let parent = match target.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
@@ -137,7 +146,9 @@ impl Staging {
     fn commit(mut self, target: &Path) -> Result<(), ReplicaError> {
         if let Err(e) = std::fs::rename(&self.path, target) {
             return Err(match e.raw_os_error() {
-                Some(libc::ENOTEMPTY | libc::EEXIST | libc::ENOTDIR) => ReplicaError::TargetNotEmpty(target.to_path_buf()),
+                Some(libc::ENOTEMPTY | libc::EEXIST | libc::ENOTDIR) => {
+                    ReplicaError::TargetNotEmpty(target.to_path_buf())
+                }
                 _ => ReplicaError::io(target, e),
             });
         }
@@ -358,7 +369,8 @@ impl Fetcher<'_> {
         let bytes = self.remote.get_bytes(&file).await?;
         let named = serde_json::from_slice::<serde_json::Value>(&bytes).ok().and_then(|v| v.get("version")?.as_u64());
         let Some(c) = named else {
-            let (expected, got) = ("a checkpoint hint naming a version".to_string(), format!("{} unreadable bytes", bytes.len()));
+            let (expected, got) =
+                ("a checkpoint hint naming a version".to_string(), format!("{} unreadable bytes", bytes.len()));
             return self.problem(ReplicaError::Tampered { path: file.name(), expected, got });
         };
         if c <= version && PondFile::Checkpoint(c).local_path(self.dest).exists() {

@@ -59,7 +59,8 @@ impl TestPond {
     }
 
     pub fn open_at(&self, version: u64) -> PondFs {
-        PondFs::open(&self.root, FsOptions { version: Some(version), ..Default::default() }).expect("open pond at version")
+        PondFs::open(&self.root, FsOptions { version: Some(version), ..Default::default() })
+            .expect("open pond at version")
     }
 
     pub fn path(&self) -> &str {
@@ -235,7 +236,10 @@ pub fn tree_snapshot(fs: &PondFs) -> std::collections::BTreeMap<String, Seen> {
             }
             fs.releasedir(fh).expect("releasedir");
         }
-        out.insert(if path.is_empty() { "/".into() } else { path }, Seen { attr_without_atime: attr, symlink, xattrs, content });
+        out.insert(
+            if path.is_empty() { "/".into() } else { path },
+            Seen { attr_without_atime: attr, symlink, xattrs, content },
+        );
     }
     out
 }

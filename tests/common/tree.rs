@@ -109,7 +109,13 @@ pub fn snapshot(root: &Path) -> BTreeMap<String, Entry> {
     for p in paths {
         let m = std::fs::symlink_metadata(&p).unwrap();
         let ft = m.file_type();
-        let kind = if ft.is_dir() { "dir" } else if ft.is_symlink() { "symlink" } else { "file" };
+        let kind = if ft.is_dir() {
+            "dir"
+        } else if ft.is_symlink() {
+            "symlink"
+        } else {
+            "file"
+        };
         let link_group = (kind == "file" && m.nlink() > 1).then(|| {
             let n = groups.len();
             *groups.entry(m.ino()).or_insert(n)
