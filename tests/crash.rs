@@ -5,37 +5,23 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use pond::large_files::LargeFileStore;
 use pond::oplog::ROOT_INO;
 
 use crate::common::sizes::{C, T};
-use crate::common::{Mounted, TestPond, assert_same_bytes, is_mounted, pattern, pond_ok, write_file};
-
-/// The pid of the daemon serving `mountpoint`.
-fn daemon_pid(mountpoint: &Path) -> i32 {
-    let want = mountpoint.to_str().unwrap();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
-        let Ok(cmd) = std::fs::read(entry.path().join("cmdline")) else { continue };
-        let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
-        if args.iter().any(|a| *a == b"mount") && args.contains(&want.as_bytes()) {
-            return pid;
-        }
-    }
-    panic!("no daemon found for {want}");
-}
+use crate::common::{
+    Mounted, TestPond, assert_same_bytes, daemons, is_mounted, pattern, pond_ok, wait_for_exit, write_file,
+};
 
 /// Kill the daemon with SIGKILL and clear the dead mount it leaves.
 fn kill_daemon(m: &Mounted) {
-    let pid = daemon_pid(&m.mountpoint);
+    let pids = daemons(&m.pond, Some(&m.mountpoint));
+    assert_eq!(pids.len(), 1, "one daemon serves {}: {pids:?}", m.mountpoint.display());
     // SAFETY: sending a signal to a pid we found.
-    unsafe { libc::kill(pid, libc::SIGKILL) };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    unsafe { libc::kill(pids[0], libc::SIGKILL) };
+    assert!(wait_for_exit(pids[0], Duration::from_secs(10)), "the killed daemon exited");
     let _ = std::process::Command::new("umount").arg("-l").arg(&m.mountpoint).status();
     assert!(!is_mounted(&m.mountpoint), "dead mount cleared");
 }

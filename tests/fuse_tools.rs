@@ -6,17 +6,11 @@ use std::path::Path;
 use std::process::Command;
 
 use crate::common::tree::{assert_same_tree, make_mixed_tree, snapshot};
-use crate::common::{Mounted, TestPond, assert_same_bytes, pattern, pond_ok};
+use crate::common::{Mounted, TestPond, assert_same_bytes, pattern, pond_ok, run_ok};
 
+/// Run a command, require success, return its stdout.
 fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    String::from_utf8_lossy(&run_ok(cmd).stdout).into_owned()
 }
 
 fn mount(pond: &TestPond) -> Mounted {

@@ -15,7 +15,10 @@ use std::process::{Command, Output};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::common::{Mounted, TestPond, assert_same_bytes, is_mounted, pattern, pond, pond_bin, pond_ok, require_fuse};
+use crate::common::{
+    Mounted, TestPond, assert_same_bytes, daemons, describe, is_mounted, latest_version, pattern, pond, pond_bin,
+    pond_ok, require_fuse, wait_for_exit,
+};
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -34,19 +37,9 @@ fn run(cmd: &mut Command) -> Output {
     cmd.env("POND_BIN", pond_bin()).output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"))
 }
 
-fn describe(out: &Output) -> String {
-    format!(
-        "{}\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
+/// `run`, requiring success.
 fn run_ok(cmd: &mut Command) -> Output {
-    let out = run(cmd);
-    assert!(out.status.success(), "{cmd:?} failed: {}", describe(&out));
-    out
+    crate::common::run_ok(cmd.env("POND_BIN", pond_bin()))
 }
 
 fn stderr(out: &Output) -> String {
@@ -159,52 +152,11 @@ fn daemon_pids(pond: &Path) -> Vec<i32> {
     daemons(pond, None)
 }
 
-/// The daemons serving `pond`, on `at` if given (as canonical path, which mount(8) passes).
-fn daemons(pond: &Path, at: Option<&Path>) -> Vec<i32> {
-    let want = s(pond);
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
-        let args: Vec<String> = cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
-        let is_pond = args.first().is_some_and(|a| Path::new(a).file_name().is_some_and(|n| n == "pond"));
-        let at_dir = at.is_none_or(|d| args.iter().any(|a| a == s(d)));
-        if is_pond
-            && args.get(1).is_some_and(|a| a == "mount")
-            && args.iter().any(|a| a == want)
-            && at_dir
-            && alive(pid)
-        {
-            pids.push(pid);
-        }
-    }
-    pids
-}
-
 /// The one daemon serving `pond`.
 fn daemon_pid(pond: &Path) -> i32 {
     let pids = daemon_pids(pond);
     assert_eq!(pids.len(), 1, "expected one pond daemon for {}, found {pids:?}", pond.display());
     pids[0]
-}
-
-/// Running (a zombie, waiting for a parent to reap it, has exited).
-fn alive(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => false,
-        Ok(stat) => stat.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z')),
-    }
-}
-
-fn wait_for_exit(pid: i32, limit: Duration) -> bool {
-    let deadline = Instant::now() + limit;
-    while alive(pid) {
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    true
 }
 
 /// Wait until no daemon serves `pond` (on `at`, if given); SIGKILL as the last resort so none is
@@ -282,10 +234,6 @@ fn history(pond: &Path) -> Vec<(u64, String)> {
             (version, l.split_whitespace().last().unwrap_or("").to_string())
         })
         .collect()
-}
-
-fn latest_version(pond: &Path) -> u64 {
-    history(pond).last().expect("a pond has versions").0
 }
 
 /// Large-file objects in the pond (content above the threshold).

@@ -26,14 +26,67 @@ pub fn pond(args: &[&str]) -> Output {
 /// Run the pond binary and require success.
 pub fn pond_ok(args: &[&str]) -> String {
     let out = pond(args);
-    assert!(
-        out.status.success(),
-        "pond {args:?} failed ({}):\nstdout: {}\nstderr: {}",
+    assert!(out.status.success(), "pond {args:?} failed: {}", describe(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A command's exit status and both outputs, for failure messages.
+pub fn describe(out: &Output) -> String {
+    format!(
+        "{}\nstdout: {}\nstderr: {}",
         out.status,
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    )
+}
+
+/// Run a command and require success; its output.
+pub fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    assert!(out.status.success(), "{cmd:?} failed: {}", describe(&out));
+    out
+}
+
+/// The `pond mount` daemons serving `pond` (on mountpoint `at`, if given), zombies excluded.
+pub fn daemons(pond: &Path, at: Option<&Path>) -> Vec<i32> {
+    let want = pond.to_str().expect("utf-8 path");
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let args: Vec<String> = cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+        let is_pond = args.first().is_some_and(|a| Path::new(a).file_name().is_some_and(|n| n == "pond"));
+        let at_dir = at.is_none_or(|d| args.iter().any(|a| Some(a.as_str()) == d.to_str()));
+        if is_pond
+            && args.get(1).is_some_and(|a| a == "mount")
+            && args.iter().any(|a| a == want)
+            && at_dir
+            && alive(pid)
+        {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// Running (a zombie, waiting for a parent to reap it, has exited).
+pub fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => false,
+        Ok(stat) => stat.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z')),
+    }
+}
+
+/// Wait up to `limit` for `pid` to exit; false if it is still running.
+pub fn wait_for_exit(pid: i32, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while alive(pid) {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    true
 }
 
 /// A temporary directory holding a fresh pond at `root`.
