@@ -41,18 +41,27 @@ pub enum FsError {
     Corrupt(String),
     #[error("I/O error: {0}")]
     Io(String),
+    /// Never an out-of-space error: `From<OplogError>` turns those into `NoSpace`.
     #[error(transparent)]
-    Oplog(#[from] OplogError),
+    Oplog(OplogError),
     #[error("another process has this pond mounted read-write (lock {0} is held)")]
     Busy(String),
 }
 
+/// The OS errors that mean the disk (or the user's quota) is full: the writer sees ENOSPC.
+fn is_no_space(code: Option<i32>) -> bool {
+    matches!(code, Some(libc::ENOSPC | libc::EDQUOT))
+}
+
 impl From<std::io::Error> for FsError {
     fn from(e: std::io::Error) -> Self {
-        match e.raw_os_error() {
-            Some(libc::ENOSPC) | Some(libc::EDQUOT) => FsError::NoSpace,
-            _ => FsError::Io(e.to_string()),
-        }
+        if is_no_space(e.raw_os_error()) { FsError::NoSpace } else { FsError::Io(e.to_string()) }
+    }
+}
+
+impl From<OplogError> for FsError {
+    fn from(e: OplogError) -> Self {
+        if is_no_space(e.raw_os_error()) { FsError::NoSpace } else { FsError::Oplog(e) }
     }
 }
 
@@ -74,9 +83,25 @@ impl From<StoreError> for FsError {
 impl FsError {
     /// Errors from the commit path: ENOSPC stays ENOSPC, everything else is an I/O error.
     pub fn from_commit(e: &OplogError) -> FsError {
-        match e.raw_os_error() {
-            Some(libc::ENOSPC) | Some(libc::EDQUOT) => FsError::NoSpace,
-            _ => FsError::Io(e.to_string()),
-        }
+        if is_no_space(e.raw_os_error()) { FsError::NoSpace } else { FsError::Io(e.to_string()) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn oplog_io(code: i32) -> OplogError {
+        OplogError::Io { path: "/pond/part.parquet".into(), source: std::io::Error::from_raw_os_error(code) }
+    }
+
+    #[test]
+    fn a_full_disk_under_the_oplog_is_no_space_and_other_failures_stay_oplog_errors() {
+        assert!(matches!(FsError::from(oplog_io(libc::ENOSPC)), FsError::NoSpace));
+        assert!(matches!(FsError::from(oplog_io(libc::EDQUOT)), FsError::NoSpace));
+        assert!(matches!(FsError::from(oplog_io(libc::EIO)), FsError::Oplog(_)));
+        assert!(matches!(FsError::from_commit(&oplog_io(libc::ENOSPC)), FsError::NoSpace));
+        assert!(matches!(FsError::from_commit(&oplog_io(libc::EACCES)), FsError::Io(_)));
+        assert!(matches!(FsError::from(std::io::Error::from_raw_os_error(libc::EDQUOT)), FsError::NoSpace));
     }
 }

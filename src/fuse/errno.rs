@@ -31,10 +31,8 @@ pub fn errno(e: &FsError) -> Errno {
             Errno::EIO
         }
         FsError::Io(_) => Errno::EIO,
-        FsError::Oplog(e) => match e.raw_os_error() {
-            Some(libc::ENOSPC) | Some(libc::EDQUOT) => Errno::ENOSPC,
-            _ => Errno::EIO,
-        },
+        // Out-of-space oplog errors arrive as NoSpace (see `From<OplogError> for FsError`).
+        FsError::Oplog(_) => Errno::EIO,
         FsError::Busy(_) => Errno::EBUSY,
     }
 }
