@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod sizes;
+pub mod soak;
 pub mod tree;
 
 use std::path::{Path, PathBuf};
