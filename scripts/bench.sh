@@ -118,12 +118,15 @@ gen() { # gen NAME SCRIPT: run the python SCRIPT once to make $work/data/NAME
     [[ -e $work/data/$1 ]] || { log "making input $1"; (cd "$work/data" && python3 -c "$2") && touch "$work/data/$1.done"; }
     [[ -e $work/data/$1.done ]] || { log "bench.sh: input $1 is incomplete; remove $work/data/$1"; exit 1; }
 }
-seq_in=seq-$SEQ_MIB.bin
-gen "$seq_in" "
+# Two different files, so that pond cannot deduplicate the cp against the dd.
+seq_in=seq-$SEQ_MIB.bin seq_cp_in=seq-$SEQ_MIB-b.bin
+for f in $seq_in $seq_cp_in; do
+    gen "$f" "
 import os
-with open('$seq_in.tmp', 'wb') as f:
+with open('$f.tmp', 'wb') as f:
     for _ in range($SEQ_MIB): f.write(os.urandom(1 << 20))
-os.rename('$seq_in.tmp', '$seq_in')"
+os.rename('$f.tmp', '$f')"
+done
 mk_tar='
 import os, random, sys, tarfile, io
 name, n, kib = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
@@ -173,7 +176,7 @@ PY
 
 if wants seq || wants tar || wants rsync || wants tree || wants latency; then
     start_targets
-    cat "$work/data/$seq_in" >/dev/null # the source stays in the page cache for every target
+    cat "$work/data/$seq_in" "$work/data/$seq_cp_in" >/dev/null # sources stay in the page cache
     for t in "${targets[@]}"; do
         d=${dir[$t]}
         log "== $t ($d)"
@@ -181,7 +184,7 @@ if wants seq || wants tar || wants rsync || wants tree || wants latency; then
             sync
             timed seq_write_dd "$t" $seq_bytes dd if="$work/data/$seq_in" of="$d/seq.bin" bs=1M conv=fsync status=none
             sync
-            timed seq_write_cp "$t" $seq_bytes cp "$work/data/$seq_in" "$d/seq-cp.bin"
+            timed seq_write_cp "$t" $seq_bytes cp "$work/data/$seq_cp_in" "$d/seq-cp.bin"
             drop_caches
             timed seq_read_cold "$t" $seq_bytes dd if="$d/seq.bin" of=/dev/null bs=1M status=none
             drop_caches

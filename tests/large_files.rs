@@ -56,8 +56,8 @@ fn store() -> (tempfile::TempDir, LargeFileStore) {
     (dir, store)
 }
 
-fn writer(dir: &Path) -> HybridWriter {
-    HybridWriter::new(Threshold::default(), dir.to_path_buf())
+fn writer(dir: &Path, store: &LargeFileStore) -> HybridWriter {
+    HybridWriter::new(Threshold::default(), dir.to_path_buf(), store.clone())
 }
 
 /// Stores `data` and opens it.
@@ -76,7 +76,7 @@ fn read_all(r: &LargeFileReader) -> Vec<u8> {
     out
 }
 
-fn writer_content(w: &HybridWriter) -> Vec<u8> {
+fn writer_content(w: &mut HybridWriter) -> Vec<u8> {
     let mut out = vec![0u8; w.len() as usize];
     assert_eq!(w.read_at(0, &mut out).expect("read_at") as u64, w.len());
     out
@@ -226,13 +226,13 @@ fn hybrid_writer_stays_inline_up_to_the_threshold_then_spills() {
     for (size, inline) in sizes {
         let what = format!("size T{:+}", size as i64 - T as i64);
         let data = pattern(size, size as u64);
-        let mut w = writer(d.path());
+        let mut w = writer(d.path(), &store);
         for (k, part) in data.chunks(4096).enumerate() {
             w.write_at((k * 4096) as u64, part).expect("write");
         }
         assert_eq!(w.is_spilled(), !inline, "{what}: spilled");
-        assert_same_bytes(&writer_content(&w), &data, &what);
-        let f = w.finish(&store).expect("finish");
+        assert_same_bytes(&writer_content(&mut w), &data, &what);
+        let f = w.finish().expect("finish");
         assert_eq!(matches!(f, Finished::Inline { .. }), inline, "{what}");
         check_finished(&f, &data, &store, &what);
     }
@@ -245,7 +245,7 @@ fn hybrid_writer_stays_inline_up_to_the_threshold_then_spills() {
 fn incremental_hash_over_many_small_writes() {
     let (d, store) = store();
     let data = pattern(3 * C + T / 3, 6);
-    let mut w = writer(d.path());
+    let mut w = writer(d.path(), &store);
     let mut pos = 0;
     let sizes = [1usize, 3, 100, 4095, 7, C, 13];
     for (k, size) in sizes.iter().cycle().enumerate() {
@@ -257,22 +257,22 @@ fn incremental_hash_over_many_small_writes() {
         pos = end;
         if k == 40 {
             // fsync-style snapshot mid-stream, then keep appending.
-            let f = w.finish(&store).expect("snapshot");
+            let f = w.finish().expect("snapshot");
             check_finished(&f, &data[..pos], &store, "snapshot");
         }
     }
-    check_finished(&w.finish(&store).expect("finish"), &data, &store, "small writes");
+    check_finished(&w.finish().expect("finish"), &data, &store, "small writes");
     w.set_len(w.len()).expect("same-length truncate is a no-op");
     let extra = pattern(C / 2, 7);
     w.write_at(w.len(), &extra).expect("append after finish");
     let all = [data, extra].concat();
-    check_finished(&w.finish(&store).expect("finish"), &all, &store, "after finish");
+    check_finished(&w.finish().expect("finish"), &all, &store, "after finish");
 }
 
 #[test]
 fn writes_at_offsets_truncate_extend_sparse() {
     let (d, store) = store();
-    let mut w = writer(d.path());
+    let mut w = writer(d.path(), &store);
     let mut model = pattern(T / 2, 9);
     w.write_at(0, &model).expect("write");
     // Sparse write far past the end: the gap reads as zeros.
@@ -284,19 +284,85 @@ fn writes_at_offsets_truncate_extend_sparse() {
     let (at, mid) = (C - C / 4, pattern(C / 2, 11));
     w.write_at(at as u64, &mid).expect("overwrite");
     model[at..at + mid.len()].copy_from_slice(&mid);
-    assert_same_bytes(&writer_content(&w), &model, "after overwrite");
+    assert_same_bytes(&writer_content(&mut w), &model, "after overwrite");
     w.set_len((2 * C + 1) as u64).expect("truncate");
     model.truncate(2 * C + 1);
     w.set_len((4 * C) as u64).expect("extend");
     model.resize(4 * C, 0);
-    assert_same_bytes(&writer_content(&w), &model, "after truncate/extend");
-    check_finished(&w.finish(&store).expect("finish"), &model, &store, "edited");
+    assert_same_bytes(&writer_content(&mut w), &model, "after truncate/extend");
+    check_finished(&w.finish().expect("finish"), &model, &store, "edited");
     // Spilled, then truncated below the threshold: finishes inline.
     w.set_len((T / 2) as u64).expect("truncate");
     assert!(w.is_spilled());
-    let f = w.finish(&store).expect("finish");
+    let f = w.finish().expect("finish");
     assert!(matches!(f, Finished::Inline { .. }));
     check_finished(&f, &model[..T / 2], &store, "truncated below threshold");
+}
+
+/// Entries in a directory (spill dir, or the store's temp dir).
+fn entries(dir: &Path) -> usize {
+    fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
+}
+
+#[test]
+fn a_file_written_front_to_back_streams_into_its_object_with_no_spill_file() {
+    let (d, store) = store();
+    let spill = d.path().join("spill");
+    fs::create_dir(&spill).expect("spill dir");
+    // Past the size where SHA-256 moves to its own thread, ending mid-chunk.
+    let size = stream::SHA_THREAD_AFTER as usize + 3 * C + 7;
+    let data = pattern(size, 40);
+    let mut w = HybridWriter::new(Threshold::default(), spill.clone(), store.clone());
+    for part in data.chunks(4096 + 17) {
+        w.write_at(w.len(), part).expect("append");
+    }
+    assert!(w.is_streaming(), "appends past the threshold stream");
+    assert_eq!(entries(&spill), 0, "nothing spilled");
+    assert_eq!(tmp_entries(&store), 1, "one temp object under way");
+    check_finished(&w.finish().expect("finish"), &data, &store, "streamed");
+    assert_eq!(tmp_entries(&store), 0, "the temp object became the object");
+    // The finished writer serves reads from the object, and an append streams a new one.
+    assert_same_bytes(&writer_content(&mut w), &data, "read after finish");
+    let more = pattern(C + 3, 41);
+    w.write_at(w.len(), &more).expect("append after finish");
+    assert!(w.is_streaming());
+    check_finished(&w.finish().expect("finish"), &[data, more].concat(), &store, "streamed again");
+    // Exactly the threshold, then one byte more: the byte that crosses it starts the stream.
+    let mut w = HybridWriter::new(Threshold::default(), spill.clone(), store.clone());
+    let edge = pattern(T + 1, 42);
+    w.write_at(0, &edge[..T]).expect("up to T");
+    assert!(!w.is_spilled(), "exactly T stays in memory");
+    w.write_at(T as u64, &edge[T..]).expect("T + 1");
+    assert!(w.is_streaming());
+    check_finished(&w.finish().expect("finish"), &edge, &store, "T + 1 streamed");
+}
+
+#[test]
+fn reading_or_patching_a_streaming_file_moves_it_to_the_spill_file() {
+    let (d, store) = store();
+    let spill = d.path().join("spill");
+    fs::create_dir(&spill).expect("spill dir");
+    let mut model = pattern(4 * C + 5, 43);
+    let mut w = HybridWriter::new(Threshold::default(), spill.clone(), store.clone());
+    w.write_at(0, &model).expect("write");
+    assert!(w.is_streaming());
+    let mut head = vec![0u8; 100];
+    assert_eq!(w.read_at(C as u64 - 50, &mut head).expect("read"), 100);
+    assert_same_bytes(&head, &model[C - 50..C + 50], "read of streamed content");
+    assert!(!w.is_streaming() && w.is_spilled(), "a read moves the stream to the spill file");
+    assert_eq!(tmp_entries(&store), 0, "the unfinished object is gone");
+    let patch = pattern(300, 44);
+    w.write_at(2 * C as u64 - 150, &patch).expect("patch");
+    model[2 * C - 150..2 * C + 150].copy_from_slice(&patch);
+    check_finished(&w.finish().expect("finish"), &model, &store, "patched after streaming");
+    // A write before the end moves a stream too.
+    let mut w = HybridWriter::new(Threshold::default(), spill, store.clone());
+    let mut model = pattern(3 * C, 45);
+    w.write_at(0, &model).expect("write");
+    w.write_at(10, b"patched").expect("patch");
+    model[10..17].copy_from_slice(b"patched");
+    assert!(!w.is_streaming());
+    check_finished(&w.finish().expect("finish"), &model, &store, "overwritten while streaming");
 }
 
 #[test]
@@ -305,10 +371,15 @@ fn from_large_then_modify() {
     let data = pattern(4 * C + 99, 12);
     let (out, r) = put_open(&store, &data);
     let dir = d.path().to_path_buf();
-    let mut w = HybridWriter::from_large(Threshold::default(), dir.clone(), &r).expect("from");
+    let mut w = HybridWriter::from_large(
+        Threshold::default(),
+        dir.clone(),
+        store.clone(),
+        Arc::new(store.open(&out.hash).expect("open")),
+    );
     assert_eq!(w.len(), data.len() as u64);
     // Unmodified: finishing gives the same object back (dedup).
-    match w.finish(&store).expect("finish") {
+    match w.finish().expect("finish") {
         Finished::Large(o) => assert!(o.existed && o.hash == out.hash),
         other => panic!("expected large, got {other:?}"),
     }
@@ -318,13 +389,19 @@ fn from_large_then_modify() {
     model[2 * C - 150..2 * C + 150].copy_from_slice(&patch);
     w.set_len((3 * C + 1) as u64).expect("truncate");
     model.truncate(3 * C + 1);
-    check_finished(&w.finish(&store).expect("finish"), &model, &store, "modified");
+    check_finished(&w.finish().expect("finish"), &model, &store, "modified");
     // And from inline bytes.
     let (small, more) = (pattern(T / 3, 14), pattern(T, 15));
-    let mut w = HybridWriter::from_bytes(Threshold::default(), dir, &small).expect("from");
+    let mut w = HybridWriter::from_bytes(Threshold::default(), dir, store.clone(), &small).expect("from");
     w.write_at(small.len() as u64, &more).expect("grow");
     let model = [small, more].concat();
-    check_finished(&w.finish(&store).expect("finish"), &model, &store, "grown");
+    check_finished(&w.finish().expect("finish"), &model, &store, "grown");
+    // An append to a stored object streams a copy of it, then the new bytes.
+    let mut w = HybridWriter::from_large(Threshold::default(), d.path().to_path_buf(), store.clone(), Arc::new(r));
+    let tail = pattern(C / 3, 16);
+    w.write_at(w.len(), &tail).expect("append");
+    assert!(w.is_streaming());
+    check_finished(&w.finish().expect("finish"), &[data, tail].concat(), &store, "appended to stored");
 }
 
 #[test]
@@ -431,6 +508,36 @@ fn corrupt_chunk_is_reported_and_other_chunks_still_read() {
     let errs = r.verify().expect_err("verify must fail");
     assert_eq!(errs.len(), 1, "{errs:?}");
     assert!(matches!(errs[0], E::CorruptChunk { chunk: 2, .. }));
+}
+
+#[test]
+fn storing_content_again_replaces_a_damaged_object_instead_of_deduplicating_against_it() {
+    // An object streamed with deferred durability can be torn by a crash before its sync; no
+    // commit references it, but the same content written later must not be deduplicated to it.
+    let (d, store) = store();
+    let data = pattern(3 * C + 9, 46);
+    let out = store.put_bytes(&data).expect("put");
+    let path = store.object_path(&out.hash);
+    let mut file = fs::read(&path).expect("read object");
+    let at = chunk_offset_in_file(&file, &data, 1) + 7;
+    file[at] ^= 0x01;
+    fs::write(&path, &file).expect("write object");
+    assert!(store.contains(&out.hash) && !store.contains_intact(&out.hash));
+    let mut w = HybridWriter::new(Threshold::default(), d.path().to_path_buf(), store.clone());
+    w.write_at(0, &data).expect("write");
+    assert!(w.is_streaming());
+    match w.finish().expect("finish") {
+        Finished::Large(o) => assert!(!o.existed, "the damaged object was replaced, not reused"),
+        other => panic!("expected a large object, got {other:?}"),
+    }
+    assert!(store.contains_intact(&out.hash), "the object is whole again");
+    store.make_durable().expect("make_durable");
+    // And through put_bytes too.
+    let mut file = fs::read(&path).expect("read object");
+    file[at] ^= 0x01;
+    fs::write(&path, &file).expect("write object");
+    assert!(!store.put_bytes(&data).expect("put again").existed);
+    store.open(&out.hash).expect("open").verify().expect("verify");
 }
 
 type Kv = Vec<(String, String)>;
@@ -569,17 +676,19 @@ fn list_remove_and_clear_tmp() {
 #[test]
 fn io_errors_come_back_from_the_writer_and_the_store() {
     let d = tempfile::tempdir().expect("tempdir");
-    let mut w = HybridWriter::new(Threshold::default(), d.path().join("no-such-dir"));
+    fs::write(d.path().join("file-not-dir"), b"x").expect("write");
+    let blocked = LargeFileStore::new(&d.path().join("file-not-dir"));
+    let mut w = HybridWriter::new(Threshold::default(), d.path().join("no-such-dir"), blocked.clone());
     w.write_at(0, &pattern(T / 2, 26)).expect("in memory: no spill needed");
-    assert!(w.write_at((T / 2) as u64, &pattern(T, 27)).is_err(), "spill must fail");
+    assert!(w.write_at((T / 2) as u64, &pattern(T, 27)).is_err(), "streaming must fail");
+    assert!(w.write_at(T as u64, &pattern(T, 27)).is_err(), "spill must fail");
     assert!(w.set_len(2 * LARGE_FILE_THRESHOLD).is_err());
+    assert_same_bytes(&writer_content(&mut w), &pattern(T / 2, 26), "a failed move leaves memory content as it was");
     let source = std::io::Error::from_raw_os_error(libc::ENOSPC);
     let enospc = E::Io { path: "x".into(), source };
     assert!(enospc.is_enospc() && enospc.raw_os_error() == Some(libc::ENOSPC));
     assert!(!E::NotFound(b3(b"")).is_enospc());
     // A store whose directory cannot be created reports an Io error.
-    fs::write(d.path().join("file-not-dir"), b"x").expect("write");
-    let blocked = LargeFileStore::new(&d.path().join("file-not-dir"));
     let err = blocked.put_bytes(b"abc").expect_err("must fail");
     assert!(err.io_error().is_some(), "{err}");
 }
@@ -607,7 +716,7 @@ proptest! {
     #[test]
     fn hybrid_writer_matches_a_vec_model(ops in proptest::collection::vec(op(), 1..12)) {
         let (d, store) = store();
-        let mut w = writer(d.path());
+        let mut w = writer(d.path(), &store);
         let mut model: Vec<u8> = Vec::new();
         for op in ops {
             match op {
@@ -629,12 +738,12 @@ proptest! {
                     model.resize(len, 0);
                 }
                 Op::Finish => {
-                    check_finished(&w.finish(&store).expect("finish"), &model, &store, "mid")
+                    check_finished(&w.finish().expect("finish"), &model, &store, "mid")
                 }
             }
             assert_eq!(w.len(), model.len() as u64);
         }
-        assert_same_bytes(&writer_content(&w), &model, "model content");
-        check_finished(&w.finish(&store).expect("finish"), &model, &store, "final");
+        assert_same_bytes(&writer_content(&mut w), &model, "model content");
+        check_finished(&w.finish().expect("finish"), &model, &store, "final");
     }
 }

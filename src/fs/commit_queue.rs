@@ -2,7 +2,8 @@
 //!
 //! Changes mark keys dirty in the [`Tree`] and wake the committer; it waits a short batching window
 //! (so a burst of releases shares one version), takes a consistent cut of every dirty key, loads any
-//! inline bytes the rows need, and calls `Oplog::commit_batch`. `fsync` asks for an immediate commit and
+//! inline bytes the rows need, makes the large objects streamed since the last commit durable
+//! (`LargeFileStore::make_durable`), and calls `Oplog::commit_batch`. `fsync` asks for an immediate commit and
 //! waits until the generation it saw is committed, or fails with the commit's error. A failed commit
 //! puts its keys back and is retried with back-off. `shutdown` drains everything and joins the thread.
 
@@ -12,6 +13,7 @@ use std::time::Duration;
 
 use super::error::FsError;
 use super::tree::{Cut, Tree};
+use crate::large_files::LargeFileStore;
 use crate::oplog::datafile::InlineReader;
 use crate::oplog::schema::{Content, OplogRow};
 use crate::oplog::{CommitSummary, Oplog};
@@ -66,13 +68,14 @@ impl Committer {
         oplog: Oplog,
         tree: Arc<Mutex<Tree>>,
         inline: Arc<InlineReader>,
+        store: LargeFileStore,
         rt: Arc<tokio::runtime::Runtime>,
     ) -> Committer {
         let shared = Arc::new(Shared { state: Mutex::new(State::default()), cv: Condvar::new() });
         let worker_shared = shared.clone();
         let thread = std::thread::Builder::new()
             .name("pond-committer".into())
-            .spawn(move || run(oplog, tree, inline, rt, worker_shared))
+            .spawn(move || run(oplog, tree, inline, store, rt, worker_shared))
             .ok();
         Committer { shared, thread: Mutex::new(thread) }
     }
@@ -128,6 +131,7 @@ fn run(
     mut oplog: Oplog,
     tree: Arc<Mutex<Tree>>,
     inline: Arc<InlineReader>,
+    store: LargeFileStore,
     rt: Arc<tokio::runtime::Runtime>,
     shared: Arc<Shared>,
 ) -> Result<(), FsError> {
@@ -164,7 +168,7 @@ fn run(
             continue;
         }
         let generation = cut.generation;
-        match commit_cut(&mut oplog, &inline, &rt, cut) {
+        match commit_cut(&mut oplog, &inline, &store, &rt, cut) {
             Ok((file, rows)) => {
                 failures = 0;
                 lock_tree(&tree).release_committed_bytes(&file, &rows);
@@ -208,10 +212,15 @@ type CommitFailure = (FsError, Vec<OplogRow>);
 fn commit_cut(
     oplog: &mut Oplog,
     inline: &InlineReader,
+    store: &LargeFileStore,
     rt: &tokio::runtime::Runtime,
     cut: Cut,
 ) -> Result<(Arc<str>, Vec<OplogRow>), CommitFailure> {
     let Cut { mut rows, files_changed, bytes, .. } = cut;
+    // Objects streamed since the last commit become durable before any row can reference them.
+    if let Err(e) = store.make_durable() {
+        return Err((FsError::from(e), rows));
+    }
     // Rows for inline files whose attributes changed need their bytes, read back from the old row.
     for row in rows.iter_mut() {
         if let OplogRow::Node { data: Some(d), .. } = row

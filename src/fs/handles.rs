@@ -14,7 +14,9 @@ use super::error::FsError;
 use super::hybrid_writer::HybridWriter;
 use crate::large_files::LargeFileReader;
 
-/// A reader of committed content, opened once per OpenFile.
+/// A reader of committed content, opened once per OpenFile (cheap to clone: shared bytes or a
+/// shared reader), so reads run outside the session lock.
+#[derive(Clone)]
 pub enum ContentReader {
     Inline(Bytes),
     Large(Arc<LargeFileReader>),

@@ -1,21 +1,28 @@
 //! `HybridWriter`: the content of one file being written, POSIX-style (writes at any offset,
-//! reads, truncate/extend), kept in memory up to the inline threshold and spilled to an anonymous
-//! temp file beyond it, so memory stays bounded whatever the size.
+//! reads, truncate/extend), kept in memory up to the inline threshold and moved out of memory
+//! beyond it, so memory stays bounded whatever the size.
 //!
-//! While the content is only ever appended to (starting from empty, or from `from_bytes` /
-//! `from_large`, which feed sequentially) its hashes (BLAKE3 chunk chaining values, root, SHA-256)
-//! are computed as the data streams in. Any other write or truncate drops that streaming state and
-//! [`HybridWriter::finish`] re-reads the content once to hash it. `finish` does not consume the
-//! writer: an fsync can snapshot an open file that keeps being written.
+//! Beyond the threshold the content goes one of two ways. While it has only ever been appended to
+//! (the way cp, dd, tar and rsync write) it streams straight into its large object
+//! ([`ObjectStream`]): encoded and hashed once, as it arrives, with nothing to re-read at close.
+//! Any other change (a write before the end, a truncate, a read of the content being streamed)
+//! moves it to an anonymous spill file, where writes at any offset work; `finish` then hashes
+//! the spill file once and stores it. A finished stream leaves the writer on its stored object
+//! ([`LargeFileReader`]), so an fsync can snapshot an open file that keeps being written.
+//!
+//! In memory and in the spill file the hashes (BLAKE3 chunk chaining values, root, SHA-256) are
+//! computed as the data streams in while the content is only appended to; any other change drops
+//! that state and [`HybridWriter::finish`] re-reads the content once to hash it.
 
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use crate::config::{CHUNK_SIZE, Threshold};
 use crate::large_files::{
-    Blake3Hash, LargeFileReader, LargeFileStore, PutOutcome, Sha256Digest, StoreError, StreamHasher,
+    Blake3Hash, LargeFileReader, LargeFileStore, ObjectStream, PutOutcome, Sha256Digest, StoreError, StreamHasher,
 };
 
 /// What a finished file became.
@@ -23,41 +30,59 @@ use crate::large_files::{
 pub enum Finished {
     /// Small enough to live in the oplog row.
     Inline { bytes: Vec<u8>, hash: Blake3Hash, sha256: Sha256Digest },
-    /// Stored (durably) as a large-file object.
+    /// Stored as a large-file object: durable, or (when streamed) listed for the store's
+    /// `make_durable`, which the committer runs before every commit.
     Large(PutOutcome),
 }
 
 enum Content {
     Memory(Vec<u8>),
+    /// Appended-only content past the threshold, going straight into its object.
+    Streaming(ObjectStream),
+    /// Content already stored as this object (a finished stream); unchanged since.
+    Stored(Arc<LargeFileReader>),
     Spilled(File),
+    /// A failure in the middle of moving the content (out of space, say) lost the unsaved
+    /// changes; every later call fails. The file's committed content is untouched.
+    Lost,
 }
 
 /// A file's content while it is written (see the module doc).
 pub struct HybridWriter {
     threshold: Threshold,
     spill_dir: PathBuf,
+    store: LargeFileStore,
     content: Content,
     len: u64,
-    /// Hashes of bytes 0..len, valid while every change was an append at the end.
+    /// Hashes of bytes 0..len (memory and spill file only), valid while every change was an
+    /// append at the end.
     hasher: Option<StreamHasher>,
 }
 
 impl std::fmt::Debug for HybridWriter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match self.content {
+            Content::Memory(_) => "memory",
+            Content::Streaming(_) => "streaming",
+            Content::Stored(_) => "stored",
+            Content::Spilled(_) => "spilled",
+            Content::Lost => "lost",
+        };
         f.debug_struct("HybridWriter")
             .field("len", &self.len)
-            .field("spilled", &self.is_spilled())
+            .field("content", &state)
             .field("streaming_hash", &self.hasher.is_some())
             .finish_non_exhaustive()
     }
 }
 
 impl HybridWriter {
-    /// An empty file; a spill file, if needed, is created in `spill_dir`.
-    pub fn new(threshold: Threshold, spill_dir: PathBuf) -> Self {
+    /// An empty file; content past the threshold streams into `store` or spills into `spill_dir`.
+    pub fn new(threshold: Threshold, spill_dir: PathBuf, store: LargeFileStore) -> Self {
         HybridWriter {
             threshold,
             spill_dir,
+            store,
             content: Content::Memory(Vec::new()),
             len: 0,
             hasher: Some(StreamHasher::new()),
@@ -65,21 +90,27 @@ impl HybridWriter {
     }
 
     /// Starts from existing (inline) content.
-    pub fn from_bytes(threshold: Threshold, spill_dir: PathBuf, bytes: &[u8]) -> io::Result<Self> {
-        let mut w = Self::new(threshold, spill_dir);
+    pub fn from_bytes(
+        threshold: Threshold,
+        spill_dir: PathBuf,
+        store: LargeFileStore,
+        bytes: &[u8],
+    ) -> Result<Self, StoreError> {
+        let mut w = Self::new(threshold, spill_dir, store);
         w.write_at(0, bytes)?;
         Ok(w)
     }
 
-    /// Starts from a large object, copying its verified chunks one at a time.
-    pub fn from_large(threshold: Threshold, spill_dir: PathBuf, reader: &LargeFileReader) -> Result<Self, StoreError> {
-        let mut w = Self::new(threshold, spill_dir);
-        for idx in 0..reader.chunk_count() {
-            let chunk = reader.read_chunk(idx)?;
-            let at = w.len;
-            w.write_at(at, &chunk).map_err(|e| w.spill_error(e))?;
-        }
-        Ok(w)
+    /// Starts from a stored large object; its content is copied (verified, one chunk at a time)
+    /// only when the first change comes.
+    pub fn from_large(
+        threshold: Threshold,
+        spill_dir: PathBuf,
+        store: LargeFileStore,
+        reader: Arc<LargeFileReader>,
+    ) -> Self {
+        let len = reader.size();
+        HybridWriter { threshold, spill_dir, store, content: Content::Stored(reader), len, hasher: None }
     }
 
     /// Content length.
@@ -92,18 +123,32 @@ impl HybridWriter {
         self.len == 0
     }
 
-    /// True once the content lives in the spill file.
+    /// True once the content has left memory (streaming, stored or spilled).
     pub fn is_spilled(&self) -> bool {
-        matches!(self.content, Content::Spilled(_))
+        !matches!(self.content, Content::Memory(_))
+    }
+
+    /// True while the content streams straight into its object.
+    pub fn is_streaming(&self) -> bool {
+        matches!(self.content, Content::Streaming(_))
     }
 
     /// Writes `data` at `offset`; a gap past the end reads as zeros.
-    pub fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
+    pub fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<(), StoreError> {
+        self.check_not_lost()?;
         if data.is_empty() {
             return Ok(());
         }
-        let end = offset.checked_add(data.len() as u64).ok_or_else(|| io::Error::from_raw_os_error(libc::EFBIG))?;
+        let end = offset
+            .checked_add(data.len() as u64)
+            .ok_or_else(|| self.spill_error(io::Error::from_raw_os_error(libc::EFBIG)))?;
+        let append = offset == self.len;
         if !self.threshold.is_inline(end) {
+            self.leave_memory(append)?;
+        } else if let Content::Stored(_) = self.content {
+            self.leave_memory(append)?;
+        }
+        if !append && self.is_streaming() {
             self.spill()?;
         }
         match &mut self.content {
@@ -115,20 +160,31 @@ impl HybridWriter {
                 }
                 buf[start..end].copy_from_slice(data);
             }
-            Content::Spilled(file) => file.write_all_at(data, offset)?,
+            Content::Streaming(stream) => stream.append(data)?,
+            Content::Spilled(file) => {
+                let res = file.write_all_at(data, offset);
+                res.map_err(|e| self.spill_error(e))?;
+            }
+            Content::Stored(_) | Content::Lost => unreachable!("leave_memory moves stored content out"),
         }
+        let streaming = self.is_streaming();
         match &mut self.hasher {
-            Some(h) if offset == self.len => h.update(data),
+            Some(h) if append && !streaming => h.update(data),
             _ => self.hasher = None,
         }
         self.len = self.len.max(end);
         Ok(())
     }
 
-    /// Reads up to `buf.len()` bytes at `offset` (short only at the end; 0 past it).
-    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+    /// Reads up to `buf.len()` bytes at `offset` (short only at the end; 0 past it). Reading
+    /// content that is being streamed moves it to the spill file first.
+    pub fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<usize, StoreError> {
+        self.check_not_lost()?;
         if offset >= self.len {
             return Ok(0);
+        }
+        if self.is_streaming() {
+            self.spill()?;
         }
         let n = buf.len().min(usize::try_from(self.len - offset).unwrap_or(usize::MAX));
         match &self.content {
@@ -136,6 +192,7 @@ impl HybridWriter {
                 let start = offset as usize; // < len <= threshold, held in memory
                 buf[..n].copy_from_slice(&data[start..start + n]);
             }
+            Content::Stored(reader) => return reader.read_at(offset, &mut buf[..n]),
             Content::Spilled(file) => {
                 let mut done = 0;
                 while done < n {
@@ -147,25 +204,31 @@ impl HybridWriter {
                         }
                         Ok(k) => done += k,
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(e) => return Err(e),
+                        Err(e) => return Err(self.spill_error(e)),
                     }
                 }
             }
+            Content::Streaming(_) | Content::Lost => unreachable!("spilled above"),
         }
         Ok(n)
     }
 
     /// Truncates, or extends with zeros, to `len`. Setting the current length changes nothing.
-    pub fn set_len(&mut self, len: u64) -> io::Result<()> {
+    pub fn set_len(&mut self, len: u64) -> Result<(), StoreError> {
+        self.check_not_lost()?;
         if len == self.len {
             return Ok(());
         }
-        if !self.threshold.is_inline(len) {
+        if !self.threshold.is_inline(len) || !matches!(self.content, Content::Memory(_)) {
             self.spill()?;
         }
         match &mut self.content {
             Content::Memory(buf) => buf.resize(len as usize, 0), // len <= threshold
-            Content::Spilled(file) => file.set_len(len)?,
+            Content::Spilled(file) => {
+                let res = file.set_len(len);
+                res.map_err(|e| self.spill_error(e))?;
+            }
+            Content::Streaming(_) | Content::Stored(_) | Content::Lost => unreachable!("spilled above"),
         }
         self.len = len;
         self.hasher = None;
@@ -174,9 +237,26 @@ impl HybridWriter {
 
     /// Produces the file's final form without consuming the writer (writes may continue):
     /// inline bytes when the length is within the threshold, else a durable large object.
-    pub fn finish(&mut self, store: &LargeFileStore) -> Result<Finished, StoreError> {
+    pub fn finish(&mut self) -> Result<Finished, StoreError> {
+        self.check_not_lost()?;
+        match std::mem::replace(&mut self.content, Content::Lost) {
+            Content::Streaming(stream) => {
+                // Durable at the next commit (LargeFileStore::make_durable), not at every close.
+                let put = stream.finish_deferred()?;
+                let reader = self.store.open(&put.hash)?;
+                self.content = Content::Stored(Arc::new(reader));
+                return Ok(Finished::Large(put));
+            }
+            Content::Stored(reader) => {
+                let put =
+                    PutOutcome { hash: reader.hash(), sha256: reader.sha256(), size: reader.size(), existed: true };
+                self.content = Content::Stored(reader);
+                return Ok(Finished::Large(put));
+            }
+            other => self.content = other,
+        }
         if self.hasher.is_none() {
-            self.rehash().map_err(|e| self.spill_error(e))?;
+            self.rehash()?;
         }
         let summary = match &self.hasher {
             Some(h) => h.summary(),
@@ -184,26 +264,26 @@ impl HybridWriter {
         };
         if self.threshold.is_inline(self.len) {
             let mut bytes = vec![0u8; self.len as usize]; // within the threshold
-            let n = self.read_at(0, &mut bytes).map_err(|e| self.spill_error(e))?;
+            let n = self.read_at(0, &mut bytes)?;
             bytes.truncate(n);
             return Ok(Finished::Inline { bytes, hash: summary.root, sha256: summary.sha256 });
         }
-        self.spill().map_err(|e| self.spill_error(e))?;
+        self.spill()?;
         match &self.content {
-            Content::Spilled(file) => Ok(Finished::Large(store.put_file(file, self.len, Some(&summary))?)),
-            Content::Memory(_) => unreachable!("spill() leaves the content spilled"),
+            Content::Spilled(file) => Ok(Finished::Large(self.store.put_file(file, self.len, Some(&summary))?)),
+            _ => unreachable!("spill() leaves the content spilled"),
         }
     }
 
     /// Reads the whole content once to rebuild the streaming hash state.
-    fn rehash(&mut self) -> io::Result<()> {
+    fn rehash(&mut self) -> Result<(), StoreError> {
         let mut hasher = StreamHasher::new();
         let mut buf = vec![0u8; CHUNK_SIZE as usize];
         let mut pos = 0;
         while pos < self.len {
             let n = self.read_at(pos, &mut buf)?;
             if n == 0 {
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "spill file shrank"));
+                return Err(self.spill_error(io::Error::new(io::ErrorKind::UnexpectedEof, "spill file shrank")));
             }
             hasher.update(&buf[..n]);
             pos += n as u64;
@@ -212,17 +292,82 @@ impl HybridWriter {
         Ok(())
     }
 
-    /// Moves the content to an anonymous temp file (no-op when already there).
-    fn spill(&mut self) -> io::Result<()> {
-        if let Content::Memory(buf) = &self.content {
-            let file = tempfile::tempfile_in(&self.spill_dir)?;
-            file.write_all_at(buf, 0)?;
-            self.content = Content::Spilled(file);
+    /// Before a change that takes the content past the threshold or changes stored content: an
+    /// append goes on as a stream (starting with what there is), anything else spills.
+    fn leave_memory(&mut self, append: bool) -> Result<(), StoreError> {
+        match &self.content {
+            Content::Memory(buf) if append => {
+                let mut stream = ObjectStream::new(&self.store)?;
+                stream.append(buf)?;
+                self.content = Content::Streaming(stream);
+                self.hasher = None;
+            }
+            Content::Stored(reader) if append => {
+                let reader = reader.clone();
+                let mut stream = ObjectStream::new(&self.store)?;
+                for idx in 0..reader.chunk_count() {
+                    stream.append(&reader.read_chunk(idx)?)?;
+                }
+                self.content = Content::Streaming(stream);
+                self.hasher = None;
+            }
+            Content::Memory(_) | Content::Stored(_) => self.spill()?,
+            Content::Streaming(_) | Content::Spilled(_) | Content::Lost => {}
         }
         Ok(())
+    }
+
+    /// Moves the content to an anonymous spill file (no-op when already there). A failure leaves
+    /// memory or stored content as it was; a stream cannot be put back, so its content is lost.
+    fn spill(&mut self) -> Result<(), StoreError> {
+        let file = match std::mem::replace(&mut self.content, Content::Lost) {
+            Content::Spilled(file) => file,
+            Content::Memory(buf) => {
+                let spilled = tempfile::tempfile_in(&self.spill_dir).and_then(|f| f.write_all_at(&buf, 0).map(|_| f));
+                match spilled {
+                    Ok(file) => file,
+                    Err(e) => {
+                        self.content = Content::Memory(buf);
+                        return Err(self.spill_error(e));
+                    }
+                }
+            }
+            // The object so far, finished in its temp file and read back (the temp goes after).
+            Content::Streaming(stream) => {
+                stream.into_reader().and_then(|(reader, _tmp)| self.copy_to_spill(&reader))?
+            }
+            Content::Stored(reader) => match self.copy_to_spill(&reader) {
+                Ok(file) => file,
+                Err(e) => {
+                    self.content = Content::Stored(reader);
+                    return Err(e);
+                }
+            },
+            Content::Lost => return Err(lost()),
+        };
+        self.content = Content::Spilled(file);
+        Ok(())
+    }
+
+    fn check_not_lost(&self) -> Result<(), StoreError> {
+        if matches!(self.content, Content::Lost) { Err(lost()) } else { Ok(()) }
+    }
+
+    /// A new spill file holding the verified content of `reader`.
+    fn copy_to_spill(&self, reader: &LargeFileReader) -> Result<File, StoreError> {
+        let file = tempfile::tempfile_in(&self.spill_dir).map_err(|e| self.spill_error(e))?;
+        for idx in 0..reader.chunk_count() {
+            let chunk = reader.read_chunk(idx)?;
+            file.write_all_at(&chunk, idx * CHUNK_SIZE).map_err(|e| self.spill_error(e))?;
+        }
+        Ok(file)
     }
 
     fn spill_error(&self, source: io::Error) -> StoreError {
         StoreError::Io { path: self.spill_dir.clone(), source }
     }
+}
+
+fn lost() -> StoreError {
+    StoreError::InvalidInput("an earlier failure lost this file's unsaved changes".into())
 }

@@ -114,7 +114,7 @@ impl PondFs {
             store.create_dirs()?;
             store.clear_tmp()?;
             std::fs::create_dir_all(&spill_dir)?;
-            Some(Committer::start(oplog, tree.clone(), inline.clone(), rt.clone()))
+            Some(Committer::start(oplog, tree.clone(), inline.clone(), store.clone(), rt.clone()))
         };
         Ok(PondFs {
             root: root.to_path_buf(),
@@ -208,8 +208,12 @@ impl PondFs {
                 None => self.content_reader(ino)?,
             };
             let w = match &reader {
-                ContentReader::Inline(b) => HybridWriter::from_bytes(self.threshold, self.spill_dir.clone(), b)?,
-                ContentReader::Large(r) => HybridWriter::from_large(self.threshold, self.spill_dir.clone(), r)?,
+                ContentReader::Inline(b) => {
+                    HybridWriter::from_bytes(self.threshold, self.spill_dir.clone(), self.store.clone(), b)?
+                }
+                ContentReader::Large(r) => {
+                    HybridWriter::from_large(self.threshold, self.spill_dir.clone(), self.store.clone(), r.clone())
+                }
             };
             s.writer = Some(w);
         }
@@ -240,7 +244,7 @@ impl PondFs {
             return Ok(());
         }
         let size = w.len();
-        let content = match w.finish(&self.store)? {
+        let content = match w.finish()? {
             Finished::Inline { bytes, hash, sha256 } => {
                 Content::Inline { bytes: Some(Bytes::from(bytes)), loc: None, hash, sha256 }
             }

@@ -266,7 +266,7 @@ impl PondFs {
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, FsError> {
         let (ino, file, _) = self.file_handle(fh)?;
         let mut s = file.lock();
-        if let Some(w) = s.writer.as_ref() {
+        if let Some(w) = s.writer.as_mut() {
             let len = (size as u64).min(w.len().saturating_sub(offset)) as usize;
             let mut buf = vec![0u8; len];
             let mut done = 0;
@@ -280,13 +280,18 @@ impl PondFs {
             buf.truncate(done);
             return Ok(buf);
         }
-        if s.reader.is_none() {
-            s.reader = Some(self.content_reader(ino)?);
-        }
-        match &s.reader {
-            Some(r) => r.read_at(offset, size),
-            None => Err(FsError::Io("reader vanished".into())),
-        }
+        let reader = match &s.reader {
+            Some(r) => r.clone(),
+            None => {
+                let r = self.content_reader(ino)?;
+                s.reader = Some(r.clone());
+                r
+            }
+        };
+        // Committed content does not change under a reader: concurrent reads of one file (fio
+        // jobs, parallel readahead) verify their chunks in parallel, not one at a time.
+        drop(s);
+        reader.read_at(offset, size)
     }
 
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32, FsError> {

@@ -151,12 +151,11 @@ impl ChunkWriter {
     }
 
     /// Appends the next chunk (its hash and bytes) as one row / one data page.
-    pub(crate) fn write_chunk(&mut self, hash: &[u8; 32], data: Vec<u8>, path: &Path) -> Result<(), StoreError> {
+    pub(crate) fn write_chunk(&mut self, hash: &[u8; 32], data: Bytes, path: &Path) -> Result<(), StoreError> {
         let index = i64::try_from(self.next_index).map_err(|_| StoreError::InvalidInput("too many chunks".into()))?;
         let len = i32::try_from(data.len()).map_err(|_| StoreError::InvalidInput("chunk too large".into()))?;
         let offsets = OffsetBuffer::new(vec![0i32, len].into());
-        let data =
-            BinaryArray::try_new(offsets, Buffer::from_vec(data), None).map_err(|e| StoreError::arrow(path, e))?;
+        let data = BinaryArray::try_new(offsets, Buffer::from(data), None).map_err(|e| StoreError::arrow(path, e))?;
         let batch = RecordBatch::try_new(
             self.schema.clone(),
             vec![

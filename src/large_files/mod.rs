@@ -10,16 +10,19 @@
 pub mod chunked;
 pub mod error;
 pub mod hash;
+pub mod stream;
 
+use std::collections::VecDeque;
 use std::fs::{self, File};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use parquet::arrow::arrow_reader::ArrowReaderMetadata;
 use sha2::{Digest, Sha256};
+use tempfile::NamedTempFile;
 
 use crate::config::CHUNK_SIZE;
 use chunked::{ChunkWriter, ObjectMeta, PreadFile};
@@ -27,12 +30,15 @@ pub use error::StoreError;
 pub use hash::{
     Blake3Hash, HashSummary, Sha256Digest, StreamHasher, chunk_count, chunk_hash, chunk_len, root_from_chunk_hashes,
 };
+pub use stream::ObjectStream;
 
 /// Directory (under the pond root) holding the objects.
 pub const LARGE_FILES_DIR: &str = "_large_files";
 /// Directory (under [`LARGE_FILES_DIR`]) holding objects being written.
 pub const TMP_DIR: &str = ".tmp";
 const OBJECT_SUFFIX: &str = ".parquet";
+/// Verified chunks an open reader keeps (4 × 64 KiB).
+const CACHED_CHUNKS: usize = 4;
 
 /// Result of storing content.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -45,11 +51,14 @@ pub struct PutOutcome {
     pub existed: bool,
 }
 
-/// Handle on the `_large_files` directory of one pond.
+/// Handle on the `_large_files` directory of one pond. Clones share the list of objects stored
+/// with deferred durability ([`ObjectStream::finish_deferred`]) that [`make_durable`](Self::make_durable)
+/// syncs before a commit may reference them.
 #[derive(Clone, Debug)]
 pub struct LargeFileStore {
     dir: PathBuf,
     tmp: PathBuf,
+    not_durable: Arc<Mutex<Vec<Blake3Hash>>>,
 }
 
 impl LargeFileStore {
@@ -57,7 +66,7 @@ impl LargeFileStore {
     pub fn new(pond_root: &Path) -> Self {
         let dir = pond_root.join(LARGE_FILES_DIR);
         let tmp = dir.join(TMP_DIR);
-        LargeFileStore { dir, tmp }
+        LargeFileStore { dir, tmp, not_durable: Arc::default() }
     }
 
     /// The `_large_files` directory.
@@ -80,6 +89,47 @@ impl LargeFileStore {
         fs::metadata(self.object_path(hash)).is_ok_and(|m| m.is_file())
     }
 
+    /// True when the object named `hash` exists and every chunk reads back verified. Dedup trusts
+    /// an existing object only through this: one stored with deferred durability may have been
+    /// torn by a crash before it was synced (no commit references it then, but new content equal
+    /// to it must not be deduplicated against it).
+    pub fn contains_intact(&self, hash: &Blake3Hash) -> bool {
+        if !self.contains(hash) {
+            return false;
+        }
+        let intact = self.open(hash).is_ok_and(|r| (0..r.chunk_count()).all(|i| r.decode_verified(i).is_ok()));
+        if !intact {
+            tracing::warn!(object = %hash, "an existing object is damaged; storing the content again replaces it");
+        }
+        intact
+    }
+
+    /// Makes every object stored with deferred durability durable: starts writeback of all of
+    /// them, fsyncs each, then the directory once. On failure the ones not done stay listed.
+    pub fn make_durable(&self) -> Result<(), StoreError> {
+        let pending = std::mem::take(&mut *self.not_durable.lock().unwrap_or_else(|p| p.into_inner()));
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let result = (|| {
+            let mut files = Vec::with_capacity(pending.len());
+            for hash in &pending {
+                let path = self.object_path(hash);
+                let file = File::open(&path).map_err(|e| StoreError::io(&path, e))?;
+                stream::start_writeback(&file);
+                files.push((path, file));
+            }
+            for (path, file) in &files {
+                file.sync_all().map_err(|e| StoreError::io(path, e))?;
+            }
+            sync_dir(&self.dir)
+        })();
+        if result.is_err() {
+            self.not_durable.lock().unwrap_or_else(|p| p.into_inner()).extend(pending);
+        }
+        result
+    }
+
     /// Stores the first `size` bytes of `src` (read with positional reads, in chunks). With `known`
     /// hashes and an existing object nothing is read. Durable when it returns.
     pub fn put_file(&self, src: &File, size: u64, known: Option<&HashSummary>) -> Result<PutOutcome, StoreError> {
@@ -91,7 +141,7 @@ impl LargeFileStore {
                     k.chunk_hashes.len()
                 )));
             }
-            if self.contains(&k.root) {
+            if self.contains_intact(&k.root) {
                 return Ok(PutOutcome { hash: k.root, sha256: k.sha256, size, existed: true });
             }
         }
@@ -117,16 +167,8 @@ impl LargeFileStore {
         known: Option<&HashSummary>,
         mut read: impl FnMut(u64, &mut [u8]) -> Result<(), StoreError>,
     ) -> Result<PutOutcome, StoreError> {
-        self.create_dirs()?;
-        let tmp = tempfile::Builder::new()
-            .prefix("put-")
-            .suffix(".parquet.tmp")
-            .tempfile_in(&self.tmp)
-            .map_err(|e| StoreError::io(&self.tmp, e))?;
+        let (tmp, mut writer) = self.begin_object()?;
         let tmp_path = tmp.path().to_path_buf();
-        let handle = tmp.as_file().try_clone().map_err(|e| StoreError::io(&tmp_path, e))?;
-        let mut writer = ChunkWriter::new(handle, &tmp_path)?;
-
         let n = chunk_count(size);
         // Without known hashes: chunk hashes and SHA-256 computed here, in the same pass.
         let mut computed = known.is_none().then(|| (Vec::new(), Sha256::new()));
@@ -148,7 +190,7 @@ impl LargeFileStore {
                 }
                 (None, _) => {}
             }
-            writer.write_chunk(&h, buf, &tmp_path)?;
+            writer.write_chunk(&h, Bytes::from(buf), &tmp_path)?;
         }
         let (root, sha256) = match (computed, known) {
             (Some((hashes, sha)), _) => match root_from_chunk_hashes(&hashes) {
@@ -159,28 +201,66 @@ impl LargeFileStore {
             (None, None) => unreachable!("hashes are computed when none are known"),
         };
         let outcome = |existed| PutOutcome { hash: root, sha256, size, existed };
-        if self.contains(&root) {
+        if self.contains_intact(&root) {
             return Ok(outcome(true)); // temp file dropped (deleted)
         }
         writer.finish(&ObjectMeta { size, blake3: root, sha256 }, &tmp_path)?;
-        tmp.as_file().sync_all().map_err(|e| StoreError::io(&tmp_path, e))?;
+        let existed = self.publish(tmp, &root, true)?;
+        Ok(outcome(existed))
+    }
 
-        let dest = self.object_path(&root);
-        match tmp.persist_noclobber(&dest) {
-            Ok(_) => {}
-            // Someone stored the same content meanwhile; theirs stays, ours is deleted.
-            Err(e) if e.error.kind() == io::ErrorKind::AlreadyExists => return Ok(outcome(true)),
-            Err(e) => return Err(StoreError::io(&dest, e.error)),
+    /// A new temp file in `.tmp/` and an object writer on it.
+    fn begin_object(&self) -> Result<(NamedTempFile, ChunkWriter), StoreError> {
+        self.create_dirs()?;
+        let tmp = tempfile::Builder::new()
+            .prefix("put-")
+            .suffix(".parquet.tmp")
+            .tempfile_in(&self.tmp)
+            .map_err(|e| StoreError::io(&self.tmp, e))?;
+        let handle = tmp.as_file().try_clone().map_err(|e| StoreError::io(tmp.path(), e))?;
+        let writer = ChunkWriter::new(handle, tmp.path())?;
+        Ok((tmp, writer))
+    }
+
+    /// Puts a finished temp object under its name. `durable`: fsync it first and the directory
+    /// after; otherwise it is listed for [`make_durable`](Self::make_durable). A damaged object of
+    /// that name (see [`contains_intact`](Self::contains_intact)) is replaced. Returns true when
+    /// an intact object of that name was there already (ours is then deleted; theirs stays).
+    fn publish(&self, tmp: NamedTempFile, root: &Blake3Hash, durable: bool) -> Result<bool, StoreError> {
+        if durable {
+            tmp.as_file().sync_all().map_err(|e| StoreError::io(tmp.path(), e))?;
         }
-        sync_dir(&self.dir)?;
-        tracing::debug!(object = %root, size, "stored large object");
-        Ok(outcome(false))
+        let dest = self.object_path(root);
+        let tmp = match tmp.persist_noclobber(&dest) {
+            Ok(_) => None,
+            Err(e) if e.error.kind() == io::ErrorKind::AlreadyExists => Some(e.file),
+            Err(e) => return Err(StoreError::io(&dest, e.error)),
+        };
+        if let Some(tmp) = tmp {
+            if self.contains_intact(root) {
+                return Ok(true);
+            }
+            tmp.persist(&dest).map_err(|e| StoreError::io(&dest, e.error))?;
+        }
+        if durable {
+            sync_dir(&self.dir)?;
+        } else {
+            self.not_durable.lock().unwrap_or_else(|p| p.into_inner()).push(*root);
+        }
+        tracing::debug!(object = %root, durable, "stored large object");
+        Ok(false)
     }
 
     /// Opens the object named `hash`, checking its format, its metadata, and that its chunk hashes
     /// hash to its name.
     pub fn open(&self, hash: &Blake3Hash) -> Result<LargeFileReader, StoreError> {
-        let path = self.object_path(hash);
+        Self::open_path(&self.object_path(hash), hash)
+    }
+
+    /// Opens the object file at `path`, which must be the object named `hash` (same checks as
+    /// [`open`](Self::open)).
+    pub fn open_path(path: &Path, hash: &Blake3Hash) -> Result<LargeFileReader, StoreError> {
+        let path = path.to_path_buf();
         let file = match File::open(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -209,7 +289,7 @@ impl LargeFileStore {
             meta: opened.meta,
             chunk_hashes: opened.chunk_hashes,
             rg_starts: opened.rg_starts,
-            cache: Mutex::new(None),
+            cache: Mutex::new(VecDeque::with_capacity(CACHED_CHUNKS)),
         })
     }
 
@@ -286,8 +366,9 @@ pub struct LargeFileReader {
     chunk_hashes: Vec<[u8; 32]>,
     /// First chunk number of each row group, plus the chunk count at the end.
     rg_starts: Vec<u64>,
-    /// The last chunk verified, so sequential small reads decode each chunk once.
-    cache: Mutex<Option<(u64, Bytes)>>,
+    /// The last chunks verified (most recent first), so sequential small reads, and the
+    /// neighbouring reads of parallel readahead, decode each chunk once.
+    cache: Mutex<VecDeque<(u64, Bytes)>>,
 }
 
 impl std::fmt::Debug for LargeFileReader {
@@ -325,7 +406,7 @@ impl LargeFileReader {
     /// Approximate heap held by this open reader (footer, page index, chunk hashes, cache).
     pub fn memory_size(&self) -> usize {
         let cached = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        let cached = cached.as_ref().map_or(0, |(_, b)| b.len());
+        let cached: usize = cached.iter().map(|(_, b)| b.len()).sum();
         self.meta.metadata().memory_size() + self.chunk_hashes.len() * 32 + cached
     }
 
@@ -358,18 +439,20 @@ impl LargeFileReader {
 
     /// The verified bytes of chunk `idx`.
     pub fn read_chunk(&self, idx: u64) -> Result<Bytes, StoreError> {
-        if let Some((i, bytes)) = self.cache.lock().unwrap_or_else(|p| p.into_inner()).as_ref()
-            && *i == idx
-        {
+        if let Some((_, bytes)) = self.cache.lock().unwrap_or_else(|p| p.into_inner()).iter().find(|(i, _)| *i == idx) {
             return Ok(bytes.clone());
         }
         let bytes = self.decode_verified(idx)?;
-        *self.cache.lock().unwrap_or_else(|p| p.into_inner()) = Some((idx, bytes.clone()));
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() == CACHED_CHUNKS {
+            cache.pop_back();
+        }
+        cache.push_front((idx, bytes.clone()));
         Ok(bytes)
     }
 
     /// Decodes chunk `idx` from disk (no cache) and checks its length and hash.
-    fn decode_verified(&self, idx: u64) -> Result<Bytes, StoreError> {
+    pub(crate) fn decode_verified(&self, idx: u64) -> Result<Bytes, StoreError> {
         let n = self.chunk_count();
         if idx >= n {
             return Err(StoreError::ChunkOutOfRange { object: self.hash, chunk: idx, chunks: n });
@@ -396,28 +479,31 @@ impl LargeFileReader {
         Ok(bytes)
     }
 
-    /// Re-reads and re-hashes every chunk, then checks the whole BLAKE3, SHA-256 and size.
-    /// Returns every problem found (each bad chunk once).
+    /// Re-reads and re-hashes every chunk, then checks the SHA-256 and size of the whole. (The
+    /// whole BLAKE3 needs no second pass: every chunk matched its hash, and the chunk hashes
+    /// merged to the object's name when it was opened.) Returns every problem found (each bad
+    /// chunk once).
     pub fn verify(&self) -> Result<(), Vec<StoreError>> {
         let mut errors = Vec::new();
-        let mut hasher = StreamHasher::new();
+        let mut sha = Sha256::new();
+        let mut size = 0u64;
         for idx in 0..self.chunk_count() {
             match self.decode_verified(idx) {
-                Ok(bytes) => hasher.update(&bytes),
+                Ok(bytes) => {
+                    sha.update(&bytes);
+                    size += bytes.len() as u64;
+                }
                 Err(e) => errors.push(e),
             }
         }
         if errors.is_empty() {
-            let s = hasher.summary();
             let mut mismatch = |reason: String| errors.push(StoreError::ContentMismatch { object: self.hash, reason });
-            if s.size != self.size {
-                mismatch(format!("content is {} bytes, metadata says {}", s.size, self.size));
+            if size != self.size {
+                mismatch(format!("content is {size} bytes, metadata says {}", self.size));
             }
-            if s.root != self.hash {
-                mismatch(format!("content hashes to {}", s.root));
-            }
-            if s.sha256 != self.sha256 {
-                mismatch(format!("content SHA-256 is {}, metadata says {}", s.sha256, self.sha256));
+            let sha = Sha256Digest(sha.finalize().into());
+            if sha != self.sha256 {
+                mismatch(format!("content SHA-256 is {sha}, metadata says {}", self.sha256));
             }
         }
         if errors.is_empty() { Ok(()) } else { Err(errors) }
