@@ -401,7 +401,17 @@ fn from_large_then_modify() {
     let tail = pattern(C / 3, 16);
     w.write_at(w.len(), &tail).expect("append");
     assert!(w.is_streaming());
-    check_finished(&w.finish().expect("finish"), &[data, tail].concat(), &store, "appended to stored");
+    check_finished(&w.finish().expect("finish"), &[data.clone(), tail].concat(), &store, "appended to stored");
+    // Under a larger threshold (a mount's `threshold=`) an object that fits comes back inline.
+    let roomy = Threshold(8 * C as u64);
+    let r = Arc::new(store.open(&out.hash).expect("open"));
+    let mut w = HybridWriter::from_large(roomy, d.path().to_path_buf(), store.clone(), r);
+    w.write_at(w.len(), b"tail").expect("append");
+    assert!(!w.is_spilled(), "fits the threshold: back in memory");
+    match w.finish().expect("finish") {
+        Finished::Inline { bytes, .. } => assert_same_bytes(&bytes, &[&data[..], b"tail"].concat(), "re-inlined"),
+        other => panic!("expected inline content, got {other:?}"),
+    }
 }
 
 #[test]

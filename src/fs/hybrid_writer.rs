@@ -143,9 +143,10 @@ impl HybridWriter {
             .checked_add(data.len() as u64)
             .ok_or_else(|| self.spill_error(io::Error::from_raw_os_error(libc::EFBIG)))?;
         let append = offset == self.len;
+        if let Content::Stored(_) = self.content {
+            self.unstore(append, end)?;
+        }
         if !self.threshold.is_inline(end) {
-            self.leave_memory(append)?;
-        } else if let Content::Stored(_) = self.content {
             self.leave_memory(append)?;
         }
         if !append && self.is_streaming() {
@@ -160,7 +161,13 @@ impl HybridWriter {
                 }
                 buf[start..end].copy_from_slice(data);
             }
-            Content::Streaming(stream) => stream.append(data)?,
+            Content::Streaming(stream) => {
+                if let Err(e) = stream.append(data) {
+                    // A half-written chunk cannot be trusted or taken back.
+                    self.content = Content::Lost;
+                    return Err(e);
+                }
+            }
             Content::Spilled(file) => {
                 let res = file.write_all_at(data, offset);
                 res.map_err(|e| self.spill_error(e))?;
@@ -292,8 +299,8 @@ impl HybridWriter {
         Ok(())
     }
 
-    /// Before a change that takes the content past the threshold or changes stored content: an
-    /// append goes on as a stream (starting with what there is), anything else spills.
+    /// Before a change that takes memory content past the threshold: an append goes on as a
+    /// stream (starting with what there is), anything else spills.
     fn leave_memory(&mut self, append: bool) -> Result<(), StoreError> {
         match &self.content {
             Content::Memory(buf) if append => {
@@ -302,17 +309,37 @@ impl HybridWriter {
                 self.content = Content::Streaming(stream);
                 self.hasher = None;
             }
-            Content::Stored(reader) if append => {
-                let reader = reader.clone();
-                let mut stream = ObjectStream::new(&self.store)?;
-                for idx in 0..reader.chunk_count() {
-                    stream.append(&reader.read_chunk(idx)?)?;
-                }
-                self.content = Content::Streaming(stream);
-                self.hasher = None;
-            }
-            Content::Memory(_) | Content::Stored(_) => self.spill()?,
+            Content::Memory(_) => self.spill()?,
+            Content::Stored(_) => unreachable!("unstore runs first"),
             Content::Streaming(_) | Content::Spilled(_) | Content::Lost => {}
+        }
+        Ok(())
+    }
+
+    /// Before the first change to stored content: content that will fit the threshold comes back
+    /// into memory, an append streams a copy of the object, anything else spills it.
+    fn unstore(&mut self, append: bool, end: u64) -> Result<(), StoreError> {
+        let Content::Stored(reader) = &self.content else { return Ok(()) };
+        let reader = reader.clone();
+        if self.threshold.is_inline(end.max(self.len)) {
+            let mut buf = Vec::with_capacity(self.len as usize); // within the threshold
+            let mut hasher = StreamHasher::new();
+            for idx in 0..reader.chunk_count() {
+                let chunk = reader.read_chunk(idx)?;
+                hasher.update(&chunk);
+                buf.extend_from_slice(&chunk);
+            }
+            self.content = Content::Memory(buf);
+            self.hasher = Some(hasher);
+        } else if append {
+            let mut stream = ObjectStream::new(&self.store)?;
+            for idx in 0..reader.chunk_count() {
+                stream.append(&reader.read_chunk(idx)?)?;
+            }
+            self.content = Content::Streaming(stream);
+            self.hasher = None;
+        } else {
+            self.spill()?;
         }
         Ok(())
     }
