@@ -38,7 +38,7 @@ pub enum Finished {
 enum Content {
     Memory(Vec<u8>),
     /// Appended-only content past the threshold, going straight into its object.
-    Streaming(ObjectStream),
+    Streaming(Box<ObjectStream>),
     /// Content already stored as this object (a finished stream); unchanged since.
     Stored(Arc<LargeFileReader>),
     Spilled(File),
@@ -306,7 +306,7 @@ impl HybridWriter {
             Content::Memory(buf) if append => {
                 let mut stream = ObjectStream::new(&self.store)?;
                 stream.append(buf)?;
-                self.content = Content::Streaming(stream);
+                self.content = Content::Streaming(Box::new(stream));
                 self.hasher = None;
             }
             Content::Memory(_) => self.spill()?,
@@ -336,7 +336,7 @@ impl HybridWriter {
             for idx in 0..reader.chunk_count() {
                 stream.append(&reader.read_chunk(idx)?)?;
             }
-            self.content = Content::Streaming(stream);
+            self.content = Content::Streaming(Box::new(stream));
             self.hasher = None;
         } else {
             self.spill()?;
