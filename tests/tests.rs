@@ -20,3 +20,5 @@ mod mount_helper;
 mod reftest;
 /// Replication: replicate/restore/verify URL over a directory and S3, resume, tampering, --follow.
 mod replica;
+/// A failing remote: replicate through a store that refuses, breaks, truncates and delays uploads.
+mod replica_faults;

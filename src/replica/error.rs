@@ -15,6 +15,13 @@ pub enum ReplicaError {
     #[error("remote object {path} was altered: expected {expected}, got {got}")]
     Tampered { path: String, expected: String, got: String },
 
+    /// The store acknowledged an upload but does not hold it whole (`landed`: its size there, if any).
+    #[error(
+        "the remote acknowledged {path} ({sent} bytes) but holds {}; nothing refers to it yet, and the next run sends it again",
+        .landed.map_or("nothing".to_string(), |n| format!("{n} bytes"))
+    )]
+    NotLanded { path: String, sent: u64, landed: Option<u64> },
+
     /// The remote lacks an object that its log needs.
     #[error("the remote lacks {0}, which its log needs")]
     Missing(String),

@@ -20,6 +20,15 @@
 //! order above, its objects are present too (so a pass after one that changed nothing costs a
 //! listing and a walk of the log, not a read of every data file).
 //!
+//! **A failing remote.** Each upload is confirmed by its size on the remote before it counts as
+//! sent ([`Remote::confirm`]), so a store that acknowledges a body it cut short fails the run before
+//! anything refers to that file, and the short copy is removed (or, if the store cannot be reached
+//! to remove it, is told by its size and sent again by the next run — for a log entry, by being a
+//! prefix of this pond's). When one upload fails, nothing new starts, the uploads under way finish,
+//! and the run fails with the first error: no log entry goes out after a failure, and a multipart
+//! upload is always completed or aborted. Nothing is retried within a run; the next run sends what
+//! is missing.
+//!
 //! **Safety.** Before sending anything, a pass refuses a remote holding names outside a pond's
 //! layout, or another history: a different version 0 (another pond's replica), or a log entry of
 //! the same version but other bytes (this pond was restored from an older version and went on).
@@ -210,6 +219,31 @@ impl<'a> Replicator<'a> {
         Ok(())
     }
 
+    /// Take a remote log entry that is shorter than this pond's and a prefix of it for what it is:
+    /// an upload cut short that the store acknowledged and the check after it could not remove. It
+    /// is left out of the listing, so it is sent again rather than taken for another history.
+    async fn forget_torn_log_entries(&mut self) -> Result<(), ReplicaError> {
+        let listing = self.listing.as_ref().expect("listed before the check");
+        let mut torn = Vec::new();
+        for v in listing.log_versions() {
+            let file = PondFile::Log(v);
+            let path = file.local_path(&self.root);
+            let Ok(local) = std::fs::metadata(&path) else { continue };
+            if listing.files[&file] >= local.len() {
+                continue;
+            }
+            let local = std::fs::read(&path).map_err(|e| ReplicaError::io(&path, e))?;
+            if local.starts_with(&self.remote.get_bytes(&file).await?) {
+                torn.push(file);
+            }
+        }
+        let listing = self.listing.as_mut().expect("listed before the check");
+        for file in torn {
+            listing.files.remove(&file);
+        }
+        Ok(())
+    }
+
     /// Refuse a remote that is not this pond's replica (see the module doc).
     async fn check_remote(&mut self, version: u64) -> Result<(), ReplicaError> {
         let listing = self.listing.as_ref().expect("listed before the check");
@@ -253,12 +287,12 @@ impl<'a> Replicator<'a> {
         let version = self.local_latest()?;
         self.read_actions(version)?;
         if self.listing.is_none() {
-            let listing = self.remote.list().await?;
-            // The remote's version: its log entries are sent in order, so they run from 0 unbroken.
-            let versions = listing.log_versions();
-            self.shipped = versions.iter().enumerate().take_while(|(i, v)| *i as u64 == **v).last().map(|(_, v)| *v);
-            self.listing = Some(listing);
+            self.listing = Some(self.remote.list().await?);
+            self.forget_torn_log_entries().await?;
             self.check_remote(version).await?;
+            // The remote's version: its log entries are sent in order, so they run from 0 unbroken.
+            let versions = self.listing.as_ref().expect("listed above").log_versions();
+            self.shipped = versions.iter().enumerate().take_while(|(i, v)| *i as u64 == **v).last().map(|(_, v)| *v);
         }
         let first = self.passes == 0;
         self.passes += 1;
@@ -355,28 +389,45 @@ impl<'a> Replicator<'a> {
         Ok(true)
     }
 
-    /// Send `files`, `parallel` at a time. Returns false if the stop flag left some unsent.
+    /// Send `files`, `parallel` at a time. Returns false if the stop flag left some unsent. After a
+    /// failure nothing new starts, but uploads under way finish before the first error is returned:
+    /// dropping one midway would leave a multipart upload neither completed nor aborted, and one
+    /// that lands is then known to be there.
     async fn send(&mut self, files: Vec<Outgoing>, parallel: usize, stop: &AtomicBool) -> Result<bool, ReplicaError> {
         let progress = self.progress.clone();
         let on_bytes: remote::OnBytes = Arc::new(move |n| progress.bytes(n));
         let remote = self.remote;
+        let failed = &AtomicBool::new(false);
         let mut results = futures::stream::iter(files)
             .map(|(file, path, _)| {
                 let on_bytes = on_bytes.clone();
                 async move {
-                    if stop.load(Ordering::SeqCst) {
+                    if stop.load(Ordering::SeqCst) || failed.load(Ordering::SeqCst) {
                         return Ok(None);
                     }
-                    let size = remote.put_file(&file, &path, &on_bytes).await?;
-                    Ok::<_, ReplicaError>(Some((file, size)))
+                    match remote.put_file(&file, &path, &on_bytes).await {
+                        Ok(size) => Ok(Some((file, size))),
+                        Err(e) => {
+                            failed.store(true, Ordering::SeqCst);
+                            Err(e)
+                        }
+                    }
                 }
             })
             .buffered(parallel);
         let mut complete = true;
+        let mut first_error = None;
         while let Some(result) = results.next().await {
-            let Some((file, size)) = result? else {
-                complete = false;
-                continue;
+            let (file, size) = match result {
+                Ok(Some(sent)) => sent,
+                Ok(None) => {
+                    complete = false;
+                    continue;
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                    continue;
+                }
             };
             self.progress.file_done();
             self.totals.sent_files += 1;
@@ -390,7 +441,10 @@ impl<'a> Replicator<'a> {
             }
             self.listing.as_mut().expect("listed").files.insert(file, size);
         }
-        Ok(complete)
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(complete),
+        }
     }
 
     /// Send `_last_checkpoint` if it names a checkpoint the remote has and differs from the remote's.

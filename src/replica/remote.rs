@@ -7,7 +7,9 @@
 //! into a directory, a file is copied to a staging name (`<name>#<digits>`, which listings ignore)
 //! and renamed. That directory upload is done here with copy_file_range rather than through
 //! `LocalFileSystem::put` (same staging-and-rename scheme, but every byte through user space):
-//! see [`put_local`]. Downloads from a directory are copied the same way.
+//! see [`put_local`]. Downloads from a directory are copied the same way. Then the upload is
+//! confirmed: the remote must hold the file at its size ([`Remote::confirm`]); a multipart upload
+//! that fails at any step is aborted.
 //!
 //! Memory: a file above [`PART_SIZE`] goes to S3 as a multipart upload of `PART_SIZE` parts with
 //! at most [`PARTS_IN_FLIGHT`] in flight and one more being read: `3 × 8 MiB` per file at most;
@@ -27,7 +29,7 @@ use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as StorePath;
 use object_store::prefix::PrefixStore;
-use object_store::{GetResultPayload, ObjectStore, ObjectStoreExt, WriteMultipart};
+use object_store::{GetResultPayload, ObjectStore, ObjectStoreExt};
 
 use super::error::ReplicaError;
 use super::layout::PondFile;
@@ -121,6 +123,13 @@ impl Remote {
         Ok(Remote { store: Arc::new(store), url: url.to_string(), local: Some(dir) })
     }
 
+    /// A remote over any object store, named `url` in messages: what [`Remote::open`] builds for
+    /// S3, over a store the caller made (tests wrap one to inject faults). Uploads go through the
+    /// store (single puts and multipart uploads), never through a local directory's fast path.
+    pub fn from_store(url: impl Into<String>, store: Arc<dyn ObjectStore>) -> Remote {
+        Remote { store, url: url.into(), local: None }
+    }
+
     /// The URL as given.
     pub fn url(&self) -> &str {
         &self.url
@@ -153,10 +162,13 @@ impl Remote {
         StorePath::from(file.name())
     }
 
-    /// Upload local file `src` as `file`. The object appears whole or not at all.
+    /// Upload local file `src` as `file`. The object appears whole or not at all, and is confirmed
+    /// (see [`Remote::confirm`]) before this returns.
     pub async fn put_file(&self, file: &PondFile, src: &Path, on_bytes: &OnBytes) -> Result<u64, ReplicaError> {
         if let Some(dir) = &self.local {
-            return put_local(dir, file, src, on_bytes).await;
+            let size = put_local(dir, file, src, on_bytes).await?;
+            self.confirm(file, size).await?;
+            return Ok(size);
         }
         let io = |e| ReplicaError::io(src, e);
         let f = std::fs::File::open(src).map_err(io)?;
@@ -167,38 +179,78 @@ impl Remote {
             let data = read_part(&f, 0, size as usize).await.map_err(io)?;
             self.store.put(&location, data.into()).await?;
             on_bytes(size);
-            return Ok(size);
+        } else {
+            self.put_multipart(&location, &f, size, src, on_bytes).await?;
         }
-        let mut upload = WriteMultipart::new_with_chunk_size(self.store.put_multipart(&location).await?, PART_SIZE);
-        let mut offset = 0u64;
+        self.confirm(file, size).await?;
+        Ok(size)
+    }
+
+    /// Upload `f` (`size` bytes, read from `src`) in [`PART_SIZE`] parts, at most
+    /// [`PARTS_IN_FLIGHT`] at once. Whatever fails — a part, reading, completing — the upload is
+    /// aborted, so a store that keeps the parts of an unfinished upload (S3) is not left holding them.
+    async fn put_multipart(
+        &self,
+        location: &StorePath,
+        f: &Arc<std::fs::File>,
+        size: u64,
+        src: &Path,
+        on_bytes: &OnBytes,
+    ) -> Result<(), ReplicaError> {
+        let io = |e| ReplicaError::io(src, e);
+        let mut upload = self.store.put_multipart(location).await?;
+        let mut parts = tokio::task::JoinSet::new();
         let sent: Result<(), ReplicaError> = async {
+            let mut offset = 0u64;
             while offset < size {
-                upload.wait_for_capacity(PARTS_IN_FLIGHT).await?;
+                while parts.len() >= PARTS_IN_FLIGHT {
+                    part_done(parts.join_next().await)?;
+                }
                 let len = (size - offset).min(PART_SIZE as u64) as usize;
-                let part = read_part(&f, offset, len).await.map_err(io)?;
-                upload.put(part);
+                let part = read_part(f, offset, len).await.map_err(io)?;
+                parts.spawn(upload.put_part(part.into()));
                 offset += len as u64;
                 on_bytes(len as u64);
             }
+            while let Some(done) = parts.join_next().await {
+                part_done(Some(done))?;
+            }
+            upload.complete().await?;
             Ok(())
         }
         .await;
-        match sent {
-            Ok(()) => {
-                upload.finish().await?;
-                Ok(size)
-            }
-            Err(e) => {
-                let _ = upload.abort().await; // best effort: the error that stopped us is the one to report
-                Err(e)
-            }
+        if sent.is_err() {
+            parts.shutdown().await;
+            let _ = upload.abort().await; // best effort: the error that stopped us is the one to report
         }
+        sent
     }
 
-    /// Upload `data` as `file` in one request.
+    /// Check that `file` is on the remote with `size` bytes, as just sent: a store may acknowledge
+    /// an upload it did not keep whole (a proxy or gateway that cuts a body short), and nothing may
+    /// refer to `file` before it is whole. A short or long copy is removed (best effort: a later run
+    /// tells it by its size anyway) and the upload reported as failed.
+    pub async fn confirm(&self, file: &PondFile, size: u64) -> Result<(), ReplicaError> {
+        let location = Self::location(file);
+        let landed = match self.store.head(&location).await {
+            Ok(meta) => Some(meta.size),
+            Err(object_store::Error::NotFound { .. }) => None,
+            Err(e) => return Err(e.into()),
+        };
+        if landed == Some(size) {
+            return Ok(());
+        }
+        if landed.is_some() {
+            let _ = self.store.delete(&location).await;
+        }
+        Err(ReplicaError::NotLanded { path: file.name(), sent: size, landed })
+    }
+
+    /// Upload `data` as `file` in one request, confirmed as [`Remote::put_file`] is.
     pub async fn put_bytes(&self, file: &PondFile, data: Bytes) -> Result<(), ReplicaError> {
+        let size = data.len() as u64;
         self.store.put(&Self::location(file), data.into()).await?;
-        Ok(())
+        self.confirm(file, size).await
     }
 
     /// The content of a small object.
@@ -294,6 +346,15 @@ fn copy_in_steps(src: &mut std::fs::File, out: &mut std::fs::File, on_bytes: &On
         }
         total += n;
         on_bytes(n);
+    }
+}
+
+/// The outcome of one part of a multipart upload.
+fn part_done(joined: Option<Result<object_store::Result<()>, tokio::task::JoinError>>) -> Result<(), ReplicaError> {
+    match joined {
+        None | Some(Ok(Ok(()))) => Ok(()),
+        Some(Ok(Err(e))) => Err(e.into()),
+        Some(Err(e)) => Err(ReplicaError::Store(object_store::Error::JoinError { source: e })),
     }
 }
 
