@@ -481,26 +481,44 @@ impl PondFs {
             entries.push(DirEntry { ino: child, kind, name: name.clone(), offset });
         }
         drop(t);
-        Ok(self.handles.insert(Handle::Dir { entries: Arc::new(entries) }))
+        Ok(self.handles.insert(Handle::Dir { ino, entries: Arc::new(entries) }))
     }
 
-    fn dir_entries(&self, fh: u64) -> Result<Arc<Vec<DirEntry>>, FsError> {
+    /// The listed directory and its snapshot.
+    fn dir_entries(&self, fh: u64) -> Result<(u64, Arc<Vec<DirEntry>>), FsError> {
         match &*self.handles.get(fh)? {
-            Handle::Dir { entries } => Ok(entries.clone()),
+            Handle::Dir { ino, entries } => Ok((*ino, entries.clone())),
             Handle::File { .. } => Err(FsError::NotDir),
         }
     }
 
     pub fn readdir(&self, fh: u64, offset: i64) -> Result<Vec<DirEntry>, FsError> {
-        let entries = self.dir_entries(fh)?;
+        let (_, entries) = self.dir_entries(fh)?;
         let start = usize::try_from(offset).unwrap_or(0).min(entries.len());
         Ok(entries[start..].to_vec())
     }
 
+    /// The snapshot's entries from `offset`, each with the attributes of what its name holds *now*.
+    /// The kernel makes a dentry of every entry given with attributes, so a name renamed away or
+    /// removed since opendir is left out, and a name that now holds another inode gives that one: a
+    /// stale entry would leave a dentry by which `open(O_CREAT)` of the old name reaches — and
+    /// truncates — the file it was renamed onto (`ls` racing a save-by-rename).
     pub fn readdirplus(&self, fh: u64, offset: i64) -> Result<Vec<(DirEntry, Attr)>, FsError> {
+        let (dir, _) = self.dir_entries(fh)?;
         let entries = self.readdir(fh, offset)?;
         let t = self.lock_tree();
-        Ok(entries.into_iter().filter_map(|e| t.nodes.get(&e.ino).map(|n| n.attr(e.ino)).map(|a| (e, a))).collect())
+        let current = t.dir(dir).ok();
+        Ok(entries
+            .into_iter()
+            .filter_map(|mut e| {
+                if e.name != b"." && e.name != b".." {
+                    e.ino = *current?.entries.get(&e.name)?;
+                }
+                let attr = t.nodes.get(&e.ino)?.attr(e.ino);
+                e.kind = attr.kind;
+                Some((e, attr))
+            })
+            .collect())
     }
 
     pub fn releasedir(&self, fh: u64) -> Result<(), FsError> {
