@@ -2,6 +2,8 @@
 
 /// Temp ponds, the mount guard, sizes relative to the threshold, trees and byte comparisons.
 mod common;
+/// Writers, readers, ls -lR, replicate --follow and verify at once on one mount: no stall, no torn read, no lost update.
+mod concurrency;
 /// The filesystem core without FUSE: write path, threshold, POSIX namespace rules, persistence.
 mod core_fs;
 /// Orphans and gc, corrupt chunks, bad command-line input.
