@@ -503,3 +503,54 @@ fn a_listing_read_after_a_rename_does_not_resurrect_the_old_name() {
     assert_eq!(std::fs::read(m.path("tmp/x")).unwrap(), b"second");
     m.unmount();
 }
+
+/// An open racing a rename that replaces the name gets the old file or the new one, never ENOENT:
+/// the kernel may still hold the old inode (its dentry was looked up before the rename), so the
+/// daemon keeps an unlinked inode until the kernel forgets it.
+#[test]
+fn opening_a_name_while_renames_replace_it_never_fails() {
+    let pond_dir = TestPond::new();
+    let m = Mounted::new(&pond_dir.root, &pond_dir.dir.path().join("mnt"), &[]);
+    std::fs::write(m.path("f"), version_bytes(0, 0, 10)).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let replacer = {
+        let (mnt, stop) = (m.mountpoint.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut v = 0;
+            while !stop.load(Ordering::Relaxed) {
+                v += 1;
+                std::fs::write(mnt.join("f.tmp"), version_bytes(0, v, 10)).expect("write the temp file");
+                std::fs::rename(mnt.join("f.tmp"), mnt.join("f")).expect("rename onto f");
+            }
+            v
+        })
+    };
+    let readers: Vec<_> = (0..2)
+        .map(|_| {
+            let (path, stop) = (m.path("f"), stop.clone());
+            std::thread::spawn(move || {
+                let mut failures = Vec::new();
+                let mut reads = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    match std::fs::read(&path).map_err(|e| e.to_string()).and_then(|b| parse(&b)) {
+                        Ok(_) => reads += 1,
+                        Err(e) => failures.push(e),
+                    }
+                }
+                (reads, failures)
+            })
+        })
+        .collect();
+    std::thread::sleep(soak::duration(Duration::from_secs(3)));
+    stop.store(true, Ordering::SeqCst);
+    let versions = replacer.join().expect("replacer");
+    let mut reads = 0;
+    for r in readers {
+        let (n, failures) = r.join().expect("reader");
+        reads += n;
+        assert!(failures.is_empty(), "{} of the opens failed, the first: {}", failures.len(), failures[0]);
+    }
+    eprintln!("{versions} renames, {reads} reads");
+    assert!(versions > 10 && reads > 10, "both sides ran ({versions} renames, {reads} reads)");
+    m.unmount();
+}

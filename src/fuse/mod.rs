@@ -18,6 +18,9 @@
 //!   content comes through this mount's page cache (writes, truncates) and a read-only mount serves
 //!   a fixed snapshot; re-reading a large file then costs no decode or hash. Opens for writing get no
 //!   flag, so the kernel drops the inode's cached pages on such opens (the conservative default).
+//! - **Inode lifetimes**: the core counts every entry it gives the kernel and `forget` drops the
+//!   count ([`PondFs::count_kernel_lookups`]), so an inode unlinked or renamed over stays usable while
+//!   the kernel may still send requests for it; `readdirplus` forgets the entries that did not fit.
 //! - **Modes**: the kernel applies the umask before `mknod`/`mkdir`/`create` (no `FUSE_DONT_MASK`),
 //!   so the mode's permission bits go to the core as they are; permissions are enforced by the
 //!   kernel (`default_permissions`).
@@ -56,6 +59,7 @@ pub struct PondFuse {
 
 impl PondFuse {
     pub fn new(fs: Arc<PondFs>) -> PondFuse {
+        fs.count_kernel_lookups();
         PondFuse { fs }
     }
 }
@@ -127,6 +131,12 @@ impl Filesystem for PondFuse {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         tracing::debug!(parent = parent.0, ?name, "lookup");
         reply_entry("lookup", self.fs.lookup(parent.0, name.as_bytes()), reply);
+    }
+
+    /// The kernel dropped references to `ino` (fuser's `batch_forget` comes here too).
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        tracing::debug!(ino = ino.0, nlookup, "forget");
+        self.fs.forget(ino.0, nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -340,10 +350,12 @@ impl Filesystem for PondFuse {
         tracing::debug!(ino = ino.0, fh = fh.0, offset, "readdirplus");
         match self.fs.readdirplus(fh.0, offset as i64) {
             Ok(entries) => {
+                let mut full = false;
                 for (e, a) in entries {
                     let name = OsStr::from_bytes(&e.name);
-                    if reply.add(INodeNo(e.ino), e.offset as u64, name, &TTL, &file_attr(&a), GENERATION) {
-                        break;
+                    full = full || reply.add(INodeNo(e.ino), e.offset as u64, name, &TTL, &file_attr(&a), GENERATION);
+                    if full && e.name != b"." && e.name != b".." {
+                        self.fs.forget(e.ino, 1); // counted by the core, never reached the kernel
                     }
                 }
                 reply.ok();
