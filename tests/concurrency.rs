@@ -460,7 +460,6 @@ fn writers_readers_ls_replicate_and_verify_at_once_lose_nothing_and_never_stall(
 
     pond_ok(&["verify", pond_dir.path()]);
     pond_ok(&["replicate", pond_dir.path(), remote.to_str().unwrap()]);
-    pond_ok(&["verify", remote.to_str().unwrap()]);
     let restored = pond_dir.dir.path().join("restored");
     pond_ok(&["restore", remote.to_str().unwrap(), restored.to_str().unwrap()]);
     assert_same_tree(
