@@ -225,10 +225,11 @@ fn reader(s: &Shared, me: usize) {
     files.push(COMMON.into());
     files.extend((0..COUNTERS).map(counter));
     let mut last_seen: BTreeMap<String, u64> = BTreeMap::new();
-    let mut i = me;
+    let mut reads = me;
     while !s.stop.load(Ordering::Relaxed) {
-        i = (i * 7 + 3) % files.len();
-        let rel = &files[i];
+        // Each reader goes round every file, starting at its own.
+        reads += 1;
+        let rel = &files[reads % files.len()];
         let locked = rel.starts_with("shared/");
         let read = File::open(s.path(rel)).and_then(|mut f| {
             if locked {
