@@ -584,11 +584,16 @@ impl Writer {
                 }
                 Ok(false) => {}
                 Err(e) => {
-                    let dead = matches!(e.err.raw_os_error(), Some(libc::ENOTCONN | libc::ECONNABORTED));
-                    return if killed.load(Ordering::SeqCst) && dead {
-                        Ok(())
-                    } else {
-                        Err(format!("{} failed with the daemon alive: {}", e.what, e.err))
+                    // A request in flight at the kill ends with ECONNABORTED, or EIO when the dying
+                    // daemon was reading it (the kernel's copy into a process with SIGKILL pending
+                    // fails); later ones with ENOTCONN.
+                    let dead = matches!(e.err.raw_os_error(), Some(libc::ENOTCONN | libc::ECONNABORTED | libc::EIO));
+                    return match (killed.load(Ordering::SeqCst), dead) {
+                        (true, true) => Ok(()),
+                        (true, false) => {
+                            Err(format!("{} failed after the kill with {}, not the dead mount's errno", e.what, e.err))
+                        }
+                        (false, _) => Err(format!("{} failed with the daemon alive: {}", e.what, e.err)),
                     };
                 }
             }
@@ -838,7 +843,9 @@ fn crash_pond(seed: u64, tally: &mut Tally) {
         let (w, result) = running.join().expect("the writer thread");
         writer = w;
         if let Err(e) = result {
-            panic!("seed {seed}, round {round}: {e}");
+            let log = std::fs::read_to_string(pond_dir.root.join("_pond/mount.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(20).collect();
+            panic!("seed {seed}, round {round}: {e}\nthe daemon's log ends:\n{}", tail.join("\n"));
         }
         tally.fsyncs += writer.log.lock().unwrap().fsyncs;
         let _ = std::process::Command::new("umount").arg("-l").arg(&mnt).status();
