@@ -158,8 +158,10 @@ impl Writer {
     /// step whose reply the kill swallowed still counts).
     fn expect(&self, next: &State) {
         let mut log = self.lock_log();
-        for node in next.values() {
-            if let Node::File { content, .. } = node {
+        for (path, node) in next {
+            let Node::File { content, .. } = node else { continue };
+            // Hash only what changed (unchanged content is the same Arc).
+            if !matches!(self.cur.get(path), Some(Node::File { content: c, .. }) if Arc::ptr_eq(c, content)) {
                 log.known.insert(*blake3::hash(content).as_bytes());
             }
         }
@@ -318,9 +320,9 @@ impl Writer {
     }
 
     /// Replace a file's content through open(O_TRUNC): never visible half-way.
-    fn rewrite(&mut self) -> Result<bool, StepError> {
+    fn rewrite(&mut self, large: bool) -> Result<bool, StepError> {
         let Some(rel) = self.rng.pick(&self.files()).cloned() else { return Ok(false) };
-        let size = *self.rng.pick(SIZES).expect("sizes");
+        let size = if large { 16 * C + self.rng.below(C) } else { *self.rng.pick(SIZES).expect("sizes") };
         let data = self.new_content(size);
         let f = OpenOptions::new()
             .write(true)
@@ -524,10 +526,11 @@ impl Writer {
     /// One random operation (or none, when the tree offers no target for the one drawn).
     fn step(&mut self) -> Result<bool, StepError> {
         match self.request.swap(PHASE_OTHER, Ordering::SeqCst) {
-            PHASE_LARGE_WRITE => return self.create(true),
+            // Each request is met (a create needs a free name, an fsync of a file a file).
+            PHASE_LARGE_WRITE => return Ok(self.create(true)? || self.rewrite(true)?),
             PHASE_RENAMES => return self.rename_burst(),
             PHASE_FSYNC if self.rng.chance(50) => return self.fsync_dir(),
-            PHASE_FSYNC => return self.fsync_file(),
+            PHASE_FSYNC => return Ok(self.fsync_file()? || self.fsync_dir()?),
             _ => {}
         }
         let crowded = self.cur.len() > 30;
@@ -559,7 +562,7 @@ impl Writer {
         }
         match op {
             0 => self.create(false),
-            1 => self.rewrite(),
+            1 => self.rewrite(false),
             2 => self.write_at(None),
             3 => self.truncate(),
             4 => self.fsync_file(),
