@@ -1,6 +1,7 @@
 //! Concurrency (issue 7.5): on one mount at once, writers (each its own file replaced by
 //! save-by-rename, one file all of them replace by rename, and counters all of them rewrite in place
-//! under `flock`), readers that check every read is one whole version, `ls -lR` in a loop,
+//! under `flock`, and a scratch file all of them write, truncate and fsync in place with no lock),
+//! readers that check every read is one whole version, `ls -lR` in a loop,
 //! `pond replicate --follow` to a directory remote and `pond verify` again and again, while a monitor
 //! stats the mount every ~100 ms. No deadlock (every stat answers within a second), no torn read, no
 //! lost update (each file ends at the last version written to it, each counter at the number of
@@ -90,6 +91,10 @@ fn counter(k: usize) -> String {
 
 const COMMON: &str = "common";
 
+/// A file every writer scribbles on in place, with no lock: its content is whatever the last writes
+/// made it, so only that each call succeeds is checked (and that nothing stalls).
+const SCRATCH: &str = "scratch";
+
 /// What the writers did that must show at the end.
 #[derive(Default)]
 struct Done {
@@ -144,6 +149,19 @@ fn close(f: File) -> io::Result<()> {
     }
 }
 
+/// Write at a random offset of the scratch file (across the threshold), truncate it or fsync it.
+fn scribble(s: &Shared, me: usize, r: u64, payload: usize) -> Result<(), String> {
+    let fail = |what: &str, e: io::Error| format!("writer {me}: {what} {SCRATCH}: {e}");
+    let f = OpenOptions::new().write(true).open(s.path(SCRATCH)).map_err(|e| fail("open", e))?;
+    let at = (r >> 24) % (4 * C as u64);
+    match (r >> 40) % 4 {
+        0 => f.set_len(at).map_err(|e| fail("truncate", e))?,
+        1 => f.sync_all().map_err(|e| fail("fsync", e))?,
+        _ => f.write_all_at(&pattern(payload, r), at).map_err(|e| fail("write", e))?,
+    }
+    close(f).map_err(|e| fail("close", e))
+}
+
 /// Read counter `k` under an exclusive lock and write the next version in place.
 fn increment(s: &Shared, me: u32, k: usize, payload: usize, truncate_first: bool, fsync: bool) -> Result<(), String> {
     let path = counter(k);
@@ -181,7 +199,8 @@ fn writer(s: &Shared, me: usize, seed: u64) {
         let r = next();
         let payload = PAYLOADS[(r >> 8) as usize % PAYLOADS.len()];
         let fsync = r & 0x10000 != 0;
-        let result = match r % 10 {
+        let result = match r % 12 {
+            10.. => scribble(s, me, r, payload),
             0..5 => {
                 own_v += 1;
                 let data = version_bytes(id, own_v, payload);
@@ -224,6 +243,7 @@ fn reader(s: &Shared, me: usize) {
     let mut files: Vec<String> = (0..WRITERS).map(own).collect();
     files.push(COMMON.into());
     files.extend((0..COUNTERS).map(counter));
+    files.push(SCRATCH.into());
     let mut last_seen: BTreeMap<String, u64> = BTreeMap::new();
     let mut reads = me;
     while !s.stop.load(Ordering::Relaxed) {
@@ -242,6 +262,9 @@ fn reader(s: &Shared, me: usize) {
             Err(e) => return s.error(format!("reader {me}: read {rel}: {e}")),
         };
         s.reads.fetch_add(1, Ordering::Relaxed);
+        if rel == SCRATCH {
+            continue; // no versions to check
+        }
         match parse(&bytes) {
             Err(e) => s.torn.lock().unwrap().push(format!("reader {me}: {rel}: torn read: {e}")),
             Ok((_, v)) if rel != COMMON => {
@@ -337,6 +360,7 @@ fn writers_readers_ls_replicate_and_verify_at_once_lose_nothing_and_never_stall(
         std::fs::write(m.path(&own(i)), version_bytes(i as u32, 1, 10)).unwrap();
     }
     std::fs::write(m.path(COMMON), version_bytes(0, 0, 10)).unwrap();
+    std::fs::write(m.path(SCRATCH), b"").unwrap();
     for k in 0..COUNTERS {
         std::fs::write(m.path(&counter(k)), version_bytes(0, 0, 10)).unwrap();
     }
