@@ -18,6 +18,9 @@
 //!   content comes through this mount's page cache (writes, truncates) and a read-only mount serves
 //!   a fixed snapshot; re-reading a large file then costs no decode or hash. Opens for writing get no
 //!   flag, so the kernel drops the inode's cached pages on such opens (the conservative default).
+//! - **fsync off the event loop**: `fsync` and `fsyncdir` wait for a commit on a thread of their
+//!   own and reply from there, so writers fsyncing at once never hold every loop thread while `ls`
+//!   or a `stat` waits behind them.
 //! - **Inode lifetimes**: the core counts every entry it gives the kernel and `forget` drops the
 //!   count ([`PondFs::count_kernel_lookups`]), so an inode unlinked or renamed over stays usable while
 //!   the kernel may still send requests for it; `readdirplus` forgets the entries that did not fit.
@@ -61,6 +64,34 @@ impl PondFuse {
     pub fn new(fs: Arc<PondFs>) -> PondFuse {
         fs.count_kernel_lookups();
         PondFuse { fs }
+    }
+
+    /// Run `op` — one that waits for a commit — on a thread of its own and reply from there, so the
+    /// event loop's few threads stay free for lookups and reads: with every loop thread parked in an
+    /// fsync, a `stat` would wait for the commit (and the compaction after it). Inline if no thread
+    /// can be started.
+    fn off_the_loop(
+        &self,
+        what: &'static str,
+        reply: ReplyEmpty,
+        op: impl FnOnce(&PondFs) -> Result<(), FsError> + Send + 'static,
+    ) {
+        let fs = self.fs.clone();
+        let job = std::sync::Arc::new(std::sync::Mutex::new(Some((op, reply))));
+        let run = {
+            let job = job.clone();
+            move || {
+                if let Some((op, reply)) = job.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                    reply_empty(what, op(&fs), reply);
+                }
+            }
+        };
+        let fs = self.fs.clone();
+        if std::thread::Builder::new().name(format!("pond-{what}")).spawn(run).is_err()
+            && let Some((op, reply)) = job.lock().unwrap_or_else(|p| p.into_inner()).take()
+        {
+            reply_empty(what, op(&fs), reply);
+        }
     }
 }
 
@@ -320,7 +351,7 @@ impl Filesystem for PondFuse {
 
     fn fsync(&self, _req: &Request, ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
         tracing::debug!(ino = ino.0, fh = fh.0, datasync, "fsync");
-        reply_empty("fsync", self.fs.fsync(fh.0, datasync), reply);
+        self.off_the_loop("fsync", reply, move |fs| fs.fsync(fh.0, datasync));
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -371,7 +402,7 @@ impl Filesystem for PondFuse {
 
     fn fsyncdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
         tracing::debug!(ino = ino.0, fh = fh.0, "fsyncdir");
-        reply_empty("fsyncdir", self.fs.fsyncdir(ino.0), reply);
+        self.off_the_loop("fsyncdir", reply, move |fs| fs.fsyncdir(ino.0));
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
