@@ -1,77 +1,13 @@
-//! Crashes and damage: kill -9 of the daemon mid-write, objects orphaned between write and commit,
-//! a corrupt chunk (EIO, never wrong bytes; named by verify), and bad input on the command line.
+//! Crashes and damage (the SIGKILL loop is in crash_loop.rs): objects orphaned between write and
+//! commit, a corrupt chunk (EIO, never wrong bytes; named by verify), and bad input on the command line.
 
-use std::collections::BTreeMap;
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::path::Path;
 
 use pond::large_files::LargeFileStore;
 use pond::oplog::ROOT_INO;
 
 use crate::common::sizes::{C, T};
-use crate::common::{
-    Mounted, TestPond, assert_same_bytes, daemons, is_mounted, pattern, pond_ok, wait_for_exit, write_file,
-};
-
-/// Kill the daemon with SIGKILL and clear the dead mount it leaves.
-fn kill_daemon(m: &Mounted) {
-    let pids = daemons(&m.pond, Some(&m.mountpoint));
-    assert_eq!(pids.len(), 1, "one daemon serves {}: {pids:?}", m.mountpoint.display());
-    // SAFETY: sending a signal to a pid we found.
-    unsafe { libc::kill(pids[0], libc::SIGKILL) };
-    assert!(wait_for_exit(pids[0], Duration::from_secs(10)), "the killed daemon exited");
-    let _ = std::process::Command::new("umount").arg("-l").arg(&m.mountpoint).status();
-    assert!(!is_mounted(&m.mountpoint), "dead mount cleared");
-}
-
-/// Files whose fsync returned, with the content it acknowledged.
-type Acked = Arc<Mutex<BTreeMap<String, Vec<u8>>>>;
-
-/// Write files (sizes around the threshold) and fsync them until the mount dies.
-fn writer(dir: PathBuf, round: u64, acked: Acked) {
-    for i in 0u64.. {
-        let name = format!("r{round}-f{i}");
-        let data = pattern([T / 3, T, T + 1, 3 * C + 5][i as usize % 4], round * 1000 + i);
-        let Ok(mut f) = std::fs::File::create(dir.join(&name)) else { return };
-        if f.write_all(&data).is_err() || f.sync_all().is_err() {
-            return;
-        }
-        acked.lock().unwrap().insert(name, data);
-    }
-}
-
-#[test]
-fn kill_9_mid_write_keeps_every_fsynced_file_and_verify_stays_clean() {
-    let pond = TestPond::new();
-    let mnt = pond.scratch("mnt");
-    let acked: Acked = Arc::default();
-    for round in 0..10u64 {
-        let m = Mounted::new(&pond.root, &mnt, &[]);
-        // Everything acknowledged in earlier rounds is intact.
-        for (name, data) in acked.lock().unwrap().iter() {
-            assert_same_bytes(
-                &std::fs::read(m.path(name)).unwrap(),
-                data,
-                &format!("{name} after kill -9 and remount"),
-            );
-        }
-        let (dir, a) = (m.mountpoint.clone(), acked.clone());
-        let w = std::thread::spawn(move || writer(dir, round, a));
-        std::thread::sleep(Duration::from_millis(200 + (round * 137) % 700));
-        kill_daemon(&m);
-        w.join().unwrap();
-    }
-    assert!(acked.lock().unwrap().len() >= 10, "the writer got some fsyncs through");
-    let out = crate::common::pond(&["verify", pond.path()]);
-    assert!(out.status.success(), "verify after crashes: {}", String::from_utf8_lossy(&out.stdout));
-    pond_ok(&["gc", pond.path()]);
-    let m = Mounted::new(&pond.root, &mnt, &[]);
-    for (name, data) in acked.lock().unwrap().iter() {
-        assert_same_bytes(&std::fs::read(m.path(name)).unwrap(), data, name);
-    }
-}
+use crate::common::{Mounted, TestPond, assert_same_bytes, pattern, pond_ok, write_file};
 
 #[test]
 fn an_object_written_before_a_crash_is_unreferenced_and_gc_removes_it() {

@@ -2,10 +2,14 @@
 
 /// Temp ponds, the mount guard, sizes relative to the threshold, trees and byte comparisons.
 mod common;
+/// Writers, readers, ls -lR, replicate --follow and verify at once on one mount: no stall, no torn read, no lost update.
+mod concurrency;
 /// The filesystem core without FUSE: write path, threshold, POSIX namespace rules, persistence.
 mod core_fs;
-/// kill -9 mid-write, orphans and gc, corrupt chunks, bad command-line input.
+/// Orphans and gc, corrupt chunks, bad command-line input.
 mod crash;
+/// Crash loop: random operations on a mount, SIGKILL at random moments, every fsynced state whole after remount.
+mod crash_loop;
 /// Python's deltalake reads the table: rows and inline content as written.
 mod delta_reader;
 /// Real mounts: errno for each refusal, offsets/append/truncate, rename flags, xattrs, ro/version mounts.

@@ -90,6 +90,8 @@ pub enum Handle {
     /// A directory listing snapshotted at opendir, so entries added or removed while `ls` or
     /// `rm -rf` iterates neither repeat nor vanish; offsets index into it.
     Dir {
+        /// The directory listed.
+        ino: u64,
         entries: Arc<Vec<DirEntry>>,
     },
 }

@@ -83,6 +83,8 @@ pub struct PondFs {
     /// Held from open until `shutdown` has committed everything (umount waits on it).
     lock: Mutex<Option<WriterLock>>,
     shut_down: std::sync::atomic::AtomicBool,
+    /// Count the kernel's references to inodes (set when served through FUSE).
+    kernel_lookups: std::sync::atomic::AtomicBool,
     _rt: Arc<tokio::runtime::Runtime>,
 }
 
@@ -128,6 +130,7 @@ impl PondFs {
             version,
             lock: Mutex::new(lock),
             shut_down: std::sync::atomic::AtomicBool::new(false),
+            kernel_lookups: std::sync::atomic::AtomicBool::new(false),
             _rt: rt,
         })
     }
@@ -167,6 +170,36 @@ impl PondFs {
         match &self.committer {
             Some(c) => c.wait_for(generation),
             None => Ok(()),
+        }
+    }
+
+    /// Serve the kernel's FUSE contract for inode lifetimes: every entry given out (`lookup`,
+    /// `create`, `mkdir`, `mknod`, `symlink`, `link`, each `readdirplus` entry but `.` and `..`)
+    /// counts as a reference until [`PondFs::forget`] drops it, and an unlinked inode stays — open,
+    /// readable, its attributes answered — while referenced. Without this, an open that looked the
+    /// name up before a rename replaced it (or an unlink removed it) reached a forgotten inode and
+    /// failed with ENOENT, where a local filesystem opens the old file. Off for direct library use,
+    /// where nothing would ever forget.
+    pub fn count_kernel_lookups(&self) {
+        self.kernel_lookups.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// The kernel dropped `n` references to `ino` (FUSE forget); an unlinked inode no longer
+    /// referenced or open is forgotten.
+    pub fn forget(&self, ino: u64, n: u64) {
+        let mut t = self.lock_tree();
+        if let Ok(node) = t.node_mut(ino) {
+            node.lookups = node.lookups.saturating_sub(n);
+        }
+        t.forget_if_unreferenced(ino);
+    }
+
+    /// Count one more kernel reference to `ino` (when counting, see [`PondFs::count_kernel_lookups`]).
+    fn remember(&self, t: &mut Tree, ino: u64) {
+        if self.kernel_lookups.load(std::sync::atomic::Ordering::Relaxed)
+            && let Ok(node) = t.node_mut(ino)
+        {
+            node.lookups += 1;
         }
     }
 

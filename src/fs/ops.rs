@@ -15,9 +15,11 @@ const S_ISUID: u32 = 0o4000;
 
 impl PondFs {
     pub fn lookup(&self, parent: u64, name: &[u8]) -> Result<Attr, FsError> {
-        let t = self.lock_tree();
+        let mut t = self.lock_tree();
         let ino = t.lookup(parent, name)?;
-        Ok(t.node(ino)?.attr(ino))
+        let attr = t.node(ino)?.attr(ino);
+        self.remember(&mut t, ino);
+        Ok(attr)
     }
 
     pub fn getattr(&self, ino: u64) -> Result<Attr, FsError> {
@@ -129,7 +131,8 @@ impl PondFs {
         data.ctime_ns = now;
         let dir = (data.kind == NodeKind::Dir).then(tree::Dir::default);
         let ino = t.alloc_ino();
-        t.nodes.insert(ino, Inode { data, dir, open: None, open_count: 0, live: None });
+        t.nodes.insert(ino, Inode { data, dir, open: None, open_count: 0, live: None, lookups: 0 });
+        self.remember(&mut t, ino);
         // A new node counts as a changed file in the commit summary.
         t.touch_content(ino);
         t.add_entry(parent, name, ino, now)?;
@@ -216,11 +219,20 @@ impl PondFs {
         caller: Caller,
     ) -> Result<(Attr, u64), FsError> {
         match self.make_node(parent, name, |p| Self::new_node(NodeKind::File, perm, caller, p)) {
-            Ok((ino, attr)) => Ok((attr, self.open_file(ino, flags & !libc::O_TRUNC)?)),
+            Ok((ino, attr)) => match self.open_file(ino, flags & !libc::O_TRUNC) {
+                Ok(fh) => Ok((attr, fh)),
+                Err(e) => {
+                    self.forget(ino, 1); // the kernel gets no entry
+                    Err(e)
+                }
+            },
             Err(FsError::Exists) if flags & libc::O_EXCL == 0 => {
                 let ino = self.lock_tree().lookup(parent, name)?;
                 let fh = self.open_file(ino, flags)?;
-                Ok((self.getattr(ino)?, fh))
+                let mut t = self.lock_tree();
+                let attr = t.node(ino)?.attr(ino);
+                self.remember(&mut t, ino);
+                Ok((attr, fh))
             }
             Err(e) => Err(e),
         }
@@ -392,6 +404,9 @@ impl PondFs {
         }
         let src = t.lookup(parent, name)?;
         t.dir(new_parent)?;
+        if t.node(new_parent)?.data.nlink == 0 {
+            return Err(FsError::NotFound); // a removed directory the kernel still holds
+        }
         let src_is_dir = t.node(src)?.dir.is_some();
         let dst = t.dir(new_parent)?.entries.get(new_name).copied();
         // A directory cannot move into itself or below itself.
@@ -463,12 +478,16 @@ impl PondFs {
         if t.dir(new_parent)?.entries.contains_key(new_name) {
             return Err(FsError::Exists);
         }
+        if t.node(new_parent)?.data.nlink == 0 {
+            return Err(FsError::NotFound); // a removed directory the kernel still holds
+        }
         let node = t.node_mut(ino)?;
         node.data.nlink += 1;
         node.data.ctime_ns = now;
         t.touch_node(ino);
         t.add_entry(new_parent, new_name, ino, now)?;
         let attr = t.node(ino)?.attr(ino);
+        self.remember(&mut t, ino);
         drop(t);
         self.changed();
         Ok(attr)
@@ -486,26 +505,51 @@ impl PondFs {
             entries.push(DirEntry { ino: child, kind, name: name.clone(), offset });
         }
         drop(t);
-        Ok(self.handles.insert(Handle::Dir { entries: Arc::new(entries) }))
+        Ok(self.handles.insert(Handle::Dir { ino, entries: Arc::new(entries) }))
     }
 
-    fn dir_entries(&self, fh: u64) -> Result<Arc<Vec<DirEntry>>, FsError> {
+    /// The listed directory and its snapshot.
+    fn dir_entries(&self, fh: u64) -> Result<(u64, Arc<Vec<DirEntry>>), FsError> {
         match &*self.handles.get(fh)? {
-            Handle::Dir { entries } => Ok(entries.clone()),
+            Handle::Dir { ino, entries } => Ok((*ino, entries.clone())),
             Handle::File { .. } => Err(FsError::NotDir),
         }
     }
 
     pub fn readdir(&self, fh: u64, offset: i64) -> Result<Vec<DirEntry>, FsError> {
-        let entries = self.dir_entries(fh)?;
+        let (_, entries) = self.dir_entries(fh)?;
         let start = usize::try_from(offset).unwrap_or(0).min(entries.len());
         Ok(entries[start..].to_vec())
     }
 
+    /// The snapshot's entries from `offset`, each with the attributes of what its name holds *now*.
+    /// The kernel makes a dentry of every entry given with attributes, so a name renamed away or
+    /// removed since opendir is left out, and a name that now holds another inode gives that one: a
+    /// stale entry would leave a dentry by which `open(O_CREAT)` of the old name reaches — and
+    /// truncates — the file it was renamed onto (`ls` racing a save-by-rename). Each entry but `.`
+    /// and `..` counts as a kernel reference: the caller [`forget`](PondFs::forget)s those it could
+    /// not pass on.
     pub fn readdirplus(&self, fh: u64, offset: i64) -> Result<Vec<(DirEntry, Attr)>, FsError> {
+        let (dir, _) = self.dir_entries(fh)?;
         let entries = self.readdir(fh, offset)?;
-        let t = self.lock_tree();
-        Ok(entries.into_iter().filter_map(|e| t.nodes.get(&e.ino).map(|n| n.attr(e.ino)).map(|a| (e, a))).collect())
+        let mut t = self.lock_tree();
+        let mut out = Vec::with_capacity(entries.len());
+        for mut e in entries {
+            let dots = e.name == b"." || e.name == b"..";
+            if !dots {
+                match t.dir(dir).ok().and_then(|d| d.entries.get(&e.name)) {
+                    Some(&now) => e.ino = now,
+                    None => continue,
+                }
+            }
+            let Some(attr) = t.nodes.get(&e.ino).map(|n| n.attr(e.ino)) else { continue };
+            if !dots {
+                self.remember(&mut t, e.ino);
+            }
+            e.kind = attr.kind;
+            out.push((e, attr));
+        }
+        Ok(out)
     }
 
     pub fn releasedir(&self, fh: u64) -> Result<(), FsError> {

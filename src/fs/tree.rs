@@ -45,6 +45,11 @@ pub struct Inode {
     pub open_count: u32,
     /// Size and times written through an open session but not finalized yet.
     pub live: Option<Live>,
+    /// Entries the kernel holds for this inode (its lookup count, see [`PondFs::count_kernel_lookups`]):
+    /// an unlinked inode stays while the kernel may still send requests for it.
+    ///
+    /// [`PondFs::count_kernel_lookups`]: super::PondFs::count_kernel_lookups
+    pub lookups: u64,
 }
 
 #[derive(Debug, Default)]
@@ -107,7 +112,7 @@ impl Tree {
             match row {
                 OplogRow::Node { ino, data: Some(data), .. } => {
                     let dir = (data.kind == NodeKind::Dir).then(Dir::default);
-                    tree.nodes.insert(ino, Inode { data, dir, open: None, open_count: 0, live: None });
+                    tree.nodes.insert(ino, Inode { data, dir, open: None, open_count: 0, live: None, lookups: 0 });
                 }
                 OplogRow::Node { data: None, .. } => {}
                 OplogRow::Dirent { parent, name, child: Some(child), .. } => dirents.push((parent, name, child)),
@@ -226,7 +231,8 @@ impl Tree {
         Ok(child)
     }
 
-    /// Drop one link to `ino`; an inode left with no links and no open handle is forgotten.
+    /// Drop one link to `ino`; an inode left with no links, no open handle and no kernel reference
+    /// is forgotten.
     pub fn drop_link(&mut self, ino: u64, now: i64) -> Result<(), FsError> {
         let node = self.node_mut(ino)?;
         node.data.nlink = if node.dir.is_some() { 0 } else { node.data.nlink.saturating_sub(1) };
@@ -237,7 +243,7 @@ impl Tree {
     }
 
     pub fn forget_if_unreferenced(&mut self, ino: u64) {
-        if self.nodes.get(&ino).is_some_and(|n| n.data.nlink == 0 && n.open.is_none()) {
+        if self.nodes.get(&ino).is_some_and(|n| n.data.nlink == 0 && n.open.is_none() && n.lookups == 0) {
             self.nodes.remove(&ino);
         }
     }

@@ -18,6 +18,12 @@
 //!   content comes through this mount's page cache (writes, truncates) and a read-only mount serves
 //!   a fixed snapshot; re-reading a large file then costs no decode or hash. Opens for writing get no
 //!   flag, so the kernel drops the inode's cached pages on such opens (the conservative default).
+//! - **fsync off the event loop**: `fsync` and `fsyncdir` wait for a commit on a thread of their
+//!   own and reply from there, so writers fsyncing at once never hold every loop thread while `ls`
+//!   or a `stat` waits behind them.
+//! - **Inode lifetimes**: the core counts every entry it gives the kernel and `forget` drops the
+//!   count ([`PondFs::count_kernel_lookups`]), so an inode unlinked or renamed over stays usable while
+//!   the kernel may still send requests for it; `readdirplus` forgets the entries that did not fit.
 //! - **Modes**: the kernel applies the umask before `mknod`/`mkdir`/`create` (no `FUSE_DONT_MASK`),
 //!   so the mode's permission bits go to the core as they are; permissions are enforced by the
 //!   kernel (`default_permissions`).
@@ -56,7 +62,36 @@ pub struct PondFuse {
 
 impl PondFuse {
     pub fn new(fs: Arc<PondFs>) -> PondFuse {
+        fs.count_kernel_lookups();
         PondFuse { fs }
+    }
+
+    /// Run `op` — one that waits for a commit — on a thread of its own and reply from there, so the
+    /// event loop's few threads stay free for lookups and reads: with every loop thread parked in an
+    /// fsync, a `stat` would wait for the commit (and the compaction after it). Inline if no thread
+    /// can be started.
+    fn off_the_loop(
+        &self,
+        what: &'static str,
+        reply: ReplyEmpty,
+        op: impl FnOnce(&PondFs) -> Result<(), FsError> + Send + 'static,
+    ) {
+        let fs = self.fs.clone();
+        let job = std::sync::Arc::new(std::sync::Mutex::new(Some((op, reply))));
+        let run = {
+            let job = job.clone();
+            move || {
+                if let Some((op, reply)) = job.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                    reply_empty(what, op(&fs), reply);
+                }
+            }
+        };
+        let fs = self.fs.clone();
+        if std::thread::Builder::new().name(format!("pond-{what}")).spawn(run).is_err()
+            && let Some((op, reply)) = job.lock().unwrap_or_else(|p| p.into_inner()).take()
+        {
+            reply_empty(what, op(&fs), reply);
+        }
     }
 }
 
@@ -127,6 +162,12 @@ impl Filesystem for PondFuse {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         tracing::debug!(parent = parent.0, ?name, "lookup");
         reply_entry("lookup", self.fs.lookup(parent.0, name.as_bytes()), reply);
+    }
+
+    /// The kernel dropped references to `ino` (fuser's `batch_forget` comes here too).
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        tracing::debug!(ino = ino.0, nlookup, "forget");
+        self.fs.forget(ino.0, nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -310,7 +351,7 @@ impl Filesystem for PondFuse {
 
     fn fsync(&self, _req: &Request, ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
         tracing::debug!(ino = ino.0, fh = fh.0, datasync, "fsync");
-        reply_empty("fsync", self.fs.fsync(fh.0, datasync), reply);
+        self.off_the_loop("fsync", reply, move |fs| fs.fsync(fh.0, datasync));
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -340,10 +381,12 @@ impl Filesystem for PondFuse {
         tracing::debug!(ino = ino.0, fh = fh.0, offset, "readdirplus");
         match self.fs.readdirplus(fh.0, offset as i64) {
             Ok(entries) => {
+                let mut full = false;
                 for (e, a) in entries {
                     let name = OsStr::from_bytes(&e.name);
-                    if reply.add(INodeNo(e.ino), e.offset as u64, name, &TTL, &file_attr(&a), GENERATION) {
-                        break;
+                    full = full || reply.add(INodeNo(e.ino), e.offset as u64, name, &TTL, &file_attr(&a), GENERATION);
+                    if full && e.name != b"." && e.name != b".." {
+                        self.fs.forget(e.ino, 1); // counted by the core, never reached the kernel
                     }
                 }
                 reply.ok();
@@ -359,7 +402,7 @@ impl Filesystem for PondFuse {
 
     fn fsyncdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
         tracing::debug!(ino = ino.0, fh = fh.0, "fsyncdir");
-        reply_empty("fsyncdir", self.fs.fsyncdir(ino.0), reply);
+        self.off_the_loop("fsyncdir", reply, move |fs| fs.fsyncdir(ino.0));
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
