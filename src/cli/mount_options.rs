@@ -74,7 +74,16 @@ pub fn parse(options: &[String]) -> Result<MountOptions, String> {
         match key {
             "ro" => out.read_only = true,
             "allow_other" => out.allow_other = true,
-            "threshold" => out.threshold = Some(number(value)?),
+            "threshold" => {
+                let t = number(value)?;
+                if t > pond::oplog::MAX_THRESHOLD {
+                    return Err(format!(
+                        "mount option threshold={t} is above the largest pond takes ({} bytes)",
+                        pond::oplog::MAX_THRESHOLD
+                    ));
+                }
+                out.threshold = Some(t);
+            }
             "version" => out.version = Some(number(value)?),
             "log" => out.log = Some(PathBuf::from(value.ok_or("mount option log needs a file (log=FILE)")?)),
             _ if IGNORED.contains(&opt) => {}

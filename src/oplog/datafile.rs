@@ -144,7 +144,8 @@ impl InlineReader {
         Ok(m)
     }
 
-    /// The content bytes of the row at `loc`.
+    /// The content bytes of the row at `loc`, checked against the BLAKE3 the row records: a damaged
+    /// data file reads as an error, never as wrong bytes.
     pub fn read(&self, loc: &RowLoc) -> Result<Bytes, OplogError> {
         let path = self.root.join(&*loc.file);
         let file = File::open(&path).map_err(|e| OplogError::Io { path: path.clone(), source: e })?;
@@ -162,14 +163,16 @@ impl InlineReader {
         }
         let bad = |reason: &str| OplogError::Corrupt { path: path.clone(), reason: reason.to_string() };
         let (rg, offset) = group.ok_or_else(|| bad("row index past the end of the data file"))?;
+        let offset = usize::try_from(offset).map_err(|_| bad("row index out of range"))?;
         let schema_descr = md.file_metadata().schema_descr();
-        let leaf = (0..schema_descr.num_columns())
-            .find(|&i| schema_descr.column(i).path().parts()[0] == col::CONTENT)
-            .ok_or_else(|| bad("no content column"))?;
+        let leaf =
+            |name: &str| (0..schema_descr.num_columns()).find(|&i| schema_descr.column(i).path().parts()[0] == name);
+        let content_leaf = leaf(col::CONTENT).ok_or_else(|| bad("no content column"))?;
+        let hash_leaf = leaf(col::BLAKE3).ok_or_else(|| bad("no blake3 column"))?;
         let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(file, meta.clone())
             .with_row_groups(vec![rg])
-            .with_row_selection(RowSelection::from(vec![RowSelector::skip(offset as usize), RowSelector::select(1)]))
-            .with_projection(ProjectionMask::leaves(schema_descr, [leaf]))
+            .with_row_selection(RowSelection::from(vec![RowSelector::skip(offset), RowSelector::select(1)]))
+            .with_projection(ProjectionMask::leaves(schema_descr, [content_leaf, hash_leaf]))
             .with_batch_size(1)
             .build()
             .map_err(|e| OplogError::parquet(&path, e))?;
@@ -178,16 +181,24 @@ impl InlineReader {
             if batch.num_rows() == 0 {
                 continue;
             }
-            let arr = batch
-                .column(0)
-                .as_any()
-                .downcast_ref::<arrow::array::BinaryArray>()
-                .ok_or_else(|| bad("content column is not binary"))?;
             use arrow::array::Array;
-            if arr.is_null(0) {
+            let content = batch
+                .column_by_name(col::CONTENT)
+                .and_then(|c| c.as_any().downcast_ref::<arrow::array::BinaryArray>())
+                .ok_or_else(|| bad("content column is not binary"))?;
+            let hash = batch
+                .column_by_name(col::BLAKE3)
+                .and_then(|c| c.as_any().downcast_ref::<arrow::array::StringArray>())
+                .ok_or_else(|| bad("blake3 column is not a string"))?;
+            if content.is_null(0) {
                 return Err(bad("inline file row has no content"));
             }
-            return Ok(Bytes::copy_from_slice(arr.value(0)));
+            let bytes = content.value(0);
+            let recorded = (!hash.is_null(0)).then(|| Blake3Hash::from_hex(hash.value(0))).flatten();
+            if recorded != Some(Blake3Hash(*blake3::hash(bytes).as_bytes())) {
+                return Err(bad(&format!("row {}: inline content does not match its recorded BLAKE3", loc.row)));
+            }
+            return Ok(Bytes::copy_from_slice(bytes));
         }
         Err(bad("row not found"))
     }

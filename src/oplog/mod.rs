@@ -29,6 +29,10 @@ use schema::{NodeData, NodeKind, OplogRow, RowKey};
 pub const THRESHOLD_PROPERTY: &str = "pond.threshold";
 /// The root directory's inode number.
 pub const ROOT_INO: u64 = 1;
+/// The largest threshold a pond takes: inline content lives whole in one oplog row (and in memory
+/// while a file is written), so a threshold from a damaged table property or a typo must not make
+/// that unbounded.
+pub const MAX_THRESHOLD: u64 = 64 << 20;
 /// Checkpoint every this many versions, so opening after 10,000 commits replays at most this many JSONs.
 const CHECKPOINT_INTERVAL: &str = "50";
 
@@ -97,6 +101,9 @@ impl Oplog {
     /// Create a new pond at `root` (absent or an empty directory): the table, then version 1 holding
     /// the root directory.
     pub async fn create(root: &Path, threshold: Threshold) -> Result<Oplog, OplogError> {
+        if threshold.0 > MAX_THRESHOLD {
+            return Err(OplogError::ThresholdTooLarge(threshold.0));
+        }
         if root.exists() {
             let mut entries =
                 std::fs::read_dir(root).map_err(|e| OplogError::Io { path: root.to_path_buf(), source: e })?;
@@ -174,14 +181,15 @@ impl Oplog {
         self.table.version().unwrap_or(0)
     }
 
-    /// The threshold recorded when the pond was created.
+    /// The threshold recorded when the pond was created (at most [`MAX_THRESHOLD`], whatever the
+    /// table property says).
     pub fn threshold(&self) -> Threshold {
         let configured = self
             .table
             .snapshot()
             .ok()
             .and_then(|s| s.metadata().configuration().get(THRESHOLD_PROPERTY).and_then(|v| v.parse().ok()));
-        Threshold(configured.unwrap_or(LARGE_FILE_THRESHOLD))
+        Threshold(configured.unwrap_or(LARGE_FILE_THRESHOLD).min(MAX_THRESHOLD))
     }
 
     /// The active data files at the loaded version, relative to the root, with their sizes.
@@ -289,12 +297,12 @@ impl Oplog {
 /// not into `_delta_log`.
 pub fn safe_relative(rel: &str) -> Option<&str> {
     let p = Path::new(rel);
-    if rel.is_empty() || p.is_absolute() || rel.contains('\\') {
+    if rel.is_empty() || p.is_absolute() || rel.contains(['\\', '\0']) {
         return None;
     }
-    for c in p.components() {
+    for (i, c) in p.components().enumerate() {
         match c {
-            std::path::Component::Normal(_) => {}
+            std::path::Component::Normal(name) if !(i == 0 && name == "_delta_log") => {}
             _ => return None,
         }
     }
