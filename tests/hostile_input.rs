@@ -885,8 +885,12 @@ struct Run {
 /// killed after [`CASE_TIMEOUT`] (then `status` is None).
 fn run_pond(args: &[OsString], scratch: &Path) -> Run {
     let (out_path, err_path) = (scratch.join("stdout"), scratch.join("stderr"));
+    // Temporary files (verify URL fetches into one) go here, so a leftover is seen.
+    let tmp = scratch.join("tmp");
+    std::fs::create_dir_all(&tmp).expect("tmp dir");
     let mut cmd = Command::new(pond_bin());
     cmd.args(args)
+        .env("TMPDIR", &tmp)
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&out_path).expect("stdout file"))
         .stderr(std::fs::File::create(&err_path).expect("stderr file"));
@@ -1112,6 +1116,12 @@ fn restore_case(tally: &mut Tally, seed: u64) {
         FileKind::Object,
     ];
     let mut mutations = mutate(&mut rng, &remote, &kinds, b.checkpoint);
+    if rng.chance(5) {
+        // A hint the size of a data file: read whole, so refused before it is read.
+        let m = Mutation::Append { len: 2 << 20, seed: rng.next() };
+        apply(&remote, &remote.join("_delta_log/_last_checkpoint"), &m);
+        mutations.push(format!("_delta_log/_last_checkpoint <- {}", describe(&m)));
+    }
     if rng.chance(15) {
         let name = rng.pick(&[
             "notes.txt",
@@ -1145,14 +1155,21 @@ fn restore_case(tally: &mut Tally, seed: u64) {
     if left != want {
         tally.failures.push(format!("{case}\n    beside the target after {verdict:?}: {left:?}, want {want:?}"));
     }
+    // The same remote checked by URL: damage is reported (exit 1) or it is clean.
+    let url = format!("file://{}", remote.display());
+    check_run(tally, &case, vec![os("verify"), os(&url)], dir.path());
+    if tree_digest(&remote) != remote_before {
+        tally.failures.push(format!("{case}\n    verify URL changed the remote"));
+    }
     let mut top: Vec<String> = std::fs::read_dir(dir.path())
         .expect("dir")
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     top.sort();
-    if top != ["out", "remote", "stderr", "stdout"] {
-        tally.failures.push(format!("{case}\n    restore wrote beside its target's parent: {top:?}"));
+    let tmp_left = std::fs::read_dir(dir.path().join("tmp")).map(|d| d.count()).unwrap_or(0);
+    if top != ["out", "remote", "stderr", "stdout", "tmp"] || tmp_left != 0 {
+        tally.failures.push(format!("{case}\n    written beside the target: {top:?}, {tmp_left} entries in TMPDIR"));
     }
     if verdict == Some(Verdict::Ok) {
         // What restore verified must read: content some version held, or a clear error.
@@ -1187,6 +1204,13 @@ const CURRENT_ENV: &str = "POND_HOSTILE_CURRENT";
 fn in_child(name: &str, work: impl FnOnce(&Path)) {
     if std::env::var_os(CHILD_ENV).is_some() {
         let current = PathBuf::from(std::env::var_os(CURRENT_ENV).expect("POND_HOSTILE_CURRENT"));
+        // This process runs only this test: count every panic, caught ones included.
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            PANICS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            *LAST_PANIC.lock().unwrap_or_else(|p| p.into_inner()) = info.to_string();
+            previous(info)
+        }));
         return work(&current);
     }
     let b = base();
@@ -1240,9 +1264,21 @@ fn in_child(name: &str, work: impl FnOnce(&Path)) {
     }
 }
 
-/// The message of a caught panic.
-fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
-    p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default()
+/// Panics in a child run, caught ones included (a library may catch a panic and return an error,
+/// but a panic on input is still a bug to fix at the right layer).
+static PANICS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static LAST_PANIC: std::sync::Mutex<String> = std::sync::Mutex::new(String::new());
+
+/// Run one case of a child run: Err(the panic) if anything panicked while it ran, caught or not.
+fn without_panic<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    let before = PANICS.load(std::sync::atomic::Ordering::SeqCst);
+    let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    let last = || LAST_PANIC.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    match out {
+        Err(_) => Err(last()),
+        Ok(_) if PANICS.load(std::sync::atomic::Ordering::SeqCst) != before => Err(format!("caught: {}", last())),
+        Ok(v) => Ok(v),
+    }
 }
 
 /// Decode data file `rel` every way a reader does; the number of inline contents that read back as
@@ -1297,8 +1333,8 @@ fn data_files_decode_or_fail_cleanly_under_many_corruptions() {
             std::fs::write(current, &case).expect("note the case");
             tally.cases += 1;
             tally.faults += 1;
-            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| decode_data_file(&root, &rel))) {
-                Err(p) => tally.failures.push(format!("{case}\n    panicked: {}", panic_message(&*p))),
+            match without_panic(|| decode_data_file(&root, &rel)) {
+                Err(p) => tally.failures.push(format!("{case}\n    panicked: {p}")),
                 Ok(0) => {}
                 Ok(wrong) => {
                     tally.lost += wrong;
@@ -1361,14 +1397,14 @@ fn log_entries_parse_or_fail_cleanly_under_many_corruptions() {
             std::fs::write(current, &case).expect("note the case");
             tally.cases += 1;
             tally.faults += done.len() as u64;
-            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let outcome = without_panic(|| {
                 let text = String::from_utf8_lossy(&std::fs::read(&file).unwrap_or_default()).into_owned();
                 let _ = history::parse_log_entry(&text, &file);
                 let _ = history::read_history(&root);
                 accepted_names_stay_inside(&root)
-            }));
+            });
             match outcome {
-                Err(p) => tally.failures.push(format!("{case}\n    panicked: {}", panic_message(&*p))),
+                Err(p) => tally.failures.push(format!("{case}\n    panicked: {p}")),
                 Ok(bad) if !bad.is_empty() => tally.failures.push(format!("{case}\n    names accepted: {bad:?}")),
                 Ok(_) => {}
             }

@@ -58,6 +58,35 @@ pub fn sync_dir(dir: &Path) -> Result<(), OplogError> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(|e| OplogError::Io { path: dir.to_path_buf(), source: e })
 }
 
+/// How pond opens its data files. The Arrow schema is derived from the parquet schema rather than
+/// decoded from the file's embedded `ARROW:schema` (an IPC flatbuffer whose decoder panics on
+/// damaged bytes); pond's column types come out the same either way.
+fn reader_options() -> ArrowReaderOptions {
+    ArrowReaderOptions::new().with_skip_arrow_metadata(true)
+}
+
+/// Refuse a footer whose column chunks lie outside the file: parquet asserts (panics) on a negative
+/// offset or size when it reads the chunk, and reads past the end are damage anyway.
+fn check_footer(md: &parquet::file::metadata::ParquetMetaData, path: &Path) -> Result<(), OplogError> {
+    let len = std::fs::metadata(path).map_err(|e| OplogError::Io { path: path.to_path_buf(), source: e })?.len();
+    for (g, rg) in md.row_groups().iter().enumerate() {
+        for c in rg.columns() {
+            let start = c.dictionary_page_offset().unwrap_or(c.data_page_offset());
+            let inside = start >= 0
+                && c.data_page_offset() >= 0
+                && c.compressed_size() >= 0
+                && (start as u64).checked_add(c.compressed_size() as u64).is_some_and(|end| end <= len);
+            if !inside || rg.num_rows() < 0 {
+                return Err(OplogError::Corrupt {
+                    path: path.to_path_buf(),
+                    reason: format!("row group {g}: column {} lies outside the file", c.column_path()),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Read every row of data file `rel` (relative to `root`). With `with_content = false` the inline
 /// content column is skipped and rows carry a [`RowLoc`] instead.
 pub fn read_rows(root: &Path, rel: &Arc<str>, with_content: bool) -> Result<Vec<OplogRow>, OplogError> {
@@ -78,7 +107,9 @@ pub fn for_each_batch(
 ) -> Result<(), OplogError> {
     let path = root.join(&**rel);
     let file = File::open(&path).map_err(|e| OplogError::Io { path: path.clone(), source: e })?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| OplogError::parquet(&path, e))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new_with_options(file, reader_options())
+        .map_err(|e| OplogError::parquet(&path, e))?;
+    check_footer(builder.metadata(), &path)?;
     let parquet_schema = builder.parquet_schema();
     let leaves: Vec<usize> = (0..parquet_schema.num_columns())
         .filter(|&i| with_content || parquet_schema.column(i).path().parts()[0] != col::CONTENT)
@@ -132,11 +163,9 @@ impl InlineReader {
         if let Some(m) = cache.get(rel) {
             return Ok(m.clone());
         }
-        let m = ArrowReaderMetadata::load(
-            file,
-            ArrowReaderOptions::new().with_page_index_policy(parquet::file::metadata::PageIndexPolicy::Optional),
-        )
-        .map_err(|e| OplogError::parquet(path, e))?;
+        let options = reader_options().with_page_index_policy(parquet::file::metadata::PageIndexPolicy::Optional);
+        let m = ArrowReaderMetadata::load(file, options).map_err(|e| OplogError::parquet(path, e))?;
+        check_footer(m.metadata(), path)?;
         if cache.len() > 4096 {
             cache.clear();
         }
