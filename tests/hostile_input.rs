@@ -79,6 +79,15 @@ impl Rng {
     }
 }
 
+/// The seeds of a target's cases: `short` of them, times the soak scale; or only the one
+/// `POND_HOSTILE_SEED` names (as a failure prints it), to replay a case.
+fn seeds(target: &str, short: u64) -> Vec<u64> {
+    match std::env::var("POND_HOSTILE_SEED") {
+        Ok(s) => vec![u64::from_str_radix(s.trim_start_matches("0x"), 16).expect("POND_HOSTILE_SEED is hex")],
+        Err(_) => (0..soak::rounds(short)).map(|i| case_seed(target, i)).collect(),
+    }
+}
+
 /// The seed of case `i` of `target`: distinct per target, stable across runs (the long form runs the
 /// short form's cases and more).
 fn case_seed(target: &str, i: u64) -> u64 {
@@ -1073,8 +1082,8 @@ fn local_case(tally: &mut Tally, target: &str, kinds: &[FileKind], seed: u64) {
 
 fn local_target(part: &str, kinds: &[FileKind], short_cases: u64) {
     let mut tally = Tally::default();
-    for i in 0..soak::rounds(short_cases) {
-        local_case(&mut tally, part, kinds, case_seed(part, i));
+    for seed in seeds(part, short_cases) {
+        local_case(&mut tally, part, kinds, seed);
     }
     tally.finish(part);
 }
@@ -1184,8 +1193,8 @@ fn restore_case(tally: &mut Tally, seed: u64) {
 fn restore_from_a_corrupt_remote_is_refused_or_whole_and_never_writes_outside_its_target() {
     let part = "hostile_input.restore";
     let mut tally = Tally::default();
-    for i in 0..soak::rounds(10) {
-        restore_case(&mut tally, case_seed(part, i));
+    for seed in seeds(part, 10) {
+        restore_case(&mut tally, seed);
     }
     tally.finish(part);
 }
@@ -1208,7 +1217,7 @@ fn in_child(name: &str, work: impl FnOnce(&Path)) {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
             PANICS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            *LAST_PANIC.lock().unwrap_or_else(|p| p.into_inner()) = info.to_string();
+            LAST_PANIC.lock().unwrap_or_else(|p| p.into_inner()).push(info.to_string());
             previous(info)
         }));
         return work(&current);
@@ -1267,13 +1276,15 @@ fn in_child(name: &str, work: impl FnOnce(&Path)) {
 /// Panics in a child run, caught ones included (a library may catch a panic and return an error,
 /// but a panic on input is still a bug to fix at the right layer).
 static PANICS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-static LAST_PANIC: std::sync::Mutex<String> = std::sync::Mutex::new(String::new());
+static LAST_PANIC: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
 
 /// Run one case of a child run: Err(the panic) if anything panicked while it ran, caught or not.
 fn without_panic<T>(f: impl FnOnce() -> T) -> Result<T, String> {
     let before = PANICS.load(std::sync::atomic::Ordering::SeqCst);
+    LAST_PANIC.lock().unwrap_or_else(|p| p.into_inner()).clear();
     let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
-    let last = || LAST_PANIC.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    // The first panic is the cause (a library's own threads may panic after it).
+    let last = || LAST_PANIC.lock().unwrap_or_else(|p| p.into_inner()).join(" | then: ");
     match out {
         Err(_) => Err(last()),
         Ok(_) if PANICS.load(std::sync::atomic::Ordering::SeqCst) != before => Err(format!("caught: {}", last())),
@@ -1316,8 +1327,7 @@ fn data_files_decode_or_fail_cleanly_under_many_corruptions() {
             .map(|p| p.strip_prefix(&root).expect("under root").to_string_lossy().into_owned())
             .collect();
         let mut tally = Tally::default();
-        for i in 0..soak::rounds(150) {
-            let seed = case_seed(part, i);
+        for seed in seeds(part, 150) {
             let mut rng = Rng::new(seed);
             let file = rng.pick(&files).clone();
             let original = std::fs::read(&file).expect("read data file");
@@ -1342,6 +1352,51 @@ fn data_files_decode_or_fail_cleanly_under_many_corruptions() {
                 }
             }
             std::fs::write(&file, &original).expect("restore the data file");
+        }
+        tally.finish(part);
+    });
+}
+
+#[test]
+fn checkpoints_open_or_fail_cleanly_under_many_corruptions() {
+    let name = "hostile_input::checkpoints_open_or_fail_cleanly_under_many_corruptions";
+    in_child(name, |current| {
+        let part = "hostile_input.open_checkpoints";
+        let b = base();
+        let dir = tempfile::tempdir().expect("dir");
+        let root = dir.path().join("pond");
+        copy_tree(&b.pond, &root);
+        let rt = runtime();
+        let mut tally = Tally::default();
+        for seed in seeds(part, 40) {
+            let mut rng = Rng::new(seed);
+            let kind = if rng.chance(80) { FileKind::Checkpoint } else { FileKind::LastCheckpoint };
+            let file = rng.pick(&files_of(&root, kind)).clone();
+            let original = std::fs::read(&file).expect("read");
+            let m = match kind {
+                FileKind::Checkpoint if rng.chance(30) => {
+                    value_mutation(&mut rng, &file, &[]).unwrap_or(Mutation::Truncate { len: original.len() / 2 })
+                }
+                FileKind::LastCheckpoint if rng.chance(70) => {
+                    Mutation::Json(json_edit(&mut rng, &String::from_utf8_lossy(&original)))
+                }
+                _ => byte_mutation(&mut rng, original.len(), &[]),
+            };
+            apply(&root, &file, &m);
+            let version = if rng.chance(30) { Some(b.checkpoint + rng.below(4) as u64) } else { None };
+            let rel = file.strip_prefix(&root).expect("under root").to_string_lossy().into_owned();
+            let case = format!("[{part} seed={seed:#x}] {rel} <- {}, open at {version:?}", describe(&m));
+            std::fs::write(current, &case).expect("note the case");
+            tally.cases += 1;
+            tally.faults += 1;
+            let opened = without_panic(|| {
+                rt.block_on(Oplog::open(&root, version)).and_then(|o| o.data_files().map(|f| f.len()))
+            });
+            match opened {
+                Err(p) => tally.failures.push(format!("{case}\n    panicked: {p}")),
+                Ok(result) => tally.note("open", if result.is_ok() { Verdict::Ok } else { Verdict::Error }),
+            }
+            std::fs::write(&file, &original).expect("restore");
         }
         tally.finish(part);
     });
@@ -1377,8 +1432,7 @@ fn log_entries_parse_or_fail_cleanly_under_many_corruptions() {
         copy_tree(&base().pond.join("_delta_log"), &root.join("_delta_log"));
         let entries = files_of(&root, FileKind::LogEntry);
         let mut tally = Tally::default();
-        for i in 0..soak::rounds(250) {
-            let seed = case_seed(part, i);
+        for seed in seeds(part, 250) {
             let mut rng = Rng::new(seed);
             let file = rng.pick(&entries).clone();
             let original = std::fs::read(&file).expect("read entry");

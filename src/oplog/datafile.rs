@@ -18,6 +18,7 @@ use parquet::file::properties::WriterProperties;
 use parquet::schema::types::ColumnPath;
 
 use super::error::OplogError;
+use super::guard::quietly;
 use super::schema::{self, Content, OplogRow, RowLoc, col};
 use crate::large_files::hash::{Blake3Hash, Sha256Digest};
 
@@ -65,6 +66,29 @@ fn reader_options() -> ArrowReaderOptions {
     ArrowReaderOptions::new().with_skip_arrow_metadata(true)
 }
 
+/// Read the parquet file at `path` whole, every column, as the Delta library is about to (it reads
+/// checkpoints with the same crate and the same options): a file that does not read is refused here
+/// with an error naming it, so the library never meets the damage (parquet panics on some of it).
+pub fn check_parquet_file(path: &Path) -> Result<(), OplogError> {
+    guarded(path, || {
+        let file = File::open(path).map_err(|e| OplogError::Io { path: path.to_path_buf(), source: e })?;
+        let builder = ParquetRecordBatchReaderBuilder::try_new_with_options(file, reader_options())
+            .map_err(|e| OplogError::parquet(path, e))?;
+        check_footer(builder.metadata(), path)?;
+        for batch in builder.build().map_err(|e| OplogError::parquet(path, e))? {
+            batch.map_err(|e| OplogError::arrow(path, e))?;
+        }
+        Ok(())
+    })
+}
+
+/// Run parquet code on the file at `path` inside [`quietly`]: its panic is this file's damage.
+fn guarded<T>(path: &Path, f: impl FnOnce() -> Result<T, OplogError>) -> Result<T, OplogError> {
+    quietly(f).unwrap_or_else(|panic| {
+        Err(OplogError::Corrupt { path: path.to_path_buf(), reason: format!("parquet cannot decode it: {panic}") })
+    })
+}
+
 /// Refuse a footer whose column chunks lie outside the file: parquet asserts (panics) on a negative
 /// offset or size when it reads the chunk, and reads past the end are damage anyway.
 fn check_footer(md: &parquet::file::metadata::ParquetMetaData, path: &Path) -> Result<(), OplogError> {
@@ -106,20 +130,21 @@ pub fn for_each_batch(
     mut f: impl FnMut(Vec<OplogRow>) -> Result<(), OplogError>,
 ) -> Result<(), OplogError> {
     let path = root.join(&**rel);
-    let file = File::open(&path).map_err(|e| OplogError::Io { path: path.clone(), source: e })?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new_with_options(file, reader_options())
-        .map_err(|e| OplogError::parquet(&path, e))?;
-    check_footer(builder.metadata(), &path)?;
-    let parquet_schema = builder.parquet_schema();
-    let leaves: Vec<usize> = (0..parquet_schema.num_columns())
-        .filter(|&i| with_content || parquet_schema.column(i).path().parts()[0] != col::CONTENT)
-        .collect();
-    let mask = ProjectionMask::leaves(parquet_schema, leaves);
-    let batch_size = if with_content { 256 } else { 8192 };
-    let reader =
-        builder.with_projection(mask).with_batch_size(batch_size).build().map_err(|e| OplogError::parquet(&path, e))?;
+    let mut reader = guarded(&path, || {
+        let file = File::open(&path).map_err(|e| OplogError::Io { path: path.clone(), source: e })?;
+        let builder = ParquetRecordBatchReaderBuilder::try_new_with_options(file, reader_options())
+            .map_err(|e| OplogError::parquet(&path, e))?;
+        check_footer(builder.metadata(), &path)?;
+        let parquet_schema = builder.parquet_schema();
+        let leaves: Vec<usize> = (0..parquet_schema.num_columns())
+            .filter(|&i| with_content || parquet_schema.column(i).path().parts()[0] != col::CONTENT)
+            .collect();
+        let mask = ProjectionMask::leaves(parquet_schema, leaves);
+        let batch_size = if with_content { 256 } else { 8192 };
+        builder.with_projection(mask).with_batch_size(batch_size).build().map_err(|e| OplogError::parquet(&path, e))
+    })?;
     let mut first = 0u64;
-    for batch in reader {
+    while let Some(batch) = guarded(&path, || Ok(reader.next()))? {
         let batch = batch.map_err(|e| OplogError::arrow(&path, e))?;
         let decoded = schema::batch_to_rows(&batch, rel, first)
             .map_err(|e| OplogError::BadRow { path: path.clone(), source: e })?;
@@ -164,7 +189,7 @@ impl InlineReader {
             return Ok(m.clone());
         }
         let options = reader_options().with_page_index_policy(parquet::file::metadata::PageIndexPolicy::Optional);
-        let m = ArrowReaderMetadata::load(file, options).map_err(|e| OplogError::parquet(path, e))?;
+        let m = guarded(path, || ArrowReaderMetadata::load(file, options).map_err(|e| OplogError::parquet(path, e)))?;
         check_footer(m.metadata(), path)?;
         if cache.len() > 4096 {
             cache.clear();
@@ -198,14 +223,16 @@ impl InlineReader {
             |name: &str| (0..schema_descr.num_columns()).find(|&i| schema_descr.column(i).path().parts()[0] == name);
         let content_leaf = leaf(col::CONTENT).ok_or_else(|| bad("no content column"))?;
         let hash_leaf = leaf(col::BLAKE3).ok_or_else(|| bad("no blake3 column"))?;
-        let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(file, meta.clone())
-            .with_row_groups(vec![rg])
-            .with_row_selection(RowSelection::from(vec![RowSelector::skip(offset), RowSelector::select(1)]))
-            .with_projection(ProjectionMask::leaves(schema_descr, [content_leaf, hash_leaf]))
-            .with_batch_size(1)
-            .build()
-            .map_err(|e| OplogError::parquet(&path, e))?;
-        for batch in reader {
+        let mut reader = guarded(&path, || {
+            ParquetRecordBatchReaderBuilder::new_with_metadata(file, meta.clone())
+                .with_row_groups(vec![rg])
+                .with_row_selection(RowSelection::from(vec![RowSelector::skip(offset), RowSelector::select(1)]))
+                .with_projection(ProjectionMask::leaves(schema_descr, [content_leaf, hash_leaf]))
+                .with_batch_size(1)
+                .build()
+                .map_err(|e| OplogError::parquet(&path, e))
+        })?;
+        while let Some(batch) = guarded(&path, || Ok(reader.next()))? {
             let batch = batch.map_err(|e| OplogError::arrow(&path, e))?;
             if batch.num_rows() == 0 {
                 continue;

@@ -7,13 +7,17 @@
 
 pub mod datafile;
 pub mod error;
+mod guard;
 pub mod history;
 pub mod maintenance;
 pub mod schema;
 
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+use futures::FutureExt;
 
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake::kernel::{Action, Add};
@@ -154,12 +158,27 @@ impl Oplog {
     /// Open an existing pond at its latest version, or at `version`.
     pub async fn open(root: &Path, version: Option<u64>) -> Result<Oplog, OplogError> {
         check_is_pond(root)?;
+        check_checkpoints(root, version)?;
         let url = table_url(root)?;
         let mut table = unloaded_table(&url)?;
+        // delta-rs reads the log here; should it still panic on damage that check_checkpoints does
+        // not foresee, the panic ends as an error naming the log, not as a crash of the caller.
+        let guard = |what: &'static str| OplogError::Corrupt {
+            path: root.join("_delta_log"),
+            reason: format!("the Delta library panicked while {what} (a damaged checkpoint or log entry?)"),
+        };
         match version {
-            None => table.load().await.map_err(|e| OplogError::delta(&url, e))?,
+            None => AssertUnwindSafe(table.load())
+                .catch_unwind()
+                .await
+                .map_err(|_| guard("loading the table"))?
+                .map_err(|e| OplogError::delta(&url, e))?,
             Some(v) => {
-                if let Err(e) = table.load_version(v).await {
+                let loaded = AssertUnwindSafe(table.load_version(v))
+                    .catch_unwind()
+                    .await
+                    .map_err(|_| guard("loading a version"))?;
+                if let Err(e) = loaded {
                     let mut latest = unloaded_table(&url)?;
                     latest.load().await.map_err(|e| OplogError::delta(&url, e))?;
                     let latest_v = latest.version().unwrap_or(0);
@@ -291,6 +310,45 @@ impl Oplog {
         datafile::sync_dir(&log_dir)?;
         Ok(version)
     }
+}
+
+/// Read the checkpoints a Delta reader opening `version` (or the latest) may read, before it does:
+/// every checkpoint file of the newest checkpoint version up to it, and the one `_last_checkpoint`
+/// names. delta-kernel reads them with parquet, which panics on some damage (column chunks outside
+/// the file, map columns whose levels do not add up); a damaged checkpoint must end in an error
+/// that names it.
+fn check_checkpoints(root: &Path, version: Option<u64>) -> Result<(), OplogError> {
+    let log = root.join("_delta_log");
+    let io = |e: std::io::Error| OplogError::Io { path: log.clone(), source: e };
+    let mut checkpoints: Vec<(u64, PathBuf)> = Vec::new();
+    for entry in std::fs::read_dir(&log).map_err(io)? {
+        let entry = entry.map_err(io)?;
+        let name = entry.file_name();
+        let Some(v) = name.to_str().and_then(checkpoint_file_version) else { continue };
+        if version.is_none_or(|target| v <= target) {
+            checkpoints.push((v, entry.path()));
+        }
+    }
+    let newest = checkpoints.iter().map(|(v, _)| *v).max();
+    let hinted = std::fs::read(log.join("_last_checkpoint"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| v.get("version")?.as_u64());
+    for (v, path) in &checkpoints {
+        if Some(*v) == newest || Some(*v) == hinted {
+            datafile::check_parquet_file(path)?;
+        }
+    }
+    Ok(())
+}
+
+/// The version of any checkpoint file's name: single-file (`<v>.checkpoint.parquet`), multi-part
+/// (`<v>.checkpoint.<part>.<parts>.parquet`) or v2 (`<v>.checkpoint.<uuid>.parquet`).
+fn checkpoint_file_version(name: &str) -> Option<u64> {
+    let (stem, rest) = name.split_at_checked(20)?;
+    (rest.starts_with(".checkpoint.") && rest.ends_with(".parquet") && stem.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| stem.parse().ok())
+        .flatten()
 }
 
 /// A data-file path from the log, accepted only if it stays inside the table: relative, no `..`,
