@@ -1500,7 +1500,12 @@ fn hostile_name() -> impl Strategy<Value = String> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(soak::rounds(512) as u32))]
+    // A failure prints the shrunk input; nothing is persisted beside the sources.
+    #![proptest_config(ProptestConfig {
+        cases: soak::rounds(512) as u32,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
 
     /// A name from a remote parses only into the layout: it round-trips, and its local path is one
     /// or two plain components under the target.
@@ -1674,7 +1679,11 @@ fn hostile_options() -> impl Strategy<Value = String> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(soak::rounds(1024) as u32))]
+    #![proptest_config(ProptestConfig {
+        cases: soak::rounds(1024) as u32,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
 
     /// Any option string parses into what it says, or is refused with a one-line message naming it.
     #[test]
@@ -1758,4 +1767,152 @@ fn mount_refuses_bad_options_with_one_line_and_leaves_no_mount() {
     }
     assert!(!crate::common::is_mounted(&mnt), "nothing mounted at the end");
     tally.finish(part);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// A corrupted pond mounted read-only
+
+/// Unmounts on drop, whether or not the case got a mount: `pond umount`, then `umount -l`.
+struct Unmount(PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        if crate::common::is_mounted(&self.0) {
+            let _ = Command::new(pond_bin()).arg("umount").arg(&self.0).output();
+        }
+        if crate::common::is_mounted(&self.0) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+}
+
+/// Every regular file under `dir` (cycle-safe, bounded) with its bytes or the errno reading it gave.
+fn read_tree(dir: &Path) -> Vec<(PathBuf, Result<Vec<u8>, i32>)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    let mut seen = BTreeSet::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        for e in entries.flatten().take(1000) {
+            let path = e.path();
+            let Ok(meta) = std::fs::symlink_metadata(&path) else { continue };
+            if meta.is_dir() {
+                if seen.insert(meta.ino()) && seen.len() < 1000 {
+                    stack.push(path);
+                }
+            } else if meta.is_file() {
+                let read = std::fs::read(&path).map_err(|e| e.raw_os_error().unwrap_or(-1));
+                out.push((path, read));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn a_corrupt_pond_mounted_read_only_reads_written_bytes_or_errors() {
+    let part = "hostile_input.mount_reads";
+    crate::common::require_fuse();
+    let b = base();
+    let mut tally = Tally::default();
+    for seed in seeds(part, 3) {
+        let dir = tempfile::tempdir().expect("case dir");
+        let pond = dir.path().join("pond");
+        copy_tree(&b.pond, &pond);
+        let mnt = dir.path().join("mnt");
+        std::fs::create_dir(&mnt).expect("mountpoint");
+        let mut rng = Rng::new(seed);
+        let kinds = [FileKind::Data, FileKind::Data, FileKind::Object, FileKind::LogEntry, FileKind::Checkpoint];
+        let mutations = mutate(&mut rng, &pond, &kinds, b.checkpoint);
+        let case = format!("[{part} seed={seed:#x}] {}", mutations.join("; "));
+        tally.cases += 1;
+        tally.faults += mutations.len() as u64;
+        // `_pond/` is the daemon's working area (its mount lock and log): the only place it writes.
+        let digest = |p: &Path| {
+            let mut d = tree_digest(p);
+            d.retain(|k, _| !k.starts_with("_pond"));
+            d
+        };
+        let before = digest(&pond);
+        let _unmount = Unmount(mnt.clone());
+        let args = vec![os("mount"), os(&pond), os(&mnt), os("-o"), os("ro")];
+        let Some(v) = check_run(&mut tally, &case, args, dir.path()) else { continue };
+        if v == Verdict::Ok {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let root = mnt.clone();
+            let reader = std::thread::spawn(move || tx.send(read_tree(&root)));
+            let files = match rx.recv_timeout(CASE_TIMEOUT) {
+                Ok(files) => files,
+                Err(_) => {
+                    tally.failures.push(format!("{case}\n    hang: reading the mount took over {CASE_TIMEOUT:?}"));
+                    // Unblock the reader: a dead daemon fails its pending requests.
+                    for pid in crate::common::daemons(&pond, Some(&mnt)) {
+                        // SAFETY: signalling the daemon this case started.
+                        unsafe { libc::kill(pid, libc::SIGKILL) };
+                    }
+                    Vec::new()
+                }
+            };
+            let _ = reader.join();
+            tally.runs += 1;
+            for (path, read) in files {
+                match read {
+                    Ok(bytes) if !b.written.contains(blake3::hash(&bytes).as_bytes()) => {
+                        tally.lost += 1;
+                        tally.failures.push(format!("{case}\n    {} read as bytes no version held", path.display()));
+                    }
+                    Ok(_) => tally.note("read", Verdict::Ok),
+                    Err(errno) => tally.note(&format!("read-errno-{errno}"), Verdict::Error),
+                }
+            }
+            let out = Command::new(pond_bin()).arg("umount").arg(&mnt).output().expect("pond umount");
+            if !out.status.success() {
+                tally.failures.push(format!("{case}\n    pond umount: {}", String::from_utf8_lossy(&out.stderr)));
+            }
+        }
+        let after = digest(&pond);
+        if before != after {
+            tally.failures.push(format!("{case}\n    the mount changed the pond: {}", digest_diff(&before, &after)));
+        }
+    }
+    tally.finish(part);
+}
+
+#[test]
+fn a_damaged_size_reads_as_eio_never_as_cut_or_padded_bytes() {
+    crate::common::require_fuse();
+    for (what, len) in [("inline", T / 2), ("large", 2 * C + 3)] {
+        for delta in [-1i64, 1] {
+            let pond = crate::common::TestPond::new();
+            let data = pattern(len, 99);
+            {
+                let fs = pond.open();
+                put(&fs, ROOT_INO, "f", &data);
+                fs.shutdown().expect("commit");
+            }
+            // The node row of `f` in the one data file that holds it: its size, off by one.
+            let (rel, row) = files_of(&pond.root, FileKind::Data)
+                .into_iter()
+                .find_map(|p| {
+                    let rel: Arc<str> = Arc::from(p.file_name()?.to_str()?);
+                    let rows = datafile::read_rows(&pond.root, &rel, false).ok()?;
+                    let i = rows
+                        .iter()
+                        .position(|r| matches!(r, OplogRow::Node { data: Some(d), .. } if d.size == len as u64))?;
+                    Some((rel, i))
+                })
+                .expect("the file's row");
+            apply_value(&pond.root.join(&*rel), row, "size", &Absurd::Int(len as i64 + delta));
+            let case = format!("{what} file of {len} bytes recorded as {}", len as i64 + delta);
+            let cat = Command::new(pond_bin()).args(["cat", pond.path(), "f"]).output().expect("pond cat");
+            assert_eq!(cat.status.code(), Some(2), "{case}: pond cat refuses: {}", crate::common::describe(&cat));
+            let m = crate::common::Mounted::new(&pond.root, &pond.scratch("mnt"), &["ro"]);
+            let err = std::fs::read(m.path("f")).expect_err(&format!("{case}: reading through the mount fails"));
+            assert_eq!(err.raw_os_error(), Some(libc::EIO), "{case}");
+            drop(m);
+            let v = Command::new(pond_bin()).args(["verify", pond.path()]).output().expect("pond verify");
+            assert_eq!(v.status.code(), Some(1), "{case}: verify names it: {}", crate::common::describe(&v));
+        }
+    }
 }
