@@ -13,6 +13,7 @@ pub mod maintenance;
 pub mod schema;
 
 use std::collections::HashMap;
+use std::io::Read;
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -330,10 +331,10 @@ fn check_checkpoints(root: &Path, version: Option<u64>) -> Result<(), OplogError
         }
     }
     let newest = checkpoints.iter().map(|(v, _)| *v).max();
-    let hinted = std::fs::read(log.join("_last_checkpoint"))
-        .ok()
-        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-        .and_then(|v| v.get("version")?.as_u64());
+    // A hint is a line of JSON; one that is not (or is huge) names nothing worth checking.
+    let mut hint = Vec::new();
+    let _ = std::fs::File::open(log.join("_last_checkpoint")).and_then(|f| f.take(1 << 20).read_to_end(&mut hint));
+    let hinted = serde_json::from_slice::<serde_json::Value>(&hint).ok().and_then(|v| v.get("version")?.as_u64());
     for (v, path) in &checkpoints {
         if Some(*v) == newest || Some(*v) == hinted {
             datafile::check_parquet_file(path)?;
