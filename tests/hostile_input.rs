@@ -1,15 +1,27 @@
 //! Hostile input (issue 7.4): seeded corruptions of everything pond reads from disk or from a remote
-//! — Delta log entries, checkpoints and `_last_checkpoint`, oplog data files, a large-file object, a
-//! remote replica, mount options, names — fed to the commands users run (`verify`, `ls`, `cat`,
-//! `log`, `restore`, `mount -o`). Every case must end in success with content that was written, or
-//! in a clear error (exit 1 for damage, 2 with a one-line `pond: ...` message); never a panic, a
-//! signal, a hang, allocation past an address-space limit, or a write outside its target.
+//! — Delta log entries, checkpoints and `_last_checkpoint`, oplog data files, a large-file object
+//! (fuzzed in depth in large_files.rs), a remote replica, mount options, names, row attributes — fed
+//! to the commands users run (`verify`, `ls`, `cat`, `log`, `restore`, `verify URL`, `mount -o`, a
+//! read-only mount). Every case must end in success with content some version held, or in a clear
+//! error (exit 1 for damage, 2 with a one-line `pond: ...` message); never a panic, a signal, a hang
+//! (20 s per run), allocation past a 4 GiB address-space limit, or a write outside its target (the
+//! pond's tree, the remote and the target's parent are compared before and after).
 //!
-//! The readers run as the real binary (that is how users meet this code), each under a timeout and
-//! `RLIMIT_AS`; what decodes bytes without threads (log entries, data files, remote names, mount
-//! options, lookups) is also hammered in-process under `catch_unwind`, many cases per second.
-//! Cases are seeded: a failure prints `target`, `seed` and the mutations, and `case(seed)` replays it.
-//! The short form runs a few cases per target; `POND_SOAK_SCALE` multiplies them.
+//! Mutations: bit flips, byte runs, zero fills, truncation, appends, splices and replacement by
+//! another file of the pond, empty or deleted files; JSON lines duplicated, removed, swapped, fields
+//! set to absurd values (huge, negative, wrong type, 200 KB strings, deep nesting) or removed, and
+//! add/remove actions whose path escapes (`../x`, `/etc/passwd`, `%2e%2e/x`, `_large_files/../../x`,
+//! NUL, 5000-byte names); parquet values (checkpoint `add.path`, a row's `size`, `record`, names...)
+//! rewritten to absurd ones.
+//!
+//! The readers run as the real binary (that is how users meet this code) under `RLIMIT_AS` and a
+//! timeout. The decoders (data files, log entries, checkpoints as `Oplog::open` reads them) are also
+//! run in bulk in-process, in a child run of this test binary under the same limits, where every
+//! panic counts, caught or not. Names and mount options are property-tested.
+//!
+//! Cases are seeded. A failure prints the target, the seed and the mutations;
+//! `POND_HOSTILE_SEED=0x… cargo test --test tests hostile_input::<test>` replays that one case, and
+//! `POND_HOSTILE_VERBOSE=1` prints every run. `POND_SOAK_SCALE` multiplies the number of cases.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;

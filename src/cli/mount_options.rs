@@ -121,5 +121,8 @@ mod tests {
         assert!(parse(&["treshold=1".into()]).unwrap_err().contains("unknown mount option"));
         assert!(parse(&["threshold=abc".into()]).unwrap_err().contains("not a whole number"));
         assert!(parse(&["version".into()]).unwrap_err().contains("needs a value"));
+        let too_large = format!("threshold={}", pond::oplog::MAX_THRESHOLD + 1);
+        assert!(parse(&[too_large]).unwrap_err().contains("above the largest"));
+        assert!(parse(&[format!("threshold={}", pond::oplog::MAX_THRESHOLD)]).is_ok());
     }
 }
