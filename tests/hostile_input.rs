@@ -1785,6 +1785,14 @@ fn mount_refuses_bad_options_with_one_line_and_leaves_no_mount() {
         }
     }
     assert!(!crate::common::is_mounted(&mnt), "nothing mounted at the end");
+    // The same bound when a pond is made: refused before anything is created.
+    let new = dir.path().join("new");
+    let args = vec![os("init"), os("--threshold"), os(u64::MAX.to_string()), os(&new)];
+    tally.cases += 1;
+    tally.faults += 1;
+    if check_run(&mut tally, "[init --threshold u64::MAX]", args, dir.path()) != Some(Verdict::Error) || new.exists() {
+        tally.failures.push(format!("init --threshold {} made {}", u64::MAX, new.display()));
+    }
     tally.finish(part);
 }
 
