@@ -27,8 +27,11 @@ pub fn report(part: &str, runs: u64, faults: u64, lost: u64) {
     let line = format!("FAULT-REPORT part={part} runs={runs} faults={faults} lost={lost}");
     eprintln!("{line}");
     if let Ok(path) = std::env::var("POND_FAULT_REPORT") {
-        let appended =
-            std::fs::OpenOptions::new().create(true).append(true).open(&path).and_then(|mut f| writeln!(f, "{line}"));
+        let appended = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| writeln!(f, "{line}"));
         if let Err(e) = appended {
             eprintln!("could not append the fault report to {path}: {e}");
         }
