@@ -16,6 +16,8 @@ mod delta_reader;
 mod fuse_posix;
 /// Real mounts driven by cp -a, rsync -aH twice, tar, git, save-by-rename; remount keeps everything.
 mod fuse_tools;
+/// Seeded corruptions of log entries, checkpoints, data files, objects, a remote, mount options and names.
+mod hostile_input;
 /// The large-file store and HybridWriter: chunking, hashing, dedup, corruption, bounded memory.
 mod large_files;
 /// mount(8)/fstab/systemd helpers, scripts/install.sh, and pond mount's daemon mode under them.

@@ -74,7 +74,16 @@ pub fn parse(options: &[String]) -> Result<MountOptions, String> {
         match key {
             "ro" => out.read_only = true,
             "allow_other" => out.allow_other = true,
-            "threshold" => out.threshold = Some(number(value)?),
+            "threshold" => {
+                let t = number(value)?;
+                if t > pond::oplog::MAX_THRESHOLD {
+                    return Err(format!(
+                        "mount option threshold={t} is above the largest pond takes ({} bytes)",
+                        pond::oplog::MAX_THRESHOLD
+                    ));
+                }
+                out.threshold = Some(t);
+            }
             "version" => out.version = Some(number(value)?),
             "log" => out.log = Some(PathBuf::from(value.ok_or("mount option log needs a file (log=FILE)")?)),
             _ if IGNORED.contains(&opt) => {}
@@ -112,5 +121,8 @@ mod tests {
         assert!(parse(&["treshold=1".into()]).unwrap_err().contains("unknown mount option"));
         assert!(parse(&["threshold=abc".into()]).unwrap_err().contains("not a whole number"));
         assert!(parse(&["version".into()]).unwrap_err().contains("needs a value"));
+        let too_large = format!("threshold={}", pond::oplog::MAX_THRESHOLD + 1);
+        assert!(parse(&[too_large]).unwrap_err().contains("above the largest"));
+        assert!(parse(&[format!("threshold={}", pond::oplog::MAX_THRESHOLD)]).is_ok());
     }
 }

@@ -220,17 +220,33 @@ impl PondFs {
         }
     }
 
-    /// A reader of `ino`'s committed content.
+    /// A reader of `ino`'s committed content. Its length must be the size the node records: the
+    /// kernel reads up to that size, so a damaged size would show a cut or zero-padded file.
     fn content_reader(&self, ino: u64) -> Result<ContentReader, FsError> {
-        let content = self.lock_tree().node(ino)?.data.content.clone().ok_or(FsError::IsDir)?;
-        match content {
-            Content::Inline { bytes: Some(b), .. } => Ok(ContentReader::Inline(b)),
-            Content::Inline { loc: Some(loc), .. } => Ok(ContentReader::Inline(self.inline.read(&loc)?)),
-            Content::Inline { .. } => {
-                Err(FsError::Corrupt(format!("inode {ino}: inline content has neither bytes nor a location")))
+        let (content, size) = {
+            let t = self.lock_tree();
+            let data = &t.node(ino)?.data;
+            (data.content.clone().ok_or(FsError::IsDir)?, data.size)
+        };
+        let (reader, len) = match content {
+            Content::Inline { bytes: Some(b), .. } => (ContentReader::Inline(b.clone()), b.len() as u64),
+            Content::Inline { loc: Some(loc), .. } => {
+                let b = self.inline.read(&loc)?;
+                (ContentReader::Inline(b.clone()), b.len() as u64)
             }
-            Content::Large { hash, .. } => Ok(ContentReader::Large(Arc::new(self.store.open(&hash)?))),
+            Content::Inline { .. } => {
+                return Err(FsError::Corrupt(format!("inode {ino}: inline content has neither bytes nor a location")));
+            }
+            Content::Large { hash, .. } => {
+                let r = self.store.open(&hash)?;
+                let len = r.size();
+                (ContentReader::Large(Arc::new(r)), len)
+            }
+        };
+        if len != size {
+            return Err(FsError::Corrupt(format!("inode {ino}: {len} bytes of content, but its size is {size}")));
         }
+        Ok(reader)
     }
 
     /// Make sure the session has a writer, starting from the committed content.

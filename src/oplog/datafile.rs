@@ -18,6 +18,7 @@ use parquet::file::properties::WriterProperties;
 use parquet::schema::types::ColumnPath;
 
 use super::error::OplogError;
+use super::guard::quietly;
 use super::schema::{self, Content, OplogRow, RowLoc, col};
 use crate::large_files::hash::{Blake3Hash, Sha256Digest};
 
@@ -58,6 +59,58 @@ pub fn sync_dir(dir: &Path) -> Result<(), OplogError> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(|e| OplogError::Io { path: dir.to_path_buf(), source: e })
 }
 
+/// How pond opens its data files. The Arrow schema is derived from the parquet schema rather than
+/// decoded from the file's embedded `ARROW:schema` (an IPC flatbuffer whose decoder panics on
+/// damaged bytes); pond's column types come out the same either way.
+fn reader_options() -> ArrowReaderOptions {
+    ArrowReaderOptions::new().with_skip_arrow_metadata(true)
+}
+
+/// Read the parquet file at `path` whole, every column, as the Delta library is about to (it reads
+/// checkpoints with the same crate and the same options): a file that does not read is refused here
+/// with an error naming it, so the library never meets the damage (parquet panics on some of it).
+pub fn check_parquet_file(path: &Path) -> Result<(), OplogError> {
+    guarded(path, || {
+        let file = File::open(path).map_err(|e| OplogError::Io { path: path.to_path_buf(), source: e })?;
+        let builder = ParquetRecordBatchReaderBuilder::try_new_with_options(file, reader_options())
+            .map_err(|e| OplogError::parquet(path, e))?;
+        check_footer(builder.metadata(), path)?;
+        for batch in builder.build().map_err(|e| OplogError::parquet(path, e))? {
+            batch.map_err(|e| OplogError::arrow(path, e))?;
+        }
+        Ok(())
+    })
+}
+
+/// Run parquet code on the file at `path` inside [`quietly`]: its panic is this file's damage.
+fn guarded<T>(path: &Path, f: impl FnOnce() -> Result<T, OplogError>) -> Result<T, OplogError> {
+    quietly(f).unwrap_or_else(|panic| {
+        Err(OplogError::Corrupt { path: path.to_path_buf(), reason: format!("parquet cannot decode it: {panic}") })
+    })
+}
+
+/// Refuse a footer whose column chunks lie outside the file: parquet asserts (panics) on a negative
+/// offset or size when it reads the chunk, and reads past the end are damage anyway.
+fn check_footer(md: &parquet::file::metadata::ParquetMetaData, path: &Path) -> Result<(), OplogError> {
+    let len = std::fs::metadata(path).map_err(|e| OplogError::Io { path: path.to_path_buf(), source: e })?.len();
+    for (g, rg) in md.row_groups().iter().enumerate() {
+        for c in rg.columns() {
+            let start = c.dictionary_page_offset().unwrap_or(c.data_page_offset());
+            let inside = start >= 0
+                && c.data_page_offset() >= 0
+                && c.compressed_size() >= 0
+                && (start as u64).checked_add(c.compressed_size() as u64).is_some_and(|end| end <= len);
+            if !inside || rg.num_rows() < 0 {
+                return Err(OplogError::Corrupt {
+                    path: path.to_path_buf(),
+                    reason: format!("row group {g}: column {} lies outside the file", c.column_path()),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Read every row of data file `rel` (relative to `root`). With `with_content = false` the inline
 /// content column is skipped and rows carry a [`RowLoc`] instead.
 pub fn read_rows(root: &Path, rel: &Arc<str>, with_content: bool) -> Result<Vec<OplogRow>, OplogError> {
@@ -77,18 +130,21 @@ pub fn for_each_batch(
     mut f: impl FnMut(Vec<OplogRow>) -> Result<(), OplogError>,
 ) -> Result<(), OplogError> {
     let path = root.join(&**rel);
-    let file = File::open(&path).map_err(|e| OplogError::Io { path: path.clone(), source: e })?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| OplogError::parquet(&path, e))?;
-    let parquet_schema = builder.parquet_schema();
-    let leaves: Vec<usize> = (0..parquet_schema.num_columns())
-        .filter(|&i| with_content || parquet_schema.column(i).path().parts()[0] != col::CONTENT)
-        .collect();
-    let mask = ProjectionMask::leaves(parquet_schema, leaves);
-    let batch_size = if with_content { 256 } else { 8192 };
-    let reader =
-        builder.with_projection(mask).with_batch_size(batch_size).build().map_err(|e| OplogError::parquet(&path, e))?;
+    let mut reader = guarded(&path, || {
+        let file = File::open(&path).map_err(|e| OplogError::Io { path: path.clone(), source: e })?;
+        let builder = ParquetRecordBatchReaderBuilder::try_new_with_options(file, reader_options())
+            .map_err(|e| OplogError::parquet(&path, e))?;
+        check_footer(builder.metadata(), &path)?;
+        let parquet_schema = builder.parquet_schema();
+        let leaves: Vec<usize> = (0..parquet_schema.num_columns())
+            .filter(|&i| with_content || parquet_schema.column(i).path().parts()[0] != col::CONTENT)
+            .collect();
+        let mask = ProjectionMask::leaves(parquet_schema, leaves);
+        let batch_size = if with_content { 256 } else { 8192 };
+        builder.with_projection(mask).with_batch_size(batch_size).build().map_err(|e| OplogError::parquet(&path, e))
+    })?;
     let mut first = 0u64;
-    for batch in reader {
+    while let Some(batch) = guarded(&path, || Ok(reader.next()))? {
         let batch = batch.map_err(|e| OplogError::arrow(&path, e))?;
         let decoded = schema::batch_to_rows(&batch, rel, first)
             .map_err(|e| OplogError::BadRow { path: path.clone(), source: e })?;
@@ -132,11 +188,9 @@ impl InlineReader {
         if let Some(m) = cache.get(rel) {
             return Ok(m.clone());
         }
-        let m = ArrowReaderMetadata::load(
-            file,
-            ArrowReaderOptions::new().with_page_index_policy(parquet::file::metadata::PageIndexPolicy::Optional),
-        )
-        .map_err(|e| OplogError::parquet(path, e))?;
+        let options = reader_options().with_page_index_policy(parquet::file::metadata::PageIndexPolicy::Optional);
+        let m = guarded(path, || ArrowReaderMetadata::load(file, options).map_err(|e| OplogError::parquet(path, e)))?;
+        check_footer(m.metadata(), path)?;
         if cache.len() > 4096 {
             cache.clear();
         }
@@ -144,7 +198,8 @@ impl InlineReader {
         Ok(m)
     }
 
-    /// The content bytes of the row at `loc`.
+    /// The content bytes of the row at `loc`, checked against the BLAKE3 the row records: a damaged
+    /// data file reads as an error, never as wrong bytes.
     pub fn read(&self, loc: &RowLoc) -> Result<Bytes, OplogError> {
         let path = self.root.join(&*loc.file);
         let file = File::open(&path).map_err(|e| OplogError::Io { path: path.clone(), source: e })?;
@@ -162,32 +217,44 @@ impl InlineReader {
         }
         let bad = |reason: &str| OplogError::Corrupt { path: path.clone(), reason: reason.to_string() };
         let (rg, offset) = group.ok_or_else(|| bad("row index past the end of the data file"))?;
+        let offset = usize::try_from(offset).map_err(|_| bad("row index out of range"))?;
         let schema_descr = md.file_metadata().schema_descr();
-        let leaf = (0..schema_descr.num_columns())
-            .find(|&i| schema_descr.column(i).path().parts()[0] == col::CONTENT)
-            .ok_or_else(|| bad("no content column"))?;
-        let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(file, meta.clone())
-            .with_row_groups(vec![rg])
-            .with_row_selection(RowSelection::from(vec![RowSelector::skip(offset as usize), RowSelector::select(1)]))
-            .with_projection(ProjectionMask::leaves(schema_descr, [leaf]))
-            .with_batch_size(1)
-            .build()
-            .map_err(|e| OplogError::parquet(&path, e))?;
-        for batch in reader {
+        let leaf =
+            |name: &str| (0..schema_descr.num_columns()).find(|&i| schema_descr.column(i).path().parts()[0] == name);
+        let content_leaf = leaf(col::CONTENT).ok_or_else(|| bad("no content column"))?;
+        let hash_leaf = leaf(col::BLAKE3).ok_or_else(|| bad("no blake3 column"))?;
+        let mut reader = guarded(&path, || {
+            ParquetRecordBatchReaderBuilder::new_with_metadata(file, meta.clone())
+                .with_row_groups(vec![rg])
+                .with_row_selection(RowSelection::from(vec![RowSelector::skip(offset), RowSelector::select(1)]))
+                .with_projection(ProjectionMask::leaves(schema_descr, [content_leaf, hash_leaf]))
+                .with_batch_size(1)
+                .build()
+                .map_err(|e| OplogError::parquet(&path, e))
+        })?;
+        while let Some(batch) = guarded(&path, || Ok(reader.next()))? {
             let batch = batch.map_err(|e| OplogError::arrow(&path, e))?;
             if batch.num_rows() == 0 {
                 continue;
             }
-            let arr = batch
-                .column(0)
-                .as_any()
-                .downcast_ref::<arrow::array::BinaryArray>()
-                .ok_or_else(|| bad("content column is not binary"))?;
             use arrow::array::Array;
-            if arr.is_null(0) {
+            let content = batch
+                .column_by_name(col::CONTENT)
+                .and_then(|c| c.as_any().downcast_ref::<arrow::array::BinaryArray>())
+                .ok_or_else(|| bad("content column is not binary"))?;
+            let hash = batch
+                .column_by_name(col::BLAKE3)
+                .and_then(|c| c.as_any().downcast_ref::<arrow::array::StringArray>())
+                .ok_or_else(|| bad("blake3 column is not a string"))?;
+            if content.is_null(0) {
                 return Err(bad("inline file row has no content"));
             }
-            return Ok(Bytes::copy_from_slice(arr.value(0)));
+            let bytes = content.value(0);
+            let recorded = (!hash.is_null(0)).then(|| Blake3Hash::from_hex(hash.value(0))).flatten();
+            if recorded != Some(Blake3Hash(*blake3::hash(bytes).as_bytes())) {
+                return Err(bad(&format!("row {}: inline content does not match its recorded BLAKE3", loc.row)));
+            }
+            return Ok(Bytes::copy_from_slice(bytes));
         }
         Err(bad("row not found"))
     }

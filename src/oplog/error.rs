@@ -14,8 +14,11 @@ pub enum OplogError {
     Missing(PathBuf),
     #[error("{0} is not empty: refusing to create a pond over existing files")]
     NotEmpty(PathBuf),
-    #[error("delta table at {path}: {source}")]
-    Delta { path: String, source: Box<deltalake::DeltaTableError> },
+    /// `message` is the first line of `error`'s text: delta-kernel appends a backtrace to its
+    /// errors when `RUST_BACKTRACE` is set, and the error already says what its causes say (so it
+    /// is not exposed as a `source`, which would print the same text again).
+    #[error("delta table at {path}: {message}")]
+    Delta { path: String, message: String, error: Box<deltalake::DeltaTableError> },
     #[error("{path}: parquet: {source}")]
     Parquet { path: PathBuf, source: parquet::errors::ParquetError },
     #[error("{path}: {source}")]
@@ -24,6 +27,8 @@ pub enum OplogError {
     Corrupt { path: PathBuf, reason: String },
     #[error("version {asked} does not exist (the pond is at version {latest})")]
     NoSuchVersion { asked: u64, latest: u64 },
+    #[error("a threshold of {0} bytes is above the largest pond takes ({max} bytes)", max = super::MAX_THRESHOLD)]
+    ThresholdTooLarge(u64),
     #[error("encoding rows: {0}")]
     Encode(String),
 }
@@ -37,8 +42,10 @@ impl OplogError {
         OplogError::Corrupt { path: path.to_path_buf(), reason: source.to_string() }
     }
 
-    pub fn delta(path: impl std::fmt::Display, source: deltalake::DeltaTableError) -> Self {
-        OplogError::Delta { path: path.to_string(), source: Box::new(source) }
+    pub fn delta(path: impl std::fmt::Display, error: deltalake::DeltaTableError) -> Self {
+        let text = error.to_string();
+        let message = text.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("unknown error").to_string();
+        OplogError::Delta { path: path.to_string(), message, error: Box::new(error) }
     }
 
     /// The OS error behind this failure, when there is one (ENOSPC must reach the writer).
@@ -48,7 +55,7 @@ impl OplogError {
             OplogError::Parquet { source: parquet::errors::ParquetError::External(e), .. } => {
                 e.downcast_ref::<std::io::Error>().and_then(|e| e.raw_os_error())
             }
-            OplogError::Delta { source, .. } => match source.as_ref() {
+            OplogError::Delta { error, .. } => match error.as_ref() {
                 deltalake::DeltaTableError::Io { source } => source.raw_os_error(),
                 deltalake::DeltaTableError::ObjectStore { source: object_store::Error::Generic { source, .. } } => {
                     source.downcast_ref::<std::io::Error>().and_then(|e| e.raw_os_error())

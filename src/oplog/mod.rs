@@ -7,13 +7,18 @@
 
 pub mod datafile;
 pub mod error;
+mod guard;
 pub mod history;
 pub mod maintenance;
 pub mod schema;
 
 use std::collections::HashMap;
+use std::io::Read;
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+use futures::FutureExt;
 
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake::kernel::{Action, Add};
@@ -29,6 +34,10 @@ use schema::{NodeData, NodeKind, OplogRow, RowKey};
 pub const THRESHOLD_PROPERTY: &str = "pond.threshold";
 /// The root directory's inode number.
 pub const ROOT_INO: u64 = 1;
+/// The largest threshold a pond takes: inline content lives whole in one oplog row (and in memory
+/// while a file is written), so a threshold from a damaged table property or a typo must not make
+/// that unbounded.
+pub const MAX_THRESHOLD: u64 = 64 << 20;
 /// Checkpoint every this many versions, so opening after 10,000 commits replays at most this many JSONs.
 const CHECKPOINT_INTERVAL: &str = "50";
 
@@ -97,6 +106,9 @@ impl Oplog {
     /// Create a new pond at `root` (absent or an empty directory): the table, then version 1 holding
     /// the root directory.
     pub async fn create(root: &Path, threshold: Threshold) -> Result<Oplog, OplogError> {
+        if threshold.0 > MAX_THRESHOLD {
+            return Err(OplogError::ThresholdTooLarge(threshold.0));
+        }
         if root.exists() {
             let mut entries =
                 std::fs::read_dir(root).map_err(|e| OplogError::Io { path: root.to_path_buf(), source: e })?;
@@ -147,12 +159,27 @@ impl Oplog {
     /// Open an existing pond at its latest version, or at `version`.
     pub async fn open(root: &Path, version: Option<u64>) -> Result<Oplog, OplogError> {
         check_is_pond(root)?;
+        check_checkpoints(root, version)?;
         let url = table_url(root)?;
         let mut table = unloaded_table(&url)?;
+        // delta-rs reads the log here; should it still panic on damage that check_checkpoints does
+        // not foresee, the panic ends as an error naming the log, not as a crash of the caller.
+        let guard = |what: &'static str| OplogError::Corrupt {
+            path: root.join("_delta_log"),
+            reason: format!("the Delta library panicked while {what} (a damaged checkpoint or log entry?)"),
+        };
         match version {
-            None => table.load().await.map_err(|e| OplogError::delta(&url, e))?,
+            None => AssertUnwindSafe(table.load())
+                .catch_unwind()
+                .await
+                .map_err(|_| guard("loading the table"))?
+                .map_err(|e| OplogError::delta(&url, e))?,
             Some(v) => {
-                if let Err(e) = table.load_version(v).await {
+                let loaded = AssertUnwindSafe(table.load_version(v))
+                    .catch_unwind()
+                    .await
+                    .map_err(|_| guard("loading a version"))?;
+                if let Err(e) = loaded {
                     let mut latest = unloaded_table(&url)?;
                     latest.load().await.map_err(|e| OplogError::delta(&url, e))?;
                     let latest_v = latest.version().unwrap_or(0);
@@ -174,14 +201,15 @@ impl Oplog {
         self.table.version().unwrap_or(0)
     }
 
-    /// The threshold recorded when the pond was created.
+    /// The threshold recorded when the pond was created (at most [`MAX_THRESHOLD`], whatever the
+    /// table property says).
     pub fn threshold(&self) -> Threshold {
         let configured = self
             .table
             .snapshot()
             .ok()
             .and_then(|s| s.metadata().configuration().get(THRESHOLD_PROPERTY).and_then(|v| v.parse().ok()));
-        Threshold(configured.unwrap_or(LARGE_FILE_THRESHOLD))
+        Threshold(configured.unwrap_or(LARGE_FILE_THRESHOLD).min(MAX_THRESHOLD))
     }
 
     /// The active data files at the loaded version, relative to the root, with their sizes.
@@ -285,16 +313,55 @@ impl Oplog {
     }
 }
 
+/// Read the checkpoints a Delta reader opening `version` (or the latest) may read, before it does:
+/// every checkpoint file of the newest checkpoint version up to it, and the one `_last_checkpoint`
+/// names. delta-kernel reads them with parquet, which panics on some damage (column chunks outside
+/// the file, map columns whose levels do not add up); a damaged checkpoint must end in an error
+/// that names it.
+fn check_checkpoints(root: &Path, version: Option<u64>) -> Result<(), OplogError> {
+    let log = root.join("_delta_log");
+    let io = |e: std::io::Error| OplogError::Io { path: log.clone(), source: e };
+    let mut checkpoints: Vec<(u64, PathBuf)> = Vec::new();
+    for entry in std::fs::read_dir(&log).map_err(io)? {
+        let entry = entry.map_err(io)?;
+        let name = entry.file_name();
+        let Some(v) = name.to_str().and_then(checkpoint_file_version) else { continue };
+        if version.is_none_or(|target| v <= target) {
+            checkpoints.push((v, entry.path()));
+        }
+    }
+    let newest = checkpoints.iter().map(|(v, _)| *v).max();
+    // A hint is a line of JSON; one that is not (or is huge) names nothing worth checking.
+    let mut hint = Vec::new();
+    let _ = std::fs::File::open(log.join("_last_checkpoint")).and_then(|f| f.take(1 << 20).read_to_end(&mut hint));
+    let hinted = serde_json::from_slice::<serde_json::Value>(&hint).ok().and_then(|v| v.get("version")?.as_u64());
+    for (v, path) in &checkpoints {
+        if Some(*v) == newest || Some(*v) == hinted {
+            datafile::check_parquet_file(path)?;
+        }
+    }
+    Ok(())
+}
+
+/// The version of any checkpoint file's name: single-file (`<v>.checkpoint.parquet`), multi-part
+/// (`<v>.checkpoint.<part>.<parts>.parquet`) or v2 (`<v>.checkpoint.<uuid>.parquet`).
+fn checkpoint_file_version(name: &str) -> Option<u64> {
+    let (stem, rest) = name.split_at_checked(20)?;
+    (rest.starts_with(".checkpoint.") && rest.ends_with(".parquet") && stem.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| stem.parse().ok())
+        .flatten()
+}
+
 /// A data-file path from the log, accepted only if it stays inside the table: relative, no `..`,
 /// not into `_delta_log`.
 pub fn safe_relative(rel: &str) -> Option<&str> {
     let p = Path::new(rel);
-    if rel.is_empty() || p.is_absolute() || rel.contains('\\') {
+    if rel.is_empty() || p.is_absolute() || rel.contains(['\\', '\0']) {
         return None;
     }
-    for c in p.components() {
+    for (i, c) in p.components().enumerate() {
         match c {
-            std::path::Component::Normal(_) => {}
+            std::path::Component::Normal(name) if !(i == 0 && name == "_delta_log") => {}
             _ => return None,
         }
     }

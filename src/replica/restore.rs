@@ -34,6 +34,9 @@ use super::layout::{LOG_DIR, PondFile};
 use super::remote::{Listing, OnBytes, Remote, sync_filesystem};
 use super::{FILES_IN_FLIGHT, Progress, ReplicaError, blocking};
 
+/// `_last_checkpoint` is a line of JSON naming a version (Delta may add a schema): far below this.
+const MAX_HINT_SIZE: u64 = 1 << 20;
+
 /// The outcome of [`restore`].
 #[derive(Clone, Debug)]
 pub struct RestoreReport {
@@ -363,8 +366,12 @@ impl Fetcher<'_> {
     /// (it is a hint: readers then find the newest checkpoint by listing the log).
     async fn hint(&mut self, version: u64) -> Result<(), ReplicaError> {
         let file = PondFile::LastCheckpoint;
-        if !self.listing.files.contains_key(&file) {
-            return Ok(());
+        let Some(&size) = self.listing.files.get(&file) else { return Ok(()) };
+        if size > MAX_HINT_SIZE {
+            // Read whole into memory below: a remote must not choose how much.
+            let (expected, got) =
+                (format!("a checkpoint hint of at most {MAX_HINT_SIZE} bytes"), format!("{size} bytes"));
+            return self.problem(ReplicaError::Tampered { path: file.name(), expected, got });
         }
         let bytes = self.remote.get_bytes(&file).await?;
         let named = serde_json::from_slice::<serde_json::Value>(&bytes).ok().and_then(|v| v.get("version")?.as_u64());
