@@ -42,16 +42,23 @@ pub fn write_data_file(root: &Path, name: &str, rows: &[OplogRow]) -> Result<u64
             parquet::file::properties::EnabledStatistics::None,
         )
         .build();
-    let io = |e: std::io::Error| OplogError::Io { path: path.clone(), source: e };
-    let file = File::create(&path).map_err(io)?;
-    let mut w = ArrowWriter::try_new(file, batch.schema(), Some(props)).map_err(|e| OplogError::parquet(&path, e))?;
-    w.write(&batch).map_err(|e| OplogError::parquet(&path, e))?;
-    let mut file = w.into_inner().map_err(|e| OplogError::parquet(&path, e))?;
-    file.flush().map_err(io)?;
-    file.sync_all().map_err(io)?;
-    sync_dir(root)?;
-    let len = file.metadata().map_err(io)?.len();
-    Ok(len)
+    let written = (|| {
+        let io = |e: std::io::Error| OplogError::Io { path: path.clone(), source: e };
+        let file = File::create(&path).map_err(io)?;
+        let mut w =
+            ArrowWriter::try_new(file, batch.schema(), Some(props)).map_err(|e| OplogError::parquet(&path, e))?;
+        w.write(&batch).map_err(|e| OplogError::parquet(&path, e))?;
+        let mut file = w.into_inner().map_err(|e| OplogError::parquet(&path, e))?;
+        file.flush().map_err(io)?;
+        file.sync_all().map_err(io)?;
+        sync_dir(root)?;
+        Ok(file.metadata().map_err(io)?.len())
+    })();
+    if written.is_err() {
+        // A partial file (the disk filled up, say) is worth nothing and holds space.
+        let _ = std::fs::remove_file(&path);
+    }
+    written
 }
 
 /// fsync a directory so a rename or create in it is durable.

@@ -48,21 +48,37 @@ impl OplogError {
         OplogError::Delta { path: path.to_string(), message, error: Box::new(error) }
     }
 
-    /// The OS error behind this failure, when there is one (ENOSPC must reach the writer).
+    /// The OS error behind this failure, when there is one (ENOSPC must reach the writer). Delta
+    /// errors wrap it several layers deep (transaction, object store, local file), so the whole
+    /// chain of causes is searched; the text is the last resort, for a layer that kept only it.
     pub fn raw_os_error(&self) -> Option<i32> {
         match self {
             OplogError::Io { source, .. } => source.raw_os_error(),
-            OplogError::Parquet { source: parquet::errors::ParquetError::External(e), .. } => {
-                e.downcast_ref::<std::io::Error>().and_then(|e| e.raw_os_error())
-            }
-            OplogError::Delta { error, .. } => match error.as_ref() {
-                deltalake::DeltaTableError::Io { source } => source.raw_os_error(),
-                deltalake::DeltaTableError::ObjectStore { source: object_store::Error::Generic { source, .. } } => {
-                    source.downcast_ref::<std::io::Error>().and_then(|e| e.raw_os_error())
-                }
-                _ => None,
-            },
+            OplogError::Parquet { source, .. } => os_error_in_chain(source),
+            OplogError::Delta { error, .. } => os_error_in_chain(error.as_ref()),
             _ => None,
         }
     }
+}
+
+/// The first OS error code found walking `error`'s causes.
+fn os_error_in_chain(error: &(dyn std::error::Error + 'static)) -> Option<i32> {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = cause {
+        if let Some(code) = e.downcast_ref::<std::io::Error>().and_then(std::io::Error::raw_os_error) {
+            return Some(code);
+        }
+        if let Some(parquet::errors::ParquetError::External(inner)) = e.downcast_ref::<parquet::errors::ParquetError>()
+            && let Some(code) = os_error_in_chain(inner.as_ref())
+        {
+            return Some(code);
+        }
+        let text = e.to_string();
+        if let Some(code) = [libc::ENOSPC, libc::EDQUOT].into_iter().find(|c| text.contains(&format!("(os error {c})")))
+        {
+            return Some(code);
+        }
+        cause = e.source();
+    }
+    None
 }

@@ -74,6 +74,9 @@ pub struct Oplog {
     /// its key's latest. Built by [`Oplog::load`], kept current by [`Oplog::commit_batch`].
     index: HashMap<RowKey, u64>,
     commits_since_maintenance: u64,
+    /// A checkpoint fell due but could not be written (a full disk, say): try again after the
+    /// next commit. A missing checkpoint only makes opening slower.
+    checkpoint_due: bool,
 }
 
 fn table_url(root: &Path) -> Result<Url, OplogError> {
@@ -129,8 +132,14 @@ impl Oplog {
             .with_raise_if_key_not_exists(false)
             .await
             .map_err(|e| OplogError::delta(&url, e))?;
-        let mut oplog =
-            Oplog { root: root.to_path_buf(), url, table, index: HashMap::new(), commits_since_maintenance: 0 };
+        let mut oplog = Oplog {
+            root: root.to_path_buf(),
+            url,
+            table,
+            index: HashMap::new(),
+            commits_since_maintenance: 0,
+            checkpoint_due: false,
+        };
         let now = now_ns();
         let (uid, gid) = (nix::unistd::geteuid().as_raw(), nix::unistd::getegid().as_raw());
         let root_row = OplogRow::Node {
@@ -190,7 +199,14 @@ impl Oplog {
                 }
             }
         }
-        Ok(Oplog { root: root.to_path_buf(), url, table, index: HashMap::new(), commits_since_maintenance: 0 })
+        Ok(Oplog {
+            root: root.to_path_buf(),
+            url,
+            table,
+            index: HashMap::new(),
+            commits_since_maintenance: 0,
+            checkpoint_due: false,
+        })
     }
 
     pub fn root(&self) -> &Path {
@@ -275,7 +291,24 @@ impl Oplog {
             ..Default::default()
         };
         let op = DeltaOperation::Write { mode: SaveMode::Append, partition_by: None, predicate: None };
-        let version = self.commit_actions(vec![Action::Add(add)], op, &summary).await?;
+        let before = self.version();
+        let version = match self.commit_actions(vec![Action::Add(add)], op, &summary).await {
+            Ok(v) => v,
+            Err(e) => {
+                // When no log entry names the data file it goes, so a full disk does not keep
+                // filling with the data files of commits that never happened. (If the entry may
+                // have landed, the file stays; `pond gc` removes it if nothing names it.)
+                let landed =
+                    self.version() != before || self.root.join("_delta_log").join(log_entry_name(before + 1)).exists();
+                if landed {
+                    return Err(e);
+                }
+                if let Err(rm) = std::fs::remove_file(self.root.join(&name)) {
+                    tracing::warn!("could not remove {name} after a failed commit: {rm}");
+                }
+                return Err(e);
+            }
+        };
         for row in &rows {
             self.index.insert(row.key(), row.seq());
         }
@@ -289,28 +322,74 @@ impl Oplog {
         op: DeltaOperation,
         summary: &CommitSummary,
     ) -> Result<u64, OplogError> {
-        let props = CommitProperties::default().with_cleanup_expired_logs(Some(false)).with_metadata([
-            ("pond.operation".to_string(), serde_json::json!(summary.operation)),
-            ("pond.files_changed".to_string(), serde_json::json!(summary.files_changed)),
-            ("pond.bytes".to_string(), serde_json::json!(summary.bytes)),
-        ]);
-        let snapshot = self.table.snapshot().map_err(|e| OplogError::delta(&self.url, e))?;
-        let finalized = CommitBuilder::from(props)
-            .with_actions(actions)
-            .build(Some(snapshot), self.table.log_store(), op)
-            .await
-            .map_err(|e| OplogError::delta(&self.url, e))?;
-        let version = finalized.version();
-        self.table.state = Some(finalized.snapshot());
-        // object_store's local put does not fsync: make the log entry itself durable.
+        // Checkpoints are written here after the commit, not by delta-rs's post-commit hook: the
+        // hook fails the whole commit when the checkpoint cannot be written, though its log entry
+        // has landed.
+        let props = CommitProperties::default()
+            .with_cleanup_expired_logs(Some(false))
+            .with_create_checkpoint(false)
+            .with_metadata([
+                ("pond.operation".to_string(), serde_json::json!(summary.operation)),
+                ("pond.files_changed".to_string(), serde_json::json!(summary.files_changed)),
+                ("pond.bytes".to_string(), serde_json::json!(summary.bytes)),
+            ]);
         let log_dir = self.root.join("_delta_log");
-        let entry = log_dir.join(format!("{version:020}.json"));
+        if log_dir.join(log_entry_name(self.version() + 1)).exists() {
+            // An earlier commit landed but our view of the table missed it: catch up first, so
+            // the entry that exists after a failure below can only be this commit's.
+            self.table.update_incremental(None).await.map_err(|e| OplogError::delta(&self.url, e))?;
+        }
+        let snapshot = self.table.snapshot().map_err(|e| OplogError::delta(&self.url, e))?;
+        let attempted = snapshot.version() + 1;
+        let entry = log_dir.join(log_entry_name(attempted));
+        let built =
+            CommitBuilder::from(props).with_actions(actions).build(Some(snapshot), self.table.log_store(), op).await;
+        let version = match built {
+            Ok(finalized) => {
+                self.table.state = Some(finalized.snapshot());
+                finalized.version()
+            }
+            // The entry is written whole or not at all (a temp file renamed into place); one that
+            // exists is this commit, whatever failed after it.
+            Err(e) if entry.exists() => {
+                tracing::warn!("version {attempted} is committed, but reading it back failed: {e}");
+                self.table.update_incremental(Some(attempted)).await.map_err(|e| OplogError::delta(&self.url, e))?;
+                attempted
+            }
+            Err(e) => return Err(OplogError::delta(&self.url, e)),
+        };
+        // object_store's local put does not fsync: make the log entry itself durable.
+        let entry = log_dir.join(log_entry_name(version));
         std::fs::File::open(&entry)
             .and_then(|f| f.sync_all())
             .map_err(|e| OplogError::Io { path: entry.clone(), source: e })?;
         datafile::sync_dir(&log_dir)?;
+        self.checkpoint_if_due(version).await;
         Ok(version)
     }
+
+    /// Write a checkpoint every [`CHECKPOINT_INTERVAL`] versions (or after a commit whose
+    /// checkpoint failed). A failure is logged and retried after the next commit: the commit it
+    /// follows stands.
+    async fn checkpoint_if_due(&mut self, version: u64) {
+        use deltalake::table::config::TablePropertiesExt;
+        let interval = self.table.snapshot().map(|s| s.table_config().checkpoint_interval().get()).unwrap_or(50);
+        if !self.checkpoint_due && !(version + 1).is_multiple_of(interval) {
+            return;
+        }
+        match deltalake::checkpoints::create_checkpoint(&self.table, None).await {
+            Ok(()) => self.checkpoint_due = false,
+            Err(e) => {
+                tracing::warn!("checkpoint at version {version} failed, will retry after the next commit: {e}");
+                self.checkpoint_due = true;
+            }
+        }
+    }
+}
+
+/// The file name of a version's log entry in `_delta_log/`.
+fn log_entry_name(version: u64) -> String {
+    format!("{version:020}.json")
 }
 
 /// Read the checkpoints a Delta reader opening `version` (or the latest) may read, before it does:
