@@ -28,8 +28,10 @@ const SHUTDOWN_ATTEMPTS: u32 = 5;
 #[derive(Default)]
 struct State {
     committed: u64,
-    /// The latest failure: the generation it covered and its error.
-    failed: Option<(u64, FsError)>,
+    /// Commit attempts started so far.
+    attempts: u64,
+    /// The latest failure: the generation it covered, the attempt that failed, and its error.
+    failed: Option<Failure>,
     wake: bool,
     urgent: bool,
     stop: bool,
@@ -45,6 +47,12 @@ impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+struct Failure {
+    generation: u64,
+    attempt: u64,
+    error: FsError,
 }
 
 pub struct Committer {
@@ -89,20 +97,24 @@ impl Committer {
         }
     }
 
-    /// Commit now and wait until everything up to `generation` is committed.
+    /// Commit now and wait until everything up to `generation` is committed, or fail with the
+    /// error of an attempt made after this call (an older failure may be out of date: the disk
+    /// that was full may have room again).
     pub fn wait_for(&self, generation: u64) -> Result<(), FsError> {
         let mut st = self.shared.lock();
         st.wake = true;
         st.urgent = true;
+        let attempts_before = st.attempts;
         self.shared.cv.notify_all();
         loop {
             if st.committed >= generation {
                 return Ok(());
             }
-            if let Some((g, e)) = &st.failed
-                && *g >= generation
+            if let Some(f) = &st.failed
+                && f.generation >= generation
+                && f.attempt > attempts_before
             {
-                return Err(clone_err(e));
+                return Err(clone_err(&f.error));
             }
             if st.stopped {
                 return Err(FsError::Io("the committer has stopped".into()));
@@ -135,9 +147,19 @@ fn run(
     rt: Arc<tokio::runtime::Runtime>,
     shared: Arc<Shared>,
 ) -> Result<(), FsError> {
+    // However the thread ends (a panic included), waiters learn it has stopped.
+    struct MarkStopped(Arc<Shared>);
+    impl Drop for MarkStopped {
+        fn drop(&mut self) {
+            let mut st = self.0.lock();
+            st.stopped = true;
+            self.0.cv.notify_all();
+        }
+    }
+    let _stopped = MarkStopped(shared.clone());
     let mut commits = 0u64;
     let mut failures = 0u32;
-    let result = loop {
+    loop {
         let stop = {
             let mut st = shared.lock();
             while !st.wake && !st.stop {
@@ -163,11 +185,16 @@ fn run(
             st.committed = st.committed.max(cut.generation);
             shared.cv.notify_all();
             if stop {
-                break Ok(());
+                return Ok(());
             }
             continue;
         }
         let generation = cut.generation;
+        let attempt = {
+            let mut st = shared.lock();
+            st.attempts += 1;
+            st.attempts
+        };
         match commit_cut(&mut oplog, &inline, &store, &rt, cut) {
             Ok((file, rows)) => {
                 failures = 0;
@@ -188,23 +215,27 @@ fn run(
                 tracing::error!("commit failed (attempt {failures}), will retry: {e}");
                 lock_tree(&tree).requeue(&rows);
                 let mut st = shared.lock();
-                st.failed = Some((generation, e));
+                st.failed = Some(Failure { generation, attempt, error: e });
                 st.wake = true;
                 shared.cv.notify_all();
-                drop(st);
                 if stop && failures >= SHUTDOWN_ATTEMPTS {
-                    break Err(FsError::Io(format!(
+                    return Err(FsError::Io(format!(
                         "giving up after {failures} failed commits; uncommitted changes are lost"
                     )));
                 }
-                std::thread::sleep(Duration::from_millis(100 * u64::from(failures.min(10))));
+                // Back off, but an fsync (urgent) cuts the wait short: it wants a fresh attempt.
+                let backoff = Duration::from_millis(100 * u64::from(failures.min(10)));
+                let deadline = std::time::Instant::now() + backoff;
+                while !st.urgent && !st.stop {
+                    let left = deadline.saturating_duration_since(std::time::Instant::now());
+                    if left.is_zero() {
+                        break;
+                    }
+                    st = shared.cv.wait_timeout(st, left).unwrap_or_else(|p| p.into_inner()).0;
+                }
             }
         }
-    };
-    let mut st = shared.lock();
-    st.stopped = true;
-    shared.cv.notify_all();
-    result
+    }
 }
 
 type CommitFailure = (FsError, Vec<OplogRow>);
