@@ -43,8 +43,11 @@ enum Content {
     Stored(Arc<LargeFileReader>),
     Spilled(File),
     /// A failure in the middle of moving the content (out of space, say) lost the unsaved
-    /// changes; every later call fails. The file's committed content is untouched.
-    Lost,
+    /// changes; every later call fails, with ENOSPC again when that was the cause. The file's
+    /// committed content is untouched.
+    Lost {
+        no_space: bool,
+    },
 }
 
 /// A file's content while it is written (see the module doc).
@@ -66,7 +69,7 @@ impl std::fmt::Debug for HybridWriter {
             Content::Streaming(_) => "streaming",
             Content::Stored(_) => "stored",
             Content::Spilled(_) => "spilled",
-            Content::Lost => "lost",
+            Content::Lost { .. } => "lost",
         };
         f.debug_struct("HybridWriter")
             .field("len", &self.len)
@@ -128,6 +131,11 @@ impl HybridWriter {
         !matches!(self.content, Content::Memory(_))
     }
 
+    /// True once a failure lost the unsaved changes (see `Content::Lost`).
+    pub fn is_lost(&self) -> bool {
+        matches!(self.content, Content::Lost { .. })
+    }
+
     /// True while the content streams straight into its object.
     pub fn is_streaming(&self) -> bool {
         matches!(self.content, Content::Streaming(_))
@@ -164,15 +172,21 @@ impl HybridWriter {
             Content::Streaming(stream) => {
                 if let Err(e) = stream.append(data) {
                     // A half-written chunk cannot be trusted or taken back.
-                    self.content = Content::Lost;
+                    self.content = Content::Lost { no_space: e.is_enospc() };
                     return Err(e);
                 }
             }
             Content::Spilled(file) => {
-                let res = file.write_all_at(data, offset);
-                res.map_err(|e| self.spill_error(e))?;
+                if let Err(e) = file.write_all_at(data, offset) {
+                    // Bytes that landed past the end before the failure must not show up later
+                    // (an extending truncate reads zeros there).
+                    if end > self.len {
+                        let _ = file.set_len(self.len);
+                    }
+                    return Err(self.spill_error(e));
+                }
             }
-            Content::Stored(_) | Content::Lost => unreachable!("leave_memory moves stored content out"),
+            Content::Stored(_) | Content::Lost { .. } => unreachable!("leave_memory moves stored content out"),
         }
         let streaming = self.is_streaming();
         match &mut self.hasher {
@@ -215,15 +229,37 @@ impl HybridWriter {
                     }
                 }
             }
-            Content::Streaming(_) | Content::Lost => unreachable!("spilled above"),
+            Content::Streaming(_) | Content::Lost { .. } => unreachable!("spilled above"),
         }
         Ok(n)
     }
 
     /// Truncates, or extends with zeros, to `len`. Setting the current length changes nothing.
+    /// Truncating to empty (O_TRUNC, `: > file`) drops the old content without reading it, and a
+    /// stored object cut to within the threshold comes back into memory: neither needs disk
+    /// space, so both work on a full disk (and free space there).
     pub fn set_len(&mut self, len: u64) -> Result<(), StoreError> {
         self.check_not_lost()?;
         if len == self.len {
+            return Ok(());
+        }
+        if len == 0 {
+            self.content = Content::Memory(Vec::new());
+            self.len = 0;
+            self.hasher = Some(StreamHasher::new());
+            return Ok(());
+        }
+        if len < self.len
+            && self.threshold.is_inline(len)
+            && let Content::Stored(reader) = &self.content
+        {
+            let mut buf = vec![0u8; len as usize]; // within the threshold
+            let n = reader.read_at(0, &mut buf)?;
+            buf.truncate(n);
+            buf.resize(len as usize, 0);
+            self.content = Content::Memory(buf);
+            self.len = len;
+            self.hasher = None;
             return Ok(());
         }
         if !self.threshold.is_inline(len) || !matches!(self.content, Content::Memory(_)) {
@@ -235,7 +271,7 @@ impl HybridWriter {
                 let res = file.set_len(len);
                 res.map_err(|e| self.spill_error(e))?;
             }
-            Content::Streaming(_) | Content::Stored(_) | Content::Lost => unreachable!("spilled above"),
+            Content::Streaming(_) | Content::Stored(_) | Content::Lost { .. } => unreachable!("spilled above"),
         }
         self.len = len;
         self.hasher = None;
@@ -246,10 +282,12 @@ impl HybridWriter {
     /// inline bytes when the length is within the threshold, else a durable large object.
     pub fn finish(&mut self) -> Result<Finished, StoreError> {
         self.check_not_lost()?;
-        match std::mem::replace(&mut self.content, Content::Lost) {
+        match std::mem::replace(&mut self.content, Content::Lost { no_space: false }) {
             Content::Streaming(stream) => {
                 // Durable at the next commit (LargeFileStore::make_durable), not at every close.
-                let put = stream.finish_deferred()?;
+                let put = stream
+                    .finish_deferred()
+                    .inspect_err(|e| self.content = Content::Lost { no_space: e.is_enospc() })?;
                 let reader = self.store.open(&put.hash)?;
                 self.content = Content::Stored(Arc::new(reader));
                 return Ok(Finished::Large(put));
@@ -311,7 +349,7 @@ impl HybridWriter {
             }
             Content::Memory(_) => self.spill()?,
             Content::Stored(_) => unreachable!("unstore runs first"),
-            Content::Streaming(_) | Content::Spilled(_) | Content::Lost => {}
+            Content::Streaming(_) | Content::Spilled(_) | Content::Lost { .. } => {}
         }
         Ok(())
     }
@@ -347,7 +385,7 @@ impl HybridWriter {
     /// Moves the content to an anonymous spill file (no-op when already there). A failure leaves
     /// memory or stored content as it was; a stream cannot be put back, so its content is lost.
     fn spill(&mut self) -> Result<(), StoreError> {
-        let file = match std::mem::replace(&mut self.content, Content::Lost) {
+        let file = match std::mem::replace(&mut self.content, Content::Lost { no_space: false }) {
             Content::Spilled(file) => file,
             Content::Memory(buf) => {
                 let spilled = tempfile::tempfile_in(&self.spill_dir).and_then(|f| f.write_all_at(&buf, 0).map(|_| f));
@@ -361,7 +399,13 @@ impl HybridWriter {
             }
             // The object so far, finished in its temp file and read back (the temp goes after).
             Content::Streaming(stream) => {
-                stream.into_reader().and_then(|(reader, _tmp)| self.copy_to_spill(&reader))?
+                match stream.into_reader().and_then(|(reader, _tmp)| self.copy_to_spill(&reader)) {
+                    Ok(file) => file,
+                    Err(e) => {
+                        self.content = Content::Lost { no_space: e.is_enospc() };
+                        return Err(e);
+                    }
+                }
             }
             Content::Stored(reader) => match self.copy_to_spill(&reader) {
                 Ok(file) => file,
@@ -370,14 +414,27 @@ impl HybridWriter {
                     return Err(e);
                 }
             },
-            Content::Lost => return Err(lost()),
+            lost @ Content::Lost { .. } => {
+                self.content = lost;
+                return self.check_not_lost();
+            }
         };
         self.content = Content::Spilled(file);
         Ok(())
     }
 
     fn check_not_lost(&self) -> Result<(), StoreError> {
-        if matches!(self.content, Content::Lost) { Err(lost()) } else { Ok(()) }
+        match self.content {
+            Content::Lost { no_space: true } => Err(StoreError::Io {
+                path: self.spill_dir.clone(),
+                source: io::Error::new(
+                    io::ErrorKind::StorageFull,
+                    "an earlier write ran out of space and lost this file's unsaved changes",
+                ),
+            }),
+            Content::Lost { no_space: false } => Err(lost()),
+            _ => Ok(()),
+        }
     }
 
     /// A new spill file holding the verified content of `reader`.

@@ -293,7 +293,22 @@ impl PondFs {
             return Ok(());
         }
         let size = w.len();
-        let content = match w.finish()? {
+        let finished = match w.finish() {
+            Ok(f) => f,
+            Err(e) if w.is_lost() => {
+                // An earlier write lost the unsaved changes (it ran out of space in the middle of
+                // the object): the error is reported here, at close, and the file goes back to
+                // its committed content for every handle, never a mix of the two.
+                s.writer = None;
+                s.dirty = false;
+                if let Ok(node) = self.lock_tree().node_mut(ino) {
+                    node.live = None;
+                }
+                return Err(e.into());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let content = match finished {
             Finished::Inline { bytes, hash, sha256 } => {
                 Content::Inline { bytes: Some(Bytes::from(bytes)), loc: None, hash, sha256 }
             }
