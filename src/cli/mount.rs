@@ -136,8 +136,14 @@ fn daemon(pond: &Path, mountpoint: &Path, opts: &MountOptions, report: OwnedFd) 
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,pond=info"));
     if let Ok(file) = std::fs::OpenOptions::new().create(true).append(true).open(&log_path) {
-        let _ =
-            tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false).with_writer(Arc::new(file)).try_init();
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(false)
+            .with_writer(Arc::new(file))
+            // On a full disk the log cannot be written: the event is dropped (the default
+            // reports it on stderr, which here is that same file, and eprintln! panics).
+            .log_internal_errors(false)
+            .try_init();
     }
     let mut report = std::fs::File::from(report);
     match serve(pond, mountpoint, opts, Some(&mut report)) {
