@@ -45,7 +45,7 @@ log=$(mktemp /tmp/pond-soak-log.XXXXXX)
 cleanup() {
     scripts/s3-local.sh stop || true
     local m
-    for m in $(awk '$3 ~ /^fuse/ && $1 ~ /pond/ && $2 ~ /^\/tmp\// {print $2}' /proc/mounts); do
+    for m in $(awk '(($3 ~ /^fuse/ && $1 ~ /pond/) || $1 == "pond-test-full") && $2 ~ /^\/tmp\// {print $2}' /proc/mounts); do
         umount -l "$m" 2>/dev/null || true
     done
 }

@@ -34,7 +34,8 @@ export POND_PY_VENV=$venv
 cleanup() {
     scripts/s3-local.sh stop || true
     local m
-    for m in $(awk '$3 ~ /^fuse/ && $1 ~ /pond/ && $2 ~ /^\/tmp\// {print $2}' /proc/mounts); do
+    # (and the small tmpfs filesystems the full-disk test makes, named pond-test-full)
+    for m in $(awk '(($3 ~ /^fuse/ && $1 ~ /pond/) || $1 == "pond-test-full") && $2 ~ /^\/tmp\// {print $2}' /proc/mounts); do
         umount -l "$m" 2>/dev/null || true
     done
 }

@@ -12,6 +12,8 @@ mod crash;
 mod crash_loop;
 /// Python's deltalake reads the table: rows and inline content as written.
 mod delta_reader;
+/// A pond on a small tmpfs fills up: ENOSPC and nothing else, acknowledged files intact, recovery.
+mod full_disk;
 /// Real mounts: errno for each refusal, offsets/append/truncate, rename flags, xattrs, ro/version mounts.
 mod fuse_posix;
 /// Real mounts driven by cp -a, rsync -aH twice, tar, git, save-by-rename; remount keeps everything.
