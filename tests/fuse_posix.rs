@@ -228,3 +228,33 @@ fn the_threshold_option_moves_the_inline_boundary() {
     );
     assert_eq!(crate::common::pond(&["cat", pond.path(), "above"]).stdout, pattern(1025, 2));
 }
+
+/// A process forked while a file is open closes its inherited copy of the descriptor at exec (or
+/// exit), and the kernel sends a flush for it. That is not the writer's close: committing there
+/// would make a version of a half-written file (what a crash would then show, and history keep).
+#[test]
+fn a_child_closing_an_inherited_descriptor_does_not_commit_a_half_written_file() {
+    let pond = TestPond::new();
+    let m = Mounted::new(&pond.root, &pond.scratch("mnt"), &[]);
+    let cat = |name: &str| {
+        let out = crate::common::pond(&["cat", pond.path(), name]);
+        assert!(out.status.success(), "pond cat {name}: {}", crate::common::describe(&out));
+        out.stdout
+    };
+    for (name, size) in [("small", T / 2), ("large", 4 * C + 5)] {
+        let data = pattern(size, size as u64);
+        let mut f = OpenOptions::new().write(true).create_new(true).open(m.path(name)).unwrap();
+        f.write_all(&data[..size / 2]).unwrap();
+        // Every spawn forks this process with `f` open; the child's exec closes the copy.
+        for _ in 0..3 {
+            assert!(std::process::Command::new("true").status().unwrap().success());
+        }
+        // A flush taken as a close would be committed within the batching window.
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        assert_eq!(cat(name).len(), 0, "{name}: committed half-written after a child's exec closed its copy");
+        f.write_all(&data[size / 2..]).unwrap();
+        f.sync_all().unwrap();
+        assert_same_bytes(&cat(name), &data, &format!("{name} after fsync"));
+        drop(f);
+    }
+}

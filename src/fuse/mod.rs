@@ -18,6 +18,9 @@
 //!   content comes through this mount's page cache (writes, truncates) and a read-only mount serves
 //!   a fixed snapshot; re-reading a large file then costs no decode or hash. Opens for writing get no
 //!   flag, so the kernel drops the inode's cached pages on such opens (the conservative default).
+//! - **Whose close is a close**: a flush finalizes the file's content only when it comes from the
+//!   process that opened the handle; a forked child closing its inherited copy at exec or exit
+//!   does not make a version of a half-written file ([`openers`]).
 //! - **fsync off the event loop**: `fsync` and `fsyncdir` wait for a commit on a thread of their
 //!   own and reply from there, so writers fsyncing at once never hold every loop thread while `ls`
 //!   or a `stat` waits behind them.
@@ -30,6 +33,7 @@
 
 pub mod attr;
 pub mod errno;
+mod openers;
 pub mod session;
 
 use std::ffi::OsStr;
@@ -58,12 +62,13 @@ const GENERATION: Generation = Generation(0);
 /// The `fuser::Filesystem` over a [`PondFs`].
 pub struct PondFuse {
     fs: Arc<PondFs>,
+    openers: openers::Openers,
 }
 
 impl PondFuse {
     pub fn new(fs: Arc<PondFs>) -> PondFuse {
         fs.count_kernel_lookups();
-        PondFuse { fs }
+        PondFuse { fs, openers: openers::Openers::default() }
     }
 
     /// Run `op` — one that waits for a commit — on a thread of its own and reply from there, so the
@@ -285,10 +290,13 @@ impl Filesystem for PondFuse {
         reply_entry("link", self.fs.link(ino.0, newparent.0, newname.as_bytes()), reply);
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         tracing::debug!(ino = ino.0, flags = format_args!("{:#o}", flags.0), "open");
         match self.fs.open_file(ino.0, flags.0) {
-            Ok(fh) => reply.opened(FileHandle(fh), fopen_flags(flags.0)),
+            Ok(fh) => {
+                self.openers.record(fh, req.pid());
+                reply.opened(FileHandle(fh), fopen_flags(flags.0))
+            }
             Err(e) => reply.error(fail("open", e)),
         }
     }
@@ -330,8 +338,13 @@ impl Filesystem for PondFuse {
         }
     }
 
-    fn flush(&self, _req: &Request, ino: INodeNo, fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
-        tracing::debug!(ino = ino.0, fh = fh.0, "flush");
+    fn flush(&self, req: &Request, ino: INodeNo, fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+        tracing::debug!(ino = ino.0, fh = fh.0, pid = req.pid(), "flush");
+        if !self.openers.is_openers_process(fh.0, req.pid()) {
+            // Another process closing its inherited copy (see `openers`): not the writer's close.
+            reply.ok();
+            return;
+        }
         reply_empty("flush", self.fs.flush(fh.0), reply);
     }
 
@@ -346,6 +359,7 @@ impl Filesystem for PondFuse {
         reply: ReplyEmpty,
     ) {
         tracing::debug!(ino = ino.0, fh = fh.0, "release");
+        self.openers.forget(fh.0);
         reply_empty("release", self.fs.release(fh.0), reply);
     }
 
@@ -474,7 +488,10 @@ impl Filesystem for PondFuse {
             "create"
         );
         match self.fs.create(parent.0, name.as_bytes(), mode & 0o7777, flags, caller(req)) {
-            Ok((a, fh)) => reply.created(&TTL, &file_attr(&a), GENERATION, FileHandle(fh), fopen_flags(flags)),
+            Ok((a, fh)) => {
+                self.openers.record(fh, req.pid());
+                reply.created(&TTL, &file_attr(&a), GENERATION, FileHandle(fh), fopen_flags(flags))
+            }
             Err(e) => reply.error(fail("create", e)),
         }
     }
