@@ -31,6 +31,7 @@ use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::common::rng::Rng;
 use crate::common::sizes::{C, T};
 use crate::common::{Mounted, TestPond, daemons, describe, is_mounted, pattern, pond, pond_ok, soak, wait_for_exit};
 
@@ -65,30 +66,6 @@ struct Log {
     fsyncs: u64,
     /// BLAKE3 of every content the model ever finalized (to tell a torn file from a stale one).
     known: HashSet<[u8; 32]>,
-}
-
-/// xorshift64*: small, seeded, reproducible.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-
-    fn chance(&mut self, percent: usize) -> bool {
-        self.below(100) < percent
-    }
-
-    fn pick<'a, X>(&mut self, items: &'a [X]) -> Option<&'a X> {
-        if items.is_empty() { None } else { Some(&items[self.below(items.len())]) }
-    }
 }
 
 /// A failed step: what it was, and the error.
@@ -262,7 +239,7 @@ impl Writer {
         fsync_pct: usize,
     ) -> Result<(), StepError> {
         let piece = *self.rng.pick(&[4096usize, 64 * 1024, 128 * 1024, data.len().max(1)]).expect("sizes");
-        let fsync_after = self.rng.chance(fsync_pct).then(|| self.rng.below(data.len().max(1)));
+        let fsync_after = self.rng.chance(fsync_pct as u64).then(|| self.rng.below(data.len().max(1)));
         if data.len() > T {
             self.set_phase(PHASE_LARGE_WRITE);
         }
@@ -776,11 +753,11 @@ fn crash_pond(seed: u64, tally: &mut Tally) {
     let ops = Arc::new(AtomicU64::new(0));
     let phase = Arc::new(AtomicU8::new(PHASE_OTHER));
     let request = Arc::new(AtomicU8::new(PHASE_OTHER));
-    let mut killer = Rng(seed.rotate_left(17) | 1);
+    let mut killer = Rng::new(seed.rotate_left(17));
     let mut writer = Writer {
         mnt: mnt.clone(),
         cur: State::new(),
-        rng: Rng(seed),
+        rng: Rng::new(seed),
         next_id: 0,
         next_seed: seed % 1_000_000,
         log: Arc::new(Mutex::new(Log { states: vec![State::new()], acked: 0, fsyncs: 0, known: HashSet::new() })),

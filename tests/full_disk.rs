@@ -125,6 +125,17 @@ fn seen_and_committed(mountpoint: &Path, pond_dir: &Path, name: &str, when: &str
     let seen = read_all(&path).unwrap_or_else(|e| panic!("{when}: reading {name}: {e}"));
     let out = pond(&["cat", pond_dir.to_str().unwrap(), name]);
     assert!(out.status.success(), "{when}: pond cat {name}: {}", describe(&out));
+    if seen != out.stdout {
+        let log = std::fs::read_to_string(pond_dir.join("_pond/mount.log")).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(30).collect();
+        eprintln!(
+            "{when}: {name}: the mount shows {} bytes, the pond holds {}; pond log:\n{}\ndaemon log (last lines first):\n{}",
+            seen.len(),
+            out.stdout.len(),
+            String::from_utf8_lossy(&pond(&["log", pond_dir.to_str().unwrap()]).stdout),
+            tail.join("\n")
+        );
+    }
     assert_same_bytes(&seen, &out.stdout, &format!("{when}: {name} through the mount vs in the pond"));
     seen
 }

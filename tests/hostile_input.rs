@@ -50,6 +50,7 @@ use pond::oplog::schema::{Content, OplogRow};
 use pond::oplog::{Oplog, ROOT_INO, history};
 use pond::replica::layout::PondFile;
 
+use crate::common::rng::Rng;
 use crate::common::sizes::{C, T};
 use crate::common::{ME, pattern, pond_bin, runtime, soak};
 
@@ -57,39 +58,6 @@ use crate::common::{ME, pattern, pond_bin, runtime, soak};
 const CASE_TIMEOUT: Duration = Duration::from_secs(20);
 /// Address-space limit of every child: a reader that tries to allocate past it aborts (a failure).
 const ADDRESS_SPACE: u64 = 4 << 30;
-
-// ---------------------------------------------------------------------------------------------------
-// Seeded randomness
-
-/// SplitMix64: small, seedable, good enough to pick mutations.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed ^ 0x5851_F42D_4C95_7F2D)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n` (0 when `n` is 0).
-    fn below(&mut self, n: usize) -> usize {
-        if n == 0 { 0 } else { (self.next() % n as u64) as usize }
-    }
-
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len())]
-    }
-
-    fn chance(&mut self, percent: u64) -> bool {
-        self.next() % 100 < percent
-    }
-}
 
 /// The seeds of a target's cases: `short` of them, times the soak scale; or only the one
 /// `POND_HOSTILE_SEED` names (as a failure prints it), to replay a case.
@@ -497,7 +465,7 @@ fn json_edit(rng: &mut Rng, text: &str) -> JsonEdit {
             size: if rng.chance(50) { json!(5) } else { absurd_json(rng) },
         },
         4 => JsonEdit::GarbageLine(
-            rng.pick(&["{", "[]", "null", "{\"add\":{}}", "{\"add\":{\"path\":5}}", "\u{0}", "{\"protocol\":7}"])
+            rng.one_of(&["{", "[]", "null", "{\"add\":{}}", "{\"add\":{\"path\":5}}", "\u{0}", "{\"protocol\":7}"])
                 .to_string(),
         ),
         _ => {
@@ -508,11 +476,11 @@ fn json_edit(rng: &mut Rng, text: &str) -> JsonEdit {
             // Paths of data files are the most interesting leaves: half the time, aim at one.
             let path_ps: Vec<String> = ps.iter().filter(|p| p.ends_with("/path")).cloned().collect();
             let pointer = if !path_ps.is_empty() && rng.chance(40) {
-                rng.pick(&path_ps).clone()
+                rng.one_of(&path_ps).clone()
             } else if ps.is_empty() {
                 String::new()
             } else {
-                rng.pick(&ps).clone()
+                rng.one_of(&ps).clone()
             };
             let value = if pointer.ends_with("/path") && rng.chance(70) {
                 Some(json!(escaping_path(rng)))
@@ -597,7 +565,7 @@ fn absurd_value(rng: &mut Rng, ty: &DataType, nullable: bool, hashes: &[String])
         return Absurd::Null;
     }
     match ty {
-        DataType::Int64 | DataType::Int32 => Absurd::Int(*rng.pick(&[
+        DataType::Int64 | DataType::Int32 => Absurd::Int(*rng.one_of(&[
             -1,
             0,
             1,
@@ -611,8 +579,8 @@ fn absurd_value(rng: &mut Rng, ty: &DataType, nullable: bool, hashes: &[String])
         ])),
         DataType::Utf8 => Absurd::Str(match rng.below(6) {
             0 => escaping_path(rng),
-            1 => rng.pick(&["", "node", "dirent", "bogus", "file", "dir", "symlink", "zz", "\u{0}"]).to_string(),
-            2 if !hashes.is_empty() => rng.pick(hashes).clone(),
+            1 => rng.one_of(&["", "node", "dirent", "bogus", "file", "dir", "symlink", "zz", "\u{0}"]).to_string(),
+            2 if !hashes.is_empty() => rng.one_of(hashes).clone(),
             3 => "0".repeat(64),
             4 => "x".repeat(1 + rng.below(100_000)),
             _ => json!({"type": "struct", "fields": [{"name": "x", "type": "long", "nullable": true,
@@ -730,9 +698,9 @@ fn value_mutation(rng: &mut Rng, path: &Path, hashes: &[String]) -> Option<Mutat
     if candidates.is_empty() {
         return None;
     }
-    let (leaf, column, field) = rng.pick(&candidates).clone();
+    let (leaf, column, field) = rng.one_of(&candidates).clone();
     let rows: Vec<usize> = (0..batch.num_rows()).filter(|&r| present(&leaf, r)).collect();
-    let row = *rng.pick(&rows);
+    let row = *rng.one_of(&rows);
     let value = absurd_value(rng, field.data_type(), true, hashes);
     Some(Mutation::Value { row, column, value })
 }
@@ -772,19 +740,19 @@ fn offset(rng: &mut Rng, len: usize) -> usize {
 fn byte_mutation(rng: &mut Rng, len: usize, others: &[String]) -> Mutation {
     match rng.below(if others.is_empty() { 10 } else { 12 }) {
         0..=2 => Mutation::FlipBits { at: offset(rng, len), mask: 1 << rng.below(8) | rng.next() as u8 & 1 },
-        3 => Mutation::ByteRun { at: offset(rng, len), len: 1 + rng.below(64), byte: *rng.pick(&[0xff, 0x80, 0x7f]) },
+        3 => Mutation::ByteRun { at: offset(rng, len), len: 1 + rng.below(64), byte: *rng.one_of(&[0xff, 0x80, 0x7f]) },
         4 => Mutation::ZeroFill { at: offset(rng, len), len: 1 + rng.below(256) },
         5 | 6 => Mutation::Truncate { len: offset(rng, len) },
         7 => Mutation::Append { len: 1 + rng.below(4096), seed: rng.next() },
         8 => Mutation::Empty,
         9 => Mutation::Delete,
         10 => Mutation::Splice {
-            from: rng.pick(others).clone(),
+            from: rng.one_of(others).clone(),
             from_at: rng.below(4096),
             at: offset(rng, len),
             len: 1 + rng.below(512),
         },
-        _ => Mutation::Replace { from: rng.pick(others).clone() },
+        _ => Mutation::Replace { from: rng.one_of(others).clone() },
     }
 }
 
@@ -852,7 +820,7 @@ fn mutate(rng: &mut Rng, root: &Path, kinds: &[FileKind], checkpoint: u64) -> Ve
     let mut done = Vec::new();
     let n = 1 + if rng.chance(25) { rng.below(3) } else { 0 };
     for _ in 0..n {
-        let kind = *rng.pick(kinds);
+        let kind = *rng.one_of(kinds);
         let mut candidates = files_of(root, kind);
         if kind == FileKind::LogEntry && rng.chance(60) {
             // Entries after the checkpoint are what a reader of the latest version replays.
@@ -866,7 +834,7 @@ fn mutate(rng: &mut Rng, root: &Path, kinds: &[FileKind], checkpoint: u64) -> Ve
         if candidates.is_empty() {
             continue;
         }
-        let file = rng.pick(&candidates).clone();
+        let file = rng.one_of(&candidates).clone();
         let rel = |p: &Path| p.strip_prefix(root).expect("under root").to_string_lossy().into_owned();
         let others: Vec<String> = [FileKind::Data, FileKind::Checkpoint, FileKind::Object, FileKind::LogEntry]
             .iter()
@@ -1076,8 +1044,8 @@ fn local_case(tally: &mut Tally, target: &str, kinds: &[FileKind], seed: u64) {
     let case = format!("[{target} seed={seed:#x}] {}", mutations.join("; "));
     let before = tree_digest(&pond);
     let p = os(&pond);
-    let file = rng.pick(&b.files).clone();
-    let other = rng.pick(&b.files).clone();
+    let file = rng.one_of(&b.files).clone();
+    let other = rng.one_of(&b.files).clone();
     let version = 1 + rng.below(b.latest as usize) as u64;
     let commands: Vec<Vec<OsString>> = vec![
         vec![os("verify"), p.clone()],
@@ -1151,7 +1119,7 @@ fn restore_case(tally: &mut Tally, seed: u64) {
         mutations.push(format!("_delta_log/_last_checkpoint <- {}", describe(&m)));
     }
     if rng.chance(15) {
-        let name = rng.pick(&[
+        let name = rng.one_of(&[
             "notes.txt",
             "sub/x.parquet",
             "_large_files/xyz.parquet",
@@ -1202,7 +1170,7 @@ fn restore_case(tally: &mut Tally, seed: u64) {
     if verdict == Some(Verdict::Ok) {
         // What restore verified must read: content some version held, or a clear error.
         let t = os(&target);
-        let file = rng.pick(&b.files).clone();
+        let file = rng.one_of(&b.files).clone();
         check_run(tally, &case, vec![os("ls"), t.clone()], dir.path());
         check_run(tally, &case, vec![os("cat"), t, os(file)], dir.path());
     }
@@ -1348,7 +1316,7 @@ fn data_files_decode_or_fail_cleanly_under_many_corruptions() {
         let mut tally = Tally::default();
         for seed in seeds(part, 150) {
             let mut rng = Rng::new(seed);
-            let file = rng.pick(&files).clone();
+            let file = rng.one_of(&files).clone();
             let original = std::fs::read(&file).expect("read data file");
             let len = original.len();
             let m = if rng.chance(35) {
@@ -1390,7 +1358,7 @@ fn checkpoints_open_or_fail_cleanly_under_many_corruptions() {
         for seed in seeds(part, 40) {
             let mut rng = Rng::new(seed);
             let kind = if rng.chance(80) { FileKind::Checkpoint } else { FileKind::LastCheckpoint };
-            let file = rng.pick(&files_of(&root, kind)).clone();
+            let file = rng.one_of(&files_of(&root, kind)).clone();
             let original = std::fs::read(&file).expect("read");
             let m = match kind {
                 FileKind::Checkpoint if rng.chance(30) => {
@@ -1453,7 +1421,7 @@ fn log_entries_parse_or_fail_cleanly_under_many_corruptions() {
         let mut tally = Tally::default();
         for seed in seeds(part, 250) {
             let mut rng = Rng::new(seed);
-            let file = rng.pick(&entries).clone();
+            let file = rng.one_of(&entries).clone();
             let original = std::fs::read(&file).expect("read entry");
             let mut done = Vec::new();
             for _ in 0..1 + rng.below(3) {

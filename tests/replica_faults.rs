@@ -36,6 +36,7 @@ use pond::oplog::{ROOT_INO, datafile, history};
 use pond::replica::remote::PART_SIZE;
 use pond::replica::{self, PondFile, Quiet, Remote, ReplicaError, ReplicateReport};
 
+use crate::common::rng::Rng;
 use crate::common::sizes::{C, T};
 use crate::common::{TestPond, assert_same_tree, latest_version, pattern, runtime, soak, tree_snapshot, write_file};
 
@@ -1033,23 +1034,6 @@ fn a_delayed_upload_holds_back_every_log_entry_and_one_under_way_when_another_fa
     outcome.report();
 }
 
-/// splitmix64: a small seeded generator, so a failing schedule can be replayed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 /// A fault drawn at random for `put`.
 fn random_fault(rng: &mut Rng, put: &Put) -> Fault {
     let mut choices = vec![
@@ -1057,12 +1041,12 @@ fn random_fault(rng: &mut Rng, put: &Put) -> Fault {
         Fault::StoreThenFail,
         Fault::Truncate,
         Fault::TruncateThenDrop,
-        Fault::Delay(Duration::from_millis(rng.below(150))),
+        Fault::Delay(Duration::from_millis(rng.below(150) as u64)),
     ];
     if put.multipart {
-        choices.extend([Fault::BreakAfterParts(rng.below(2) as usize), Fault::FailComplete]);
+        choices.extend([Fault::BreakAfterParts(rng.below(2)), Fault::FailComplete]);
     }
-    choices[rng.below(choices.len() as u64) as usize]
+    choices[rng.below(choices.len())]
 }
 
 #[test]
@@ -1073,15 +1057,15 @@ fn random_fault_schedules_never_leave_a_broken_version_nor_resend_what_arrived()
     // checkpoint, and once by a file past one multipart part) and replicating twice under schedules
     // whose fault rates are drawn too.
     for epoch in 0..soak::rounds(2) {
-        let mut rng = Rng(seed ^ epoch.wrapping_mul(0xA076_1D64_78BD_642F));
+        let mut rng = Rng::new(seed ^ epoch.wrapping_mul(0xA076_1D64_78BD_642F));
         let pond = TestPond::new();
         let mut rig = Rig::new(&pond, "remote");
         for round in 0..10u64 {
             grow(&pond.root, round * 6..round * 6 + 6, round == 2);
             // Two runs a round, each under its own schedule and fault rate.
             for _ in 0..2 {
-                let per_mille = [0, 100, 250, 500][rng.below(4) as usize];
-                let mut draw = Rng(rng.next());
+                let per_mille = [0, 100, 250, 500][rng.below(4)];
+                let mut draw = Rng::new(rng.next());
                 let plan: Plan =
                     Box::new(move |put| (draw.below(1000) < per_mille).then(|| random_fault(&mut draw, put)));
                 if let Ok(report) = rig.run(plan) {

@@ -31,6 +31,11 @@ impl Rng {
         self.next() % 100 < percent
     }
 
+    /// One of `items`, which must not be empty.
+    pub fn one_of<'a, X>(&mut self, items: &'a [X]) -> &'a X {
+        &items[self.below(items.len())]
+    }
+
     /// One of `items` (None when there are none).
     pub fn pick<'a, X>(&mut self, items: &'a [X]) -> Option<&'a X> {
         if items.is_empty() { None } else { Some(&items[self.below(items.len())]) }
