@@ -32,7 +32,7 @@ deadline=$((SECONDS + $(secs "$duration")))
 
 # The environment of the test command (tools, venv, S3 server), without running its tests.
 need=()
-for tool in fusermount3:fuse3 rsync:rsync mkfs.ext4:e2fsprogs setfattr:attr curl:curl; do
+for tool in fusermount3:fuse3 rsync:rsync setfattr:attr curl:curl git:git; do
     command -v "${tool%%:*}" >/dev/null || need+=("${tool#*:}")
 done
 if ((${#need[@]})); then
