@@ -42,14 +42,9 @@ fi
 [[ -e /dev/fuse ]] || { echo "soak.sh: /dev/fuse is missing: the fault suite mounts FUSE" >&2; exit 1; }
 report=$(mktemp /tmp/pond-soak-report.XXXXXX)
 log=$(mktemp /tmp/pond-soak-log.XXXXXX)
-cleanup() {
-    scripts/s3-local.sh stop || true
-    local m
-    for m in $(awk '(($3 ~ /^fuse/ && $1 ~ /pond/) || $1 == "pond-test-full") && $2 ~ /^\/tmp\// {print $2}' /proc/mounts); do
-        umount -l "$m" 2>/dev/null || true
-    done
-}
-trap 'rc=$?; cleanup; exit $rc' EXIT
+# Nothing of ours may outlive the run (the S3 server, mounts a crashed test left).
+source scripts/leftovers.sh
+trap 'rc=$?; cleanup_leftovers; exit $rc' EXIT
 eval "$(scripts/s3-local.sh start)"
 export POND_FAULT_REPORT=$report
 

@@ -30,16 +30,9 @@ if ! "$venv/bin/python" -c 'import deltalake, pyarrow' 2>/dev/null; then
 fi
 export POND_PY_VENV=$venv
 
-# Nothing of ours may outlive the run: the S3 server, and any mount a crashed test left.
-cleanup() {
-    scripts/s3-local.sh stop || true
-    local m
-    # (and the small tmpfs filesystems the full-disk test makes, named pond-test-full)
-    for m in $(awk '(($3 ~ /^fuse/ && $1 ~ /pond/) || $1 == "pond-test-full") && $2 ~ /^\/tmp\// {print $2}' /proc/mounts); do
-        umount -l "$m" 2>/dev/null || true
-    done
-}
-trap 'rc=$?; cleanup; exit $rc' EXIT
+# Nothing of ours may outlive the run (the S3 server, mounts a crashed test left).
+source scripts/leftovers.sh
+trap 'rc=$?; cleanup_leftovers; exit $rc' EXIT
 eval "$(scripts/s3-local.sh start)"
 
 cargo build --locked --all-targets

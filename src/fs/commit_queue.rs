@@ -47,6 +47,19 @@ impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// Wait up to `wait`, or less if an fsync (urgent) or shutdown comes meanwhile.
+    fn wait_unless_urgent<'a>(&'a self, mut st: MutexGuard<'a, State>, wait: Duration) -> MutexGuard<'a, State> {
+        let deadline = std::time::Instant::now() + wait;
+        while !st.urgent && !st.stop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            st = self.cv.wait_timeout(st, left).unwrap_or_else(|p| p.into_inner()).0;
+        }
+        st
+    }
 }
 
 struct Failure {
@@ -167,14 +180,7 @@ fn run(
             }
             // Gather releases for the batching window, but cut at once when an fsync (urgent) or
             // shutdown arrives meanwhile.
-            let deadline = std::time::Instant::now() + BATCH_WINDOW;
-            while !st.urgent && !st.stop {
-                let left = deadline.saturating_duration_since(std::time::Instant::now());
-                if left.is_zero() {
-                    break;
-                }
-                st = shared.cv.wait_timeout(st, left).unwrap_or_else(|p| p.into_inner()).0;
-            }
+            st = shared.wait_unless_urgent(st, BATCH_WINDOW);
             st.wake = false;
             st.urgent = false;
             st.stop
@@ -224,15 +230,7 @@ fn run(
                     )));
                 }
                 // Back off, but an fsync (urgent) cuts the wait short: it wants a fresh attempt.
-                let backoff = Duration::from_millis(100 * u64::from(failures.min(10)));
-                let deadline = std::time::Instant::now() + backoff;
-                while !st.urgent && !st.stop {
-                    let left = deadline.saturating_duration_since(std::time::Instant::now());
-                    if left.is_zero() {
-                        break;
-                    }
-                    st = shared.cv.wait_timeout(st, left).unwrap_or_else(|p| p.into_inner()).0;
-                }
+                drop(shared.wait_unless_urgent(st, Duration::from_millis(100 * u64::from(failures.min(10)))));
             }
         }
     }

@@ -132,14 +132,7 @@ impl Oplog {
             .with_raise_if_key_not_exists(false)
             .await
             .map_err(|e| OplogError::delta(&url, e))?;
-        let mut oplog = Oplog {
-            root: root.to_path_buf(),
-            url,
-            table,
-            index: HashMap::new(),
-            commits_since_maintenance: 0,
-            checkpoint_due: false,
-        };
+        let mut oplog = Oplog::with_table(root, url, table);
         let now = now_ns();
         let (uid, gid) = (nix::unistd::geteuid().as_raw(), nix::unistd::getegid().as_raw());
         let root_row = OplogRow::Node {
@@ -199,14 +192,18 @@ impl Oplog {
                 }
             }
         }
-        Ok(Oplog {
+        Ok(Oplog::with_table(root, url, table))
+    }
+
+    fn with_table(root: &Path, url: Url, table: DeltaTable) -> Oplog {
+        Oplog {
             root: root.to_path_buf(),
             url,
             table,
             index: HashMap::new(),
             commits_since_maintenance: 0,
             checkpoint_due: false,
-        })
+        }
     }
 
     pub fn root(&self) -> &Path {
