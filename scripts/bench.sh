@@ -12,8 +12,10 @@
 # mount (pond of BIG_FILES files and BIG_COMMITS commits), rss, replica (vs cp -r and restic).
 # Sizes: SEQ_MIB (1024), FIO_SECS (10), SMALL_FILES (10000) x SMALL_KIB (4), MEDIUM_FILES (1000) x
 # MEDIUM_KIB (200), TREE_MIB (~200, the rsync tree), LAT_OPS (2000), BIG_FILES (100000),
-# BIG_COMMITS (10000), RSS_MIB (4096), REPLICA_MIB (2048). Work dir: BENCH_DIR (default
-# ~/.cache/pond-bench-main). Results: RESULTS_DIR (default results/).
+# BIG_COMMITS (10000), RSS_MIB (4096), REPLICA_MIB (2048). ROUNDS (3): the workloads on the three
+# targets run ROUNDS times, each round on fresh directories with the targets in a rotated order,
+# and the report takes each figure's median (one run of one workload swings by tens of percent
+# here). Work dir: BENCH_DIR (default ~/.cache/pond-bench-main). Results: RESULTS_DIR (default results/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
@@ -24,6 +26,7 @@ MEDIUM_FILES=${MEDIUM_FILES:-1000} MEDIUM_KIB=${MEDIUM_KIB:-200}
 TREE_MIB=${TREE_MIB:-200} LAT_OPS=${LAT_OPS:-2000}
 BIG_FILES=${BIG_FILES:-100000} BIG_COMMITS=${BIG_COMMITS:-10000}
 RSS_MIB=${RSS_MIB:-4096} REPLICA_MIB=${REPLICA_MIB:-2048}
+ROUNDS=${ROUNDS:-3}
 ONLY=${ONLY:-seq tar rsync tree latency mount rss replica}
 work=${BENCH_DIR:-$HOME/.cache/pond-bench-main}
 results=${RESULTS_DIR:-$repo/results}
@@ -154,7 +157,7 @@ tree_in=tree-$TREE_MIB
 [[ -e $work/data/$tree_in.done ]] || { rm -rf "$work/data/$tree_in"; python3 -c "$mk_tree" "$work/data/$tree_in" "$TREE_MIB"; touch "$work/data/$tree_in.done"; }
 seq_bytes=$((SEQ_MIB << 20))
 
-echo "{\"started\":\"$(date -Is)\",\"kernel\":\"$(uname -r)\",\"cpus\":$(nproc),\"commit\":\"$(git rev-parse --short HEAD)\",\"sizes\":{\"SEQ_MIB\":$SEQ_MIB,\"FIO_SECS\":$FIO_SECS,\"SMALL_FILES\":$SMALL_FILES,\"SMALL_KIB\":$SMALL_KIB,\"MEDIUM_FILES\":$MEDIUM_FILES,\"MEDIUM_KIB\":$MEDIUM_KIB,\"TREE_MIB\":$TREE_MIB,\"LAT_OPS\":$LAT_OPS,\"BIG_FILES\":$BIG_FILES,\"BIG_COMMITS\":$BIG_COMMITS,\"RSS_MIB\":$RSS_MIB,\"REPLICA_MIB\":$REPLICA_MIB}}" >"$work/meta.json"
+echo "{\"started\":\"$(date -Is)\",\"kernel\":\"$(uname -r)\",\"cpus\":$(nproc),\"commit\":\"$(git rev-parse --short HEAD)\",\"rounds\":$ROUNDS,\"sizes\":{\"SEQ_MIB\":$SEQ_MIB,\"FIO_SECS\":$FIO_SECS,\"SMALL_FILES\":$SMALL_FILES,\"SMALL_KIB\":$SMALL_KIB,\"MEDIUM_FILES\":$MEDIUM_FILES,\"MEDIUM_KIB\":$MEDIUM_KIB,\"TREE_MIB\":$TREE_MIB,\"LAT_OPS\":$LAT_OPS,\"BIG_FILES\":$BIG_FILES,\"BIG_COMMITS\":$BIG_COMMITS,\"RSS_MIB\":$RSS_MIB,\"REPLICA_MIB\":$REPLICA_MIB}}" >"$work/meta.json"
 
 # --- workloads on the three targets --------------------------------------------------------------
 fio_iops() { # fio_iops FILE JOBS
@@ -175,11 +178,13 @@ PY
 }
 
 if wants seq || wants tar || wants rsync || wants tree || wants latency; then
-    start_targets
     cat "$work/data/$seq_in" "$work/data/$seq_cp_in" >/dev/null # sources stay in the page cache
-    for t in "${targets[@]}"; do
+  for ((round = 0; round < ROUNDS; round++)); do
+    start_targets
+    shift_by=$((round % ${#targets[@]}))
+    for t in "${targets[@]:shift_by}" "${targets[@]:0:shift_by}"; do
         d=${dir[$t]}
-        log "== $t ($d)"
+        log "== round $((round + 1))/$ROUNDS: $t ($d)"
         if wants seq; then
             sync
             timed seq_write_dd "$t" $seq_bytes dd if="$work/data/$seq_in" of="$d/seq.bin" bs=1M conv=fsync status=none
@@ -218,6 +223,7 @@ if wants seq || wants tar || wants rsync || wants tree || wants latency; then
         fi
     done
     stop_targets
+  done
 fi
 
 # --- pond alone ----------------------------------------------------------------------------------
