@@ -23,8 +23,8 @@ use pond::oplog::ROOT_INO;
 
 use crate::common::sizes::{C, T};
 use crate::common::{
-    ChildGuard, Mounted, TestPond, assert_same_tree, describe, pattern, pond, pond_bin, pond_ok, read_file, soak,
-    tree_snapshot,
+    ChildGuard, Mounted, TestPond, assert_same_tree, close, describe, pattern, pond, pond_bin, pond_ok, read_file,
+    soak, tree_snapshot,
 };
 
 const WRITERS: usize = 4;
@@ -137,16 +137,6 @@ fn save_by_rename(s: &Shared, tmp: &str, dst: &str, data: &[u8], fsync: bool) ->
     }
     close(f).map_err(|e| fail("close", e))?;
     std::fs::rename(s.path(tmp), s.path(dst)).map_err(|e| format!("rename {tmp} to {dst}: {e}"))
-}
-
-/// `close(2)` with its result (dropping a File ignores a failed flush).
-fn close(f: File) -> io::Result<()> {
-    // SAFETY: the fd is ours and closed once.
-    if unsafe { libc::close(std::os::fd::IntoRawFd::into_raw_fd(f)) } == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
 }
 
 /// Write at a random offset of the scratch file (across the threshold), truncate it or fsync it.

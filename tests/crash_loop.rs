@@ -23,7 +23,6 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::IntoRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -33,7 +32,9 @@ use std::time::{Duration, Instant};
 
 use crate::common::rng::Rng;
 use crate::common::sizes::{C, T};
-use crate::common::{Mounted, TestPond, daemons, describe, is_mounted, pattern, pond, pond_ok, soak, wait_for_exit};
+use crate::common::{
+    Mounted, TestPond, close, daemons, describe, is_mounted, pattern, pond, pond_ok, soak, wait_for_exit,
+};
 
 /// One entry of the writer's model of the tree.
 #[derive(Clone, Debug, PartialEq)]
@@ -83,12 +84,6 @@ impl<X> Context<X> for io::Result<X> {
     fn ctx(self, what: impl FnOnce() -> String) -> Result<X, StepError> {
         self.map_err(|err| StepError { what: what(), err })
     }
-}
-
-/// `close(2)` with its result (dropping a File ignores a failed flush).
-fn close(f: File) -> io::Result<()> {
-    // SAFETY: the fd is ours and closed once.
-    if unsafe { libc::close(f.into_raw_fd()) } == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
 
 fn parent_of(path: &str) -> &str {

@@ -11,15 +11,14 @@
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Write};
-use std::os::fd::IntoRawFd;
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::common::rng::Rng;
 use crate::common::sizes::T;
-use crate::common::{Mounted, assert_same_bytes, describe, pattern, pond, pond_ok, run_ok, soak};
+use crate::common::{Mounted, assert_same_bytes, close, describe, pattern, pond, pond_ok, run_ok, soak};
 
 /// Room left per round is drawn from `0..MAX_ROOM`.
 const MAX_ROOM: usize = 2 << 20;
@@ -79,13 +78,6 @@ impl Drop for SmallFs {
     }
 }
 
-/// Close `f` and return what close(2) said (a FUSE flush error surfaces here; `drop` hides it).
-fn close(f: File) -> io::Result<()> {
-    let fd = f.into_raw_fd();
-    // SAFETY: `fd` was just taken out of a `File`, which no longer owns it.
-    if unsafe { libc::close(fd) } == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
-}
-
 /// Create or replace `path` with `data` in 128 KiB writes, fsync, close: the first failure and the
 /// step it came from.
 fn write_fsync_close(path: &Path, data: &[u8]) -> Result<(), (&'static str, io::Error)> {
@@ -103,16 +95,10 @@ fn write_fsync_close(path: &Path, data: &[u8]) -> Result<(), (&'static str, io::
     close(f).map_err(|e| ("close", e))
 }
 
-fn read_all(path: &Path) -> io::Result<Vec<u8>> {
-    let mut out = Vec::new();
-    File::open(path)?.read_to_end(&mut out)?;
-    Ok(out)
-}
-
 /// Every acknowledged file reads back as acknowledged.
 fn check_acknowledged(mountpoint: &Path, acked: &BTreeMap<String, Vec<u8>>, when: &str) {
     for (name, want) in acked {
-        let got = read_all(&mountpoint.join(name)).unwrap_or_else(|e| panic!("{when}: reading {name}: {e}"));
+        let got = std::fs::read(mountpoint.join(name)).unwrap_or_else(|e| panic!("{when}: reading {name}: {e}"));
         assert_same_bytes(&got, want, &format!("{when}: {name}"));
     }
 }
@@ -122,7 +108,7 @@ fn check_acknowledged(mountpoint: &Path, acked: &BTreeMap<String, Vec<u8>>, when
 fn seen_and_committed(mountpoint: &Path, pond_dir: &Path, name: &str, when: &str) -> Vec<u8> {
     let path = mountpoint.join(name);
     File::open(&path).and_then(|f| f.sync_all()).unwrap_or_else(|e| panic!("{when}: fsync of {name}: {e}"));
-    let seen = read_all(&path).unwrap_or_else(|e| panic!("{when}: reading {name}: {e}"));
+    let seen = std::fs::read(&path).unwrap_or_else(|e| panic!("{when}: reading {name}: {e}"));
     let out = pond(&["cat", pond_dir.to_str().unwrap(), name]);
     assert!(out.status.success(), "{when}: pond cat {name}: {}", describe(&out));
     if seen != out.stdout {

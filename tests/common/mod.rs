@@ -319,6 +319,16 @@ pub fn assert_same_tree(
     }
 }
 
+/// `close(2)` with its result: a FUSE flush error surfaces here, where dropping a `File` hides it.
+pub fn close(f: std::fs::File) -> std::io::Result<()> {
+    // SAFETY: the fd is taken out of the `File`, which no longer owns it, and closed once.
+    if unsafe { libc::close(std::os::fd::IntoRawFd::into_raw_fd(f)) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 /// A child process that is killed (and reaped) on every path out of the test.
 pub struct ChildGuard(pub std::process::Child);
 
