@@ -61,16 +61,12 @@ impl OplogError {
     }
 }
 
-/// The first OS error code found walking `error`'s causes.
+/// The first OS error code found walking `error`'s causes (parquet's `External` gives its inner
+/// error as its source).
 fn os_error_in_chain(error: &(dyn std::error::Error + 'static)) -> Option<i32> {
     let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(e) = cause {
         if let Some(code) = e.downcast_ref::<std::io::Error>().and_then(std::io::Error::raw_os_error) {
-            return Some(code);
-        }
-        if let Some(parquet::errors::ParquetError::External(inner)) = e.downcast_ref::<parquet::errors::ParquetError>()
-            && let Some(code) = os_error_in_chain(inner.as_ref())
-        {
             return Some(code);
         }
         let text = e.to_string();

@@ -288,22 +288,15 @@ impl Oplog {
             ..Default::default()
         };
         let op = DeltaOperation::Write { mode: SaveMode::Append, partition_by: None, predicate: None };
-        let before = self.version();
-        let version = match self.commit_actions(vec![Action::Add(add)], op, &summary).await {
+        let version = match self.try_commit_actions(vec![Action::Add(add)], op, &summary).await {
             Ok(v) => v,
-            Err(e) => {
+            Err(FailedCommit { error, landed }) => {
                 // When no log entry names the data file it goes, so a full disk does not keep
-                // filling with the data files of commits that never happened. (If the entry may
-                // have landed, the file stays; `pond gc` removes it if nothing names it.)
-                let landed =
-                    self.version() != before || self.root.join("_delta_log").join(log_entry_name(before + 1)).exists();
-                if landed {
-                    return Err(e);
-                }
-                if let Err(rm) = std::fs::remove_file(self.root.join(&name)) {
+                // filling with the data files of commits that never happened.
+                if !landed && let Err(rm) = std::fs::remove_file(self.root.join(&name)) {
                     tracing::warn!("could not remove {name} after a failed commit: {rm}");
                 }
-                return Err(e);
+                return Err(error);
             }
         };
         for row in &rows {
@@ -319,6 +312,18 @@ impl Oplog {
         op: DeltaOperation,
         summary: &CommitSummary,
     ) -> Result<u64, OplogError> {
+        self.try_commit_actions(actions, op, summary).await.map_err(|f| f.error)
+    }
+
+    /// Commit `actions` as the next version; a failure says whether its log entry landed.
+    async fn try_commit_actions(
+        &mut self,
+        actions: Vec<Action>,
+        op: DeltaOperation,
+        summary: &CommitSummary,
+    ) -> Result<u64, FailedCommit> {
+        let not_landed = |error| FailedCommit { error, landed: false };
+        let landed = |error| FailedCommit { error, landed: true };
         // Checkpoints are written here after the commit, not by delta-rs's post-commit hook: the
         // hook fails the whole commit when the checkpoint cannot be written, though its log entry
         // has landed.
@@ -334,9 +339,9 @@ impl Oplog {
         if log_dir.join(log_entry_name(self.version() + 1)).exists() {
             // An earlier commit landed but our view of the table missed it: catch up first, so
             // the entry that exists after a failure below can only be this commit's.
-            self.table.update_incremental(None).await.map_err(|e| OplogError::delta(&self.url, e))?;
+            self.table.update_incremental(None).await.map_err(|e| not_landed(OplogError::delta(&self.url, e)))?;
         }
-        let snapshot = self.table.snapshot().map_err(|e| OplogError::delta(&self.url, e))?;
+        let snapshot = self.table.snapshot().map_err(|e| not_landed(OplogError::delta(&self.url, e)))?;
         let attempted = snapshot.version() + 1;
         let entry = log_dir.join(log_entry_name(attempted));
         let built =
@@ -350,17 +355,20 @@ impl Oplog {
             // exists is this commit, whatever failed after it.
             Err(e) if entry.exists() => {
                 tracing::warn!("version {attempted} is committed, but reading it back failed: {e}");
-                self.table.update_incremental(Some(attempted)).await.map_err(|e| OplogError::delta(&self.url, e))?;
+                self.table
+                    .update_incremental(Some(attempted))
+                    .await
+                    .map_err(|e| landed(OplogError::delta(&self.url, e)))?;
                 attempted
             }
-            Err(e) => return Err(OplogError::delta(&self.url, e)),
+            Err(e) => return Err(not_landed(OplogError::delta(&self.url, e))),
         };
         // object_store's local put does not fsync: make the log entry itself durable.
         let entry = log_dir.join(log_entry_name(version));
         std::fs::File::open(&entry)
             .and_then(|f| f.sync_all())
-            .map_err(|e| OplogError::Io { path: entry.clone(), source: e })?;
-        datafile::sync_dir(&log_dir)?;
+            .map_err(|e| landed(OplogError::Io { path: entry.clone(), source: e }))?;
+        datafile::sync_dir(&log_dir).map_err(landed)?;
         self.checkpoint_if_due(version).await;
         Ok(version)
     }
@@ -382,6 +390,13 @@ impl Oplog {
             }
         }
     }
+}
+
+/// A commit that failed: its error, and whether its log entry landed (then what the entry names
+/// must stay).
+struct FailedCommit {
+    error: OplogError,
+    landed: bool,
 }
 
 /// The file name of a version's log entry in `_delta_log/`.
