@@ -39,6 +39,7 @@ use parquet::schema::types::ColumnPath;
 
 use super::error::StoreError;
 use super::hash::{Blake3Hash, Sha256Digest, chunk_count};
+use super::write_behind::WriteBehind;
 use crate::config::CHUNK_SIZE;
 
 /// Value of `pond.format` written by this version.
@@ -137,6 +138,8 @@ pub(crate) struct ChunkWriter {
     writer: ArrowWriter<File>,
     schema: SchemaRef,
     next_index: u64,
+    /// Hands the file's bytes to the disk as it grows (see [`WriteBehind`]).
+    behind: WriteBehind,
 }
 
 impl ChunkWriter {
@@ -147,7 +150,7 @@ impl ChunkWriter {
         let options = ArrowWriterOptions::new().with_properties(writer_properties()).with_skip_arrow_metadata(true);
         let writer = ArrowWriter::try_new_with_options(file, schema.clone(), options)
             .map_err(|e| StoreError::parquet(path, e))?;
-        Ok(ChunkWriter { writer, schema, next_index: 0 })
+        Ok(ChunkWriter { writer, schema, next_index: 0, behind: WriteBehind::default() })
     }
 
     /// Appends the next chunk (its hash and bytes) as one row / one data page.
@@ -167,7 +170,8 @@ impl ChunkWriter {
         .map_err(|e| StoreError::arrow(path, e))?;
         self.writer.write(&batch).map_err(|e| StoreError::parquet(path, e))?;
         self.next_index += 1;
-        Ok(())
+        let written = self.writer.bytes_written() as u64;
+        self.behind.advance(self.writer.inner(), written).map_err(|e| StoreError::io(path, e))
     }
 
     /// Writes the footer with the object's metadata and flushes everything to the file (no fsync).

@@ -11,6 +11,7 @@ pub mod chunked;
 pub mod error;
 pub mod hash;
 pub mod stream;
+pub mod write_behind;
 
 use std::collections::VecDeque;
 use std::fs::{self, File};
@@ -116,7 +117,7 @@ impl LargeFileStore {
             for hash in &pending {
                 let path = self.object_path(hash);
                 let file = File::open(&path).map_err(|e| StoreError::io(&path, e))?;
-                stream::start_writeback(&file);
+                write_behind::queue_writeback(&file, 0, 0);
                 files.push((path, file));
             }
             for (path, file) in &files {

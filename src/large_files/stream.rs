@@ -5,13 +5,11 @@
 //! Chunks are encoded into a temp file in `_large_files/.tmp/` as soon as they are full (a full
 //! chunk waits for the next byte, because a lone chunk's hash is a root hash, not a chaining value).
 //! SHA-256, the one hash that cannot be split by chunk, runs on a worker thread once the content
-//! passes [`SHA_THREAD_AFTER`], so on a multi-core machine it overlaps the encoding. Every
-//! [`WRITEBACK_EVERY`] bytes the temp file's dirty pages are handed to the disk
-//! (`sync_file_range(WRITE)`, no wait), so the fsync at the end has little left to do.
+//! passes [`SHA_THREAD_AFTER`], so on a multi-core machine it overlaps the encoding. The temp
+//! file's bytes go to the disk as it grows ([`super::write_behind`]), so the fsync at the end has
+//! little left to do.
 //! [`ObjectStream::finish`] publishes the object exactly as [`LargeFileStore::put_file`] does.
 
-use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::sync::mpsc::{SyncSender, sync_channel};
 use std::thread::JoinHandle;
 
@@ -28,8 +26,6 @@ use crate::config::CHUNK_SIZE;
 pub const SHA_THREAD_AFTER: u64 = 1 << 20;
 /// Chunks queued for the SHA-256 thread at most (bounds the memory it holds: 4 MiB).
 const SHA_QUEUE_CHUNKS: usize = 64;
-/// Bytes of encoded chunks between two writeback kicks.
-pub const WRITEBACK_EVERY: u64 = 8 << 20;
 
 /// An object being written front to back (see the module doc).
 pub struct ObjectStream {
@@ -42,8 +38,6 @@ pub struct ObjectStream {
     chunk_hashes: Vec<[u8; 32]>,
     size: u64,
     sha: Sha,
-    /// Encoded bytes written since the last writeback kick.
-    since_writeback: u64,
 }
 
 impl std::fmt::Debug for ObjectStream {
@@ -64,7 +58,6 @@ impl ObjectStream {
             chunk_hashes: Vec::new(),
             size: 0,
             sha: Sha::Inline(Sha256::new()),
-            since_writeback: 0,
         })
     }
 
@@ -101,15 +94,9 @@ impl ObjectStream {
         };
         let capacity = if last { 0 } else { CHUNK_SIZE as usize };
         let chunk = Bytes::from(std::mem::replace(&mut self.pending, Vec::with_capacity(capacity)));
-        let len = chunk.len() as u64;
         self.sha.update(chunk.clone(), self.size)?;
         self.writer.write_chunk(&hash, chunk, self.tmp.path())?;
         self.chunk_hashes.push(hash);
-        self.since_writeback += len;
-        if self.since_writeback >= WRITEBACK_EVERY {
-            self.since_writeback = 0;
-            start_writeback(self.tmp.as_file());
-        }
         Ok(())
     }
 
@@ -212,13 +199,4 @@ impl Sha {
 
 fn sha_thread_died() -> StoreError {
     StoreError::InvalidInput("the SHA-256 worker thread stopped".into())
-}
-
-/// Asks the kernel to start writing the file's dirty pages back, without waiting for it.
-pub(crate) fn start_writeback(file: &File) {
-    // SAFETY: a valid open fd; offset 0 and length 0 mean the whole file; WRITE only starts I/O.
-    let rc = unsafe { libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
-    if rc != 0 {
-        tracing::debug!(error = %std::io::Error::last_os_error(), "sync_file_range failed; the final fsync does it all");
-    }
 }
