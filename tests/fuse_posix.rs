@@ -258,3 +258,57 @@ fn a_child_closing_an_inherited_descriptor_does_not_commit_a_half_written_file()
         drop(f);
     }
 }
+
+/// Write-only handles bypass the page cache (FOPEN_DIRECT_IO); a reader holding cached pages of
+/// the same file, through read(2) and through a shared mapping, must still see every byte they
+/// write, the overwrite in the middle, the extension and the O_APPEND tail alike.
+#[test]
+fn a_reader_with_cached_pages_sees_what_a_write_only_handle_writes() {
+    let pond = TestPond::new();
+    let m = Mounted::new(&pond.root, &pond.scratch("mnt"), &[]);
+    for (name, size) in [("inline", T / 2), ("large", 3 * C + 7)] {
+        let path = m.path(name);
+        let mut want = pattern(size, 1);
+        std::fs::write(&path, &want).unwrap();
+        let reader = std::fs::File::open(&path).unwrap();
+        let mut cached = vec![0u8; size];
+        reader.read_exact_at(&mut cached, 0).unwrap();
+        // SAFETY: a read-only shared mapping of an open file, unmapped below; no aliasing &mut.
+        let map = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                size,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                std::os::fd::AsRawFd::as_raw_fd(&reader),
+                0,
+            )
+        };
+        assert_ne!(map, libc::MAP_FAILED, "mmap of {name}");
+        // SAFETY: `map` is `size` readable bytes until munmap.
+        let mapped = || unsafe { std::slice::from_raw_parts(map as *const u8, size) }.to_vec();
+        assert_same_bytes(&mapped(), &want, "the mapping before the write");
+
+        let middle = size / 3 + 5;
+        let patch = pattern(size / 4, 2);
+        let w = OpenOptions::new().write(true).open(&path).unwrap();
+        w.write_all_at(&patch, middle as u64).unwrap();
+        want[middle..middle + patch.len()].copy_from_slice(&patch);
+        let tail = pattern(C / 2, 3);
+        w.write_all_at(&tail, size as u64).unwrap(); // past the end
+        want.extend_from_slice(&tail);
+        drop(w);
+        let mut a = OpenOptions::new().append(true).open(&path).unwrap();
+        a.write_all(b"appended").unwrap();
+        want.extend_from_slice(b"appended");
+        drop(a);
+
+        let mut got = vec![0u8; want.len()];
+        reader.read_exact_at(&mut got, 0).unwrap();
+        assert_same_bytes(&got, &want, &format!("{name}: the reader that had the old pages cached"));
+        assert_same_bytes(&mapped(), &want[..size], &format!("{name}: the mapping after the write"));
+        // SAFETY: mapped above with this length.
+        unsafe { libc::munmap(map, size) };
+        assert_same_bytes(&std::fs::read(&path).unwrap(), &want, &format!("{name}: a new open"));
+    }
+}

@@ -16,8 +16,12 @@
 //!   copy only goes stale through this mount, which updates it). Files opened read-only get
 //!   `FOPEN_KEEP_CACHE`: the page cache stays valid across opens because every change to the
 //!   content comes through this mount's page cache (writes, truncates) and a read-only mount serves
-//!   a fixed snapshot; re-reading a large file then costs no decode or hash. Opens for writing get no
-//!   flag, so the kernel drops the inode's cached pages on such opens (the conservative default).
+//!   a fixed snapshot; re-reading a large file then costs no decode or hash. Write-only opens (cp,
+//!   tar, rsync, dd, editors saving) get `FOPEN_DIRECT_IO` when the kernel's direct writes drop the
+//!   cached pages of the range they write (protocol 7.39, Linux 6.6, on): the bytes go straight to
+//!   the core instead of also into a page-cache copy that the handle can neither read nor map, so a
+//!   large copy touches half the memory. Read-write opens get no flag, so the kernel drops the
+//!   inode's cached pages on such opens (the conservative default).
 //! - **Whose close is a close**: a flush finalizes the file's content only when it comes from the
 //!   process that opened the handle; a forked child closing its inherited copy at exec or exit
 //!   does not make a version of a half-written file ([`openers`]).
@@ -63,12 +67,14 @@ const GENERATION: Generation = Generation(0);
 pub struct PondFuse {
     fs: Arc<PondFs>,
     openers: openers::Openers,
+    /// Write-only opens bypass the page cache (see the module docs); decided in `init`.
+    direct_writes: bool,
 }
 
 impl PondFuse {
     pub fn new(fs: Arc<PondFs>) -> PondFuse {
         fs.count_kernel_lookups();
-        PondFuse { fs, openers: openers::Openers::default() }
+        PondFuse { fs, openers: openers::Openers::default(), direct_writes: false }
     }
 
     /// Run `op` — one that waits for a commit — on a thread of its own and reply from there, so the
@@ -111,9 +117,18 @@ fn caller(req: &Request) -> Caller {
     Caller { uid: req.uid(), gid: req.gid() }
 }
 
-/// Read-only opens keep the page cache (see the module docs); writable opens do not.
-fn fopen_flags(flags: i32) -> FopenFlags {
-    if flags & libc::O_ACCMODE == libc::O_RDONLY { FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::empty() }
+/// The first FUSE protocol minor (Linux 6.6) whose direct writes invalidate the inode's cached
+/// pages in the range they write, which keeping other handles' page cache relies on.
+const DIRECT_WRITES_INVALIDATE: u32 = 39;
+
+/// Read-only opens keep the page cache; write-only opens bypass it when `direct_writes` (see the
+/// module docs); read-write opens use it as the kernel does by default.
+fn fopen_flags(flags: i32, direct_writes: bool) -> FopenFlags {
+    match flags & libc::O_ACCMODE {
+        libc::O_RDONLY => FopenFlags::FOPEN_KEEP_CACHE,
+        libc::O_WRONLY if direct_writes => FopenFlags::FOPEN_DIRECT_IO,
+        _ => FopenFlags::empty(),
+    }
 }
 
 /// The getxattr/listxattr size protocol: size 0 asks for the length, a buffer too small is ERANGE.
@@ -153,7 +168,13 @@ impl Filesystem for PondFuse {
                 tracing::debug!("kernel lacks FUSE capability {missing:?}; going without it");
             }
         }
-        tracing::debug!(read_only = self.fs.is_read_only(), "FUSE session initialized");
+        self.direct_writes = config.kernel_abi().1 >= DIRECT_WRITES_INVALIDATE;
+        tracing::debug!(
+            read_only = self.fs.is_read_only(),
+            abi = ?config.kernel_abi(),
+            direct_writes = self.direct_writes,
+            "FUSE session initialized"
+        );
         Ok(())
     }
 
@@ -295,7 +316,7 @@ impl Filesystem for PondFuse {
         match self.fs.open_file(ino.0, flags.0) {
             Ok(fh) => {
                 self.openers.record(fh, req.pid());
-                reply.opened(FileHandle(fh), fopen_flags(flags.0))
+                reply.opened(FileHandle(fh), fopen_flags(flags.0, self.direct_writes))
             }
             Err(e) => reply.error(fail("open", e)),
         }
@@ -490,7 +511,7 @@ impl Filesystem for PondFuse {
         match self.fs.create(parent.0, name.as_bytes(), mode & 0o7777, flags, caller(req)) {
             Ok((a, fh)) => {
                 self.openers.record(fh, req.pid());
-                reply.created(&TTL, &file_attr(&a), GENERATION, FileHandle(fh), fopen_flags(flags))
+                reply.created(&TTL, &file_attr(&a), GENERATION, FileHandle(fh), fopen_flags(flags, self.direct_writes))
             }
             Err(e) => reply.error(fail("create", e)),
         }
@@ -571,10 +592,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_read_only_opens_keep_the_page_cache() {
-        assert_eq!(fopen_flags(libc::O_RDONLY), FopenFlags::FOPEN_KEEP_CACHE);
-        assert_eq!(fopen_flags(libc::O_RDONLY | libc::O_NOFOLLOW), FopenFlags::FOPEN_KEEP_CACHE);
-        assert_eq!(fopen_flags(libc::O_WRONLY | libc::O_TRUNC), FopenFlags::empty());
-        assert_eq!(fopen_flags(libc::O_RDWR), FopenFlags::empty());
+    fn only_read_only_opens_keep_the_page_cache_and_only_write_only_opens_bypass_it() {
+        for direct in [false, true] {
+            assert_eq!(fopen_flags(libc::O_RDONLY, direct), FopenFlags::FOPEN_KEEP_CACHE);
+            assert_eq!(fopen_flags(libc::O_RDONLY | libc::O_NOFOLLOW, direct), FopenFlags::FOPEN_KEEP_CACHE);
+            assert_eq!(fopen_flags(libc::O_RDWR, direct), FopenFlags::empty());
+        }
+        assert_eq!(fopen_flags(libc::O_WRONLY | libc::O_TRUNC, true), FopenFlags::FOPEN_DIRECT_IO);
+        assert_eq!(fopen_flags(libc::O_WRONLY | libc::O_TRUNC, false), FopenFlags::empty());
     }
 }
