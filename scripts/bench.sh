@@ -4,8 +4,9 @@
 # (c) a pond mount (release build). Prints a table with pond's ratio to the passthrough and to native,
 # writes results/bench-<time>.json (+ results/latest.json) and draws results/bench.png.
 #
-#   scripts/bench.sh                  # the default run, about 15 minutes on 2 cores (the first run
-#                                     # also builds the 100,000-file pond, cached in BENCH_DIR)
+#   scripts/bench.sh                  # the default run, about 10 minutes on 2 cores; the first run
+#                                     # also makes its inputs and the 100,000-file pond (about 5
+#                                     # minutes more, cached in BENCH_DIR)
 #   ONLY="seq tar" scripts/bench.sh   # some workload groups only
 #
 # Groups (ONLY): seq (dd, cp, cold read, fio), tar, rsync, tree (find, ls -lR, rm -rf), latency,
