@@ -51,7 +51,7 @@ impl WriteBehind {
 /// Asks the kernel to start writing `file`'s dirty pages in the range back, without waiting for it
 /// (a length of 0 means to the end of the file).
 pub(crate) fn queue_writeback(file: &File, offset: u64, len: u64) {
-    let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else { return };
+    let Ok((offset, len)) = off_t_range(offset, len) else { return };
     // SAFETY: a valid open fd; WRITE only starts I/O on the range.
     let rc = unsafe { libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE) };
     if rc != 0 {
@@ -61,9 +61,7 @@ pub(crate) fn queue_writeback(file: &File, offset: u64, len: u64) {
 
 /// Writes the range's dirty pages back and waits until they are on the disk.
 fn wait_written(file: &File, offset: u64, len: u64) -> io::Result<()> {
-    let too_big = || io::Error::new(io::ErrorKind::InvalidInput, "range past i64");
-    let offset = i64::try_from(offset).map_err(|_| too_big())?;
-    let len = i64::try_from(len).map_err(|_| too_big())?;
+    let (offset, len) = off_t_range(offset, len)?;
     let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE | libc::SYNC_FILE_RANGE_WRITE | libc::SYNC_FILE_RANGE_WAIT_AFTER;
     // SAFETY: a valid open fd and an in-range offset and length.
     if unsafe { libc::sync_file_range(file.as_raw_fd(), offset, len, flags) } != 0 {
@@ -79,9 +77,17 @@ fn wait_written(file: &File, offset: u64, len: u64) -> io::Result<()> {
 
 /// Drops the range's clean pages from the page cache (advice only: failure changes nothing).
 fn drop_cached(file: &File, offset: u64, len: u64) {
-    let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else { return };
+    let Ok((offset, len)) = off_t_range(offset, len) else { return };
     // SAFETY: a valid open fd; advice never changes the file's content.
     unsafe { libc::posix_fadvise(file.as_raw_fd(), offset, len, libc::POSIX_FADV_DONTNEED) };
+}
+
+/// A byte range as the `off_t` pair the system calls take.
+fn off_t_range(offset: u64, len: u64) -> io::Result<(i64, i64)> {
+    match (i64::try_from(offset), i64::try_from(len)) {
+        (Ok(offset), Ok(len)) => Ok((offset, len)),
+        _ => Err(io::Error::new(io::ErrorKind::InvalidInput, "range past i64")),
+    }
 }
 
 #[cfg(test)]
