@@ -48,14 +48,14 @@ trap 'rc=$?; cleanup_leftovers; exit $rc' EXIT
 eval "$(scripts/s3-local.sh start)"
 export POND_FAULT_REPORT=$report
 
-cargo build --locked --tests -q
+cargo build --release --locked --tests -q
 echo "soak: scale $POND_SOAK_SCALE, for $duration, parts: ${parts[*]}; log $log"
 failed=0 passes=0
 while ((SECONDS < deadline)); do
     for part in "${parts[@]}"; do
         ((SECONDS < deadline)) || break
         start=$SECONDS
-        if cargo test --locked -q --test tests -- "$part::" --test-threads=1 >>"$log" 2>&1; then
+        if cargo test --release --locked -q --test tests -- "$part::" --test-threads=1 >>"$log" 2>&1; then
             echo "soak: pass $((passes + 1)) $part ok ($((SECONDS - start)) s)"
         else
             echo "soak: pass $((passes + 1)) $part FAILED ($((SECONDS - start)) s; see $log)"

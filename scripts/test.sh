@@ -35,7 +35,9 @@ source scripts/leftovers.sh
 trap 'rc=$?; cleanup_leftovers; exit $rc' EXIT
 eval "$(scripts/s3-local.sh start)"
 
-cargo build --locked --all-targets
+# --release everywhere: the demo, the benchmark and this share one build of the dependencies, and
+# the tests run the optimised code users run.
+cargo build --release --locked --all-targets
 cargo fmt --check
-cargo clippy --locked --all-targets -- -D warnings
-cargo test --locked "$@"
+cargo clippy --release --locked --all-targets -- -D warnings
+cargo test --release --locked "$@"
