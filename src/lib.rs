@@ -4,5 +4,6 @@ pub mod config;
 pub mod fs;
 pub mod fuse;
 pub mod large_files;
+pub mod layout;
 pub mod oplog;
 pub mod replica;

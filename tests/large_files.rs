@@ -13,6 +13,7 @@ use pond::fs::hybrid_writer::{Finished, HybridWriter};
 use pond::large_files::StoreError as E;
 use pond::large_files::chunked::{COL_DATA, arrow_schema, writer_properties};
 use pond::large_files::*;
+use pond::layout::STORE_TMP_DIR;
 use proptest::prelude::{Just, ProptestConfig, Strategy, any, prop_oneof, proptest};
 
 const C: usize = CHUNK_SIZE as usize;
@@ -83,7 +84,7 @@ fn writer_content(w: &mut HybridWriter) -> Vec<u8> {
 }
 
 fn tmp_entries(store: &LargeFileStore) -> usize {
-    let tmp = store.dir().join(TMP_DIR);
+    let tmp = store.dir().join(STORE_TMP_DIR);
     fs::read_dir(tmp).map(|d| d.count()).unwrap_or(0)
 }
 
@@ -668,7 +669,7 @@ fn list_remove_and_clear_tmp() {
     let a = store.put_bytes(&pattern(C + 1, 24)).expect("put a").hash;
     let b = store.put_bytes(&pattern(2 * C + 1, 25)).expect("put b").hash;
     let dir = store.dir();
-    fs::write(dir.join(TMP_DIR).join("put-crashed.parquet.tmp"), b"x").expect("leftover");
+    fs::write(dir.join(STORE_TMP_DIR).join("put-crashed.parquet.tmp"), b"x").expect("leftover");
     fs::write(dir.join("notes.txt"), b"x").expect("junk");
     let upper = format!("{}.parquet", a.to_hex().to_uppercase());
     fs::write(dir.join(upper), b"x").expect("junk");

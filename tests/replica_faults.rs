@@ -60,7 +60,8 @@ enum Kind {
 impl Kind {
     fn of(file: &PondFile) -> Kind {
         match file {
-            PondFile::Object(_) => Kind::Object,
+            // Packs hold objects' bytes: they travel with the objects.
+            PondFile::Object(_) | PondFile::Pack(_) => Kind::Object,
             PondFile::Data(_) => Kind::Data,
             PondFile::Log(_) => Kind::Log,
             PondFile::Checkpoint(_) => Kind::Checkpoint,

@@ -6,9 +6,10 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::fs::{FsError, WORK_DIR, WriterLock};
+use crate::fs::{FsError, WriterLock};
 use crate::large_files::LargeFileStore;
 use crate::large_files::hash::Blake3Hash;
+use crate::layout::{WORK_DIR, WORK_SPILL_DIR};
 use crate::oplog::{OplogError, datafile, history};
 
 #[derive(Debug, Default)]
@@ -77,7 +78,7 @@ pub fn collect_garbage(root: &Path, dry_run: bool) -> Result<GcReport, GcError> 
     }
     if !dry_run {
         report.temp_files += store.clear_tmp()?;
-        if let Ok(dir) = std::fs::read_dir(root.join(WORK_DIR).join("tmp")) {
+        if let Ok(dir) = std::fs::read_dir(root.join(WORK_DIR).join(WORK_SPILL_DIR)) {
             for e in dir.flatten() {
                 if std::fs::remove_file(e.path()).is_ok() {
                     report.temp_files += 1;

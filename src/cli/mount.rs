@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-use pond::fs::{FsError, FsOptions, PondFs, WORK_DIR};
+use pond::fs::{FsError, FsOptions, PondFs};
+use pond::layout::{WORK_DIR, WORK_LOG, WORK_MOUNTS_DIR};
 
 use super::mount_options::{self, MountOptions};
 
@@ -122,7 +123,7 @@ pub fn mount(pond: &Path, mountpoint: &Path, foreground: bool, options: &[String
 
 fn daemon(pond: &Path, mountpoint: &Path, opts: &MountOptions, report: OwnedFd) -> i32 {
     let _ = nix::unistd::setsid();
-    let log_path = opts.log.clone().unwrap_or_else(|| pond.join(WORK_DIR).join("mount.log"));
+    let log_path = opts.log.clone().unwrap_or_else(|| pond.join(WORK_DIR).join(WORK_LOG));
     // Leave the caller's working directory, so the daemon does not keep its filesystem busy;
     // a relative log= is the caller's, so resolve it first (pond and mountpoint already are).
     let log_path = std::path::absolute(&log_path).unwrap_or(log_path);
@@ -252,7 +253,7 @@ impl MountLock {
             .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' })
             .collect();
         let hash = blake3::hash(mountpoint.as_os_str().as_encoded_bytes()).to_hex();
-        pond.join(WORK_DIR).join("mounts").join(format!("{escaped}-{}.lock", &hash[..16]))
+        pond.join(WORK_DIR).join(WORK_MOUNTS_DIR).join(format!("{escaped}-{}.lock", &hash[..16]))
     }
 
     fn acquire(pond: &Path, mountpoint: &Path) -> MountLock {

@@ -27,6 +27,7 @@ use bytes::Bytes;
 use crate::config::Threshold;
 use crate::large_files::LargeFileStore;
 use crate::large_files::hash::{Blake3Hash, Sha256Digest};
+use crate::layout::{WORK_DIR, WORK_SPILL_DIR};
 use crate::oplog::datafile::InlineReader;
 use crate::oplog::schema::Content;
 use crate::oplog::{Oplog, check_is_pond};
@@ -36,9 +37,6 @@ pub use error::FsError;
 use handles::{ContentReader, HandleTable, OpenFile, Session};
 use hybrid_writer::{Finished, HybridWriter};
 use tree::Tree;
-
-/// Pond-private working area (not part of the Delta table): the writer lock and spill files.
-pub const WORK_DIR: &str = "_pond";
 
 /// The content of an empty file.
 pub fn empty_content() -> Content {
@@ -60,7 +58,7 @@ impl WriterLock {
     pub fn acquire(root: &Path) -> Result<WriterLock, FsError> {
         let dir = root.join(WORK_DIR);
         std::fs::create_dir_all(&dir)?;
-        let path = dir.join("lock");
+        let path = dir.join(crate::layout::WORK_LOCK);
         let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path)?;
         match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
             Ok(lock) => Ok(WriterLock { _lock: lock }),
@@ -109,7 +107,7 @@ impl PondFs {
         let tree = Arc::new(Mutex::new(Tree::from_rows(loaded)?));
         let store = LargeFileStore::new(root);
         let inline = Arc::new(InlineReader::new(root));
-        let spill_dir = root.join(WORK_DIR).join("tmp");
+        let spill_dir = root.join(WORK_DIR).join(WORK_SPILL_DIR);
         let committer = if read_only {
             None
         } else {

@@ -26,6 +26,7 @@ use sha2::{Digest, Sha256};
 use tempfile::NamedTempFile;
 
 use crate::config::CHUNK_SIZE;
+use crate::layout::{LARGE_FILES_DIR, PondFile, STORE_TMP_DIR};
 use chunked::{ChunkWriter, ObjectMeta, PreadFile};
 pub use error::StoreError;
 pub use hash::{
@@ -33,11 +34,6 @@ pub use hash::{
 };
 pub use stream::ObjectStream;
 
-/// Directory (under the pond root) holding the objects.
-pub const LARGE_FILES_DIR: &str = "_large_files";
-/// Directory (under [`LARGE_FILES_DIR`]) holding objects being written.
-pub const TMP_DIR: &str = ".tmp";
-const OBJECT_SUFFIX: &str = ".parquet";
 /// Verified chunks an open reader keeps (4 × 64 KiB).
 const CACHED_CHUNKS: usize = 4;
 
@@ -66,13 +62,18 @@ impl LargeFileStore {
     /// The store of the pond rooted at `pond_root` (nothing is touched on disk).
     pub fn new(pond_root: &Path) -> Self {
         let dir = pond_root.join(LARGE_FILES_DIR);
-        let tmp = dir.join(TMP_DIR);
+        let tmp = dir.join(STORE_TMP_DIR);
         LargeFileStore { dir, tmp, not_durable: Arc::default() }
     }
 
     /// The `_large_files` directory.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The pond's root.
+    fn root(&self) -> &Path {
+        self.dir.parent().unwrap_or(&self.dir)
     }
 
     /// Creates `_large_files/` and `_large_files/.tmp/` if missing.
@@ -82,7 +83,7 @@ impl LargeFileStore {
 
     /// Where the object named `hash` lives.
     pub fn object_path(&self, hash: &Blake3Hash) -> PathBuf {
-        self.dir.join(format!("{}{OBJECT_SUFFIX}", hash.to_hex()))
+        PondFile::Object(*hash).local_path(self.root())
     }
 
     /// True when the object named `hash` exists.
@@ -305,10 +306,8 @@ impl LargeFileStore {
         for entry in entries {
             let entry = entry.map_err(|e| StoreError::io(&self.dir, e))?;
             let name = entry.file_name();
-            let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(OBJECT_SUFFIX)) else {
-                continue;
-            };
-            if let Some(h) = Blake3Hash::from_hex(stem).filter(|h| h.to_hex() == stem) {
+            let Some(name) = name.to_str() else { continue };
+            if let Ok(PondFile::Object(h)) = PondFile::parse(&format!("{LARGE_FILES_DIR}/{name}")) {
                 out.push(h);
             }
         }

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use super::OplogError;
+use crate::layout::{LOG_DIR, PondFile, checkpoint_version, log_entry_name, log_entry_version};
 
 /// One Delta version of the pond.
 #[derive(Clone, Debug, PartialEq)]
@@ -30,7 +31,7 @@ pub fn checkpoint_versions(root: &Path) -> Result<Vec<u64>, OplogError> {
 
 /// The files of `_delta_log` whose name `parse` reads as a version, sorted by version.
 fn versions_named(root: &Path, parse: fn(&str) -> Option<u64>) -> Result<Vec<(u64, PathBuf)>, OplogError> {
-    let log = root.join("_delta_log");
+    let log = root.join(LOG_DIR);
     let io = |e: std::io::Error| OplogError::Io { path: log.clone(), source: e };
     let mut versions = Vec::new();
     for entry in std::fs::read_dir(&log).map_err(io)? {
@@ -41,21 +42,6 @@ fn versions_named(root: &Path, parse: fn(&str) -> Option<u64>) -> Result<Vec<(u6
     }
     versions.sort();
     Ok(versions)
-}
-
-/// The version of a JSON log entry's file name (`00000000000000000042.json` → 42).
-pub fn log_entry_version(name: &str) -> Option<u64> {
-    version_stem(name.strip_suffix(".json")?)
-}
-
-/// The version of a (single-file) checkpoint's name (`00000000000000000049.checkpoint.parquet` → 49).
-pub fn checkpoint_version(name: &str) -> Option<u64> {
-    version_stem(name.strip_suffix(".checkpoint.parquet")?)
-}
-
-/// Delta's zero-padded 20-digit version.
-fn version_stem(stem: &str) -> Option<u64> {
-    (stem.len() == 20 && stem.bytes().all(|b| b.is_ascii_digit())).then(|| stem.parse().ok()).flatten()
 }
 
 /// Every version whose log entry is present, oldest first.
@@ -133,7 +119,7 @@ pub fn parse_log_entry(text: &str, path: &Path) -> Result<FileActions, OplogErro
 /// The file actions of every version, oldest first. Fails if an entry is missing, so callers never
 /// act on a partial picture.
 pub fn file_actions(root: &Path) -> Result<Vec<(u64, FileActions)>, OplogError> {
-    let log = root.join("_delta_log");
+    let log = root.join(LOG_DIR);
     let mut out = Vec::new();
     for (expected, (version, path)) in log_entries(root)?.into_iter().enumerate() {
         if version != expected as u64 {
@@ -155,11 +141,11 @@ pub fn added_files(root: &Path, actions: &[(u64, FileActions)]) -> Result<BTreeM
     let mut files = BTreeMap::new();
     for (version, a) in actions {
         for (p, size) in &a.added {
-            let rel = super::safe_relative(p).ok_or_else(|| OplogError::Corrupt {
-                path: root.join("_delta_log").join(format!("{version:020}.json")),
-                reason: format!("the log names a data file outside the table: {p:?}"),
+            PondFile::data(p).map_err(|e| OplogError::Corrupt {
+                path: root.join(LOG_DIR).join(log_entry_name(*version)),
+                reason: format!("the log names a data file outside the table: {e}"),
             })?;
-            files.insert(rel.to_string(), *size);
+            files.insert(p.clone(), *size);
         }
     }
     Ok(files)

@@ -13,7 +13,6 @@ pub mod maintenance;
 pub mod schema;
 
 use std::collections::HashMap;
-use std::io::Read;
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -27,6 +26,7 @@ use deltalake::{DeltaTable, TableProperty};
 use url::Url;
 
 use crate::config::{LARGE_FILE_THRESHOLD, Threshold};
+use crate::layout::{LOG_DIR, PondFile, any_checkpoint_version, log_entry_name, read_last_checkpoint};
 pub use error::OplogError;
 use schema::{NodeData, NodeKind, OplogRow, RowKey};
 
@@ -95,7 +95,7 @@ pub fn check_is_pond(root: &Path) -> Result<(), OplogError> {
     if !root.exists() {
         return Err(OplogError::Missing(root.to_path_buf()));
     }
-    if !root.join("_delta_log").is_dir() {
+    if !root.join(LOG_DIR).is_dir() {
         return Err(OplogError::NotAPond(root.to_path_buf()));
     }
     Ok(())
@@ -167,7 +167,7 @@ impl Oplog {
         // delta-rs reads the log here; should it still panic on damage that check_checkpoints does
         // not foresee, the panic ends as an error naming the log, not as a crash of the caller.
         let guard = |what: &'static str| OplogError::Corrupt {
-            path: root.join("_delta_log"),
+            path: root.join(LOG_DIR),
             reason: format!("the Delta library panicked while {what} (a damaged checkpoint or log entry?)"),
         };
         match version {
@@ -232,9 +232,9 @@ impl Oplog {
         for f in snapshot.log_data().iter() {
             let path = f.path();
             let rel: &str = path.as_ref();
-            let rel = safe_relative(rel).ok_or_else(|| OplogError::Corrupt {
-                path: self.root.join("_delta_log"),
-                reason: format!("the log names a data file outside the table: {rel:?}"),
+            PondFile::data(rel).map_err(|e| OplogError::Corrupt {
+                path: self.root.join(LOG_DIR),
+                reason: format!("the log names a data file outside the table: {e}"),
             })?;
             files.push((Arc::from(rel), f.size().max(0) as u64));
         }
@@ -335,7 +335,7 @@ impl Oplog {
                 ("pond.files_changed".to_string(), serde_json::json!(summary.files_changed)),
                 ("pond.bytes".to_string(), serde_json::json!(summary.bytes)),
             ]);
-        let log_dir = self.root.join("_delta_log");
+        let log_dir = self.root.join(LOG_DIR);
         if log_dir.join(log_entry_name(self.version() + 1)).exists() {
             // An earlier commit landed but our view of the table missed it: catch up first, so
             // the entry that exists after a failure below can only be this commit's.
@@ -399,62 +399,30 @@ struct FailedCommit {
     landed: bool,
 }
 
-/// The file name of a version's log entry in `_delta_log/`.
-fn log_entry_name(version: u64) -> String {
-    format!("{version:020}.json")
-}
-
 /// Read the checkpoints a Delta reader opening `version` (or the latest) may read, before it does:
 /// every checkpoint file of the newest checkpoint version up to it, and the one `_last_checkpoint`
 /// names. delta-kernel reads them with parquet, which panics on some damage (column chunks outside
 /// the file, map columns whose levels do not add up); a damaged checkpoint must end in an error
 /// that names it.
 fn check_checkpoints(root: &Path, version: Option<u64>) -> Result<(), OplogError> {
-    let log = root.join("_delta_log");
+    let log = root.join(LOG_DIR);
     let io = |e: std::io::Error| OplogError::Io { path: log.clone(), source: e };
     let mut checkpoints: Vec<(u64, PathBuf)> = Vec::new();
     for entry in std::fs::read_dir(&log).map_err(io)? {
         let entry = entry.map_err(io)?;
         let name = entry.file_name();
-        let Some(v) = name.to_str().and_then(checkpoint_file_version) else { continue };
+        let Some(v) = name.to_str().and_then(any_checkpoint_version) else { continue };
         if version.is_none_or(|target| v <= target) {
             checkpoints.push((v, entry.path()));
         }
     }
     let newest = checkpoints.iter().map(|(v, _)| *v).max();
-    // A hint is a line of JSON; one that is not (or is huge) names nothing worth checking.
-    let mut hint = Vec::new();
-    let _ = std::fs::File::open(log.join("_last_checkpoint")).and_then(|f| f.take(1 << 20).read_to_end(&mut hint));
-    let hinted = serde_json::from_slice::<serde_json::Value>(&hint).ok().and_then(|v| v.get("version")?.as_u64());
+    // A hint that is not one (or is huge) names nothing worth checking.
+    let hinted = read_last_checkpoint(root);
     for (v, path) in &checkpoints {
         if Some(*v) == newest || Some(*v) == hinted {
             datafile::check_parquet_file(path)?;
         }
     }
     Ok(())
-}
-
-/// The version of any checkpoint file's name: single-file (`<v>.checkpoint.parquet`), multi-part
-/// (`<v>.checkpoint.<part>.<parts>.parquet`) or v2 (`<v>.checkpoint.<uuid>.parquet`).
-fn checkpoint_file_version(name: &str) -> Option<u64> {
-    let (stem, rest) = name.split_at_checked(20)?;
-    (rest.starts_with(".checkpoint.") && rest.ends_with(".parquet") && stem.bytes().all(|b| b.is_ascii_digit()))
-        .then(|| stem.parse().ok())
-        .flatten()
-}
-
-/// A data-file path from the log, accepted only if it stays inside the table: relative, no `..`,
-/// not into `_delta_log`.
-pub fn safe_relative(rel: &str) -> Option<&str> {
-    let p = Path::new(rel);
-    if rel.is_empty() || p.is_absolute() || rel.contains(['\\', '\0']) {
-        return None;
-    }
-    for (i, c) in p.components().enumerate() {
-        match c {
-            std::path::Component::Normal(name) if !(i == 0 && name == "_delta_log") => {}
-            _ => return None,
-        }
-    }
-    Some(rel)
 }

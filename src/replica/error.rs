@@ -28,11 +28,7 @@ pub enum ReplicaError {
 
     /// A name from the remote (a listing or a log entry) that is not part of a pond's layout, or
     /// would land outside the target.
-    #[error(
-        "refusing remote name {0:?}: a pond replica holds only _delta_log/<version>.json, \
-         checkpoints, _last_checkpoint, top-level <name>.parquet data files and \
-         _large_files/<blake3>.parquet"
-    )]
+    #[error("refusing remote name {0:?}: a pond replica holds only {summary}", summary = crate::layout::LAYOUT_SUMMARY)]
     PathEscape(String),
 
     /// The remote holds another pond's history, or one that went another way than this pond's.
@@ -72,6 +68,12 @@ pub enum ReplicaError {
     /// SIGINT/SIGTERM arrived; what was under way finished, the rest was not started.
     #[error("interrupted")]
     Interrupted,
+}
+
+impl From<crate::layout::NotInLayout> for ReplicaError {
+    fn from(e: crate::layout::NotInLayout) -> Self {
+        ReplicaError::PathEscape(e.0)
+    }
 }
 
 impl ReplicaError {

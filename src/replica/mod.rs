@@ -39,7 +39,6 @@
 //! under way finish, nothing new starts, and the report says `interrupted`.
 
 pub mod error;
-pub mod layout;
 pub mod remote;
 pub mod restore;
 
@@ -53,10 +52,10 @@ use bytes::Bytes;
 use futures::StreamExt;
 
 use crate::large_files::hash::Blake3Hash;
+pub use crate::layout::PondFile;
 use crate::oplog::history::{self, FileActions};
 use crate::oplog::{OplogError, check_is_pond, datafile};
 pub use error::ReplicaError;
-pub use layout::PondFile;
 pub use remote::{Listing, Remote};
 pub use restore::{RestoreReport, restore, verify_remote};
 
@@ -200,7 +199,10 @@ impl<'a> Replicator<'a> {
     /// The latest committed version of the local pond.
     fn local_latest(&self) -> Result<u64, ReplicaError> {
         let entries = history::log_entries(&self.root)?;
-        entries.last().map(|(v, _)| *v).ok_or_else(|| corrupt(self.root.join(layout::LOG_DIR), "no log entries".into()))
+        entries
+            .last()
+            .map(|(v, _)| *v)
+            .ok_or_else(|| corrupt(self.root.join(crate::layout::LOG_DIR), "no log entries".into()))
     }
 
     /// Parse the local log entries up to `version` that are not parsed yet.
@@ -452,8 +454,7 @@ impl<'a> Replicator<'a> {
         let file = PondFile::LastCheckpoint;
         let path = file.local_path(&self.root);
         let Ok(local) = std::fs::read(&path) else { return Ok(()) };
-        let Some(c) = serde_json::from_slice::<serde_json::Value>(&local).ok().and_then(|v| v.get("version")?.as_u64())
-        else {
+        let Some(c) = crate::layout::parse_last_checkpoint(&local) else {
             return Ok(()); // unreadable: a hint only; readers list the log instead
         };
         let listing = self.listing.as_ref().expect("listed");

@@ -32,7 +32,7 @@ use object_store::prefix::PrefixStore;
 use object_store::{GetResultPayload, ObjectStore, ObjectStoreExt};
 
 use super::error::ReplicaError;
-use super::layout::PondFile;
+use crate::layout::PondFile;
 
 /// Size of one multipart part (S3 wants at least 5 MiB) and of one read or write step.
 pub const PART_SIZE: usize = 8 << 20;

@@ -27,15 +27,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use futures::StreamExt;
 
 use crate::audit::{VerifyReport, verify_pond};
-use crate::large_files::LARGE_FILES_DIR;
 use crate::oplog::{datafile, history};
 
-use super::layout::{LOG_DIR, PondFile};
 use super::remote::{Listing, OnBytes, Remote, sync_filesystem};
 use super::{FILES_IN_FLIGHT, Progress, ReplicaError, blocking};
-
-/// `_last_checkpoint` is a line of JSON naming a version (Delta may add a schema): far below this.
-const MAX_HINT_SIZE: u64 = 1 << 20;
+use crate::layout::{LARGE_FILES_DIR, LOG_DIR, MAX_LAST_CHECKPOINT_SIZE, PondFile, parse_last_checkpoint};
 
 /// The outcome of [`restore`].
 #[derive(Clone, Debug)]
@@ -322,7 +318,7 @@ impl Fetcher<'_> {
             };
             for name in actions.removed {
                 if let Err(e) = PondFile::data(&name) {
-                    self.problem(e)?;
+                    self.problem(e.into())?;
                 }
             }
             for (name, size) in actions.added {
@@ -330,7 +326,7 @@ impl Fetcher<'_> {
                     Ok(_) => {
                         data.insert(name, size);
                     }
-                    Err(e) => self.problem(e)?,
+                    Err(e) => self.problem(e.into())?,
                 }
             }
         }
@@ -367,14 +363,14 @@ impl Fetcher<'_> {
     async fn hint(&mut self, version: u64) -> Result<(), ReplicaError> {
         let file = PondFile::LastCheckpoint;
         let Some(&size) = self.listing.files.get(&file) else { return Ok(()) };
-        if size > MAX_HINT_SIZE {
+        if size > MAX_LAST_CHECKPOINT_SIZE {
             // Read whole into memory below: a remote must not choose how much.
             let (expected, got) =
-                (format!("a checkpoint hint of at most {MAX_HINT_SIZE} bytes"), format!("{size} bytes"));
+                (format!("a checkpoint hint of at most {MAX_LAST_CHECKPOINT_SIZE} bytes"), format!("{size} bytes"));
             return self.problem(ReplicaError::Tampered { path: file.name(), expected, got });
         }
         let bytes = self.remote.get_bytes(&file).await?;
-        let named = serde_json::from_slice::<serde_json::Value>(&bytes).ok().and_then(|v| v.get("version")?.as_u64());
+        let named = parse_last_checkpoint(&bytes);
         let Some(c) = named else {
             let (expected, got) =
                 ("a checkpoint hint naming a version".to_string(), format!("{} unreadable bytes", bytes.len()));
