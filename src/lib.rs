@@ -6,4 +6,5 @@ pub mod fuse;
 pub mod large_files;
 pub mod layout;
 pub mod oplog;
+pub mod parquet_bounds;
 pub mod replica;

@@ -49,7 +49,9 @@ use pond::layout::PondFile;
 use pond::oplog::datafile::{self, InlineReader};
 use pond::oplog::schema::{Content, OplogRow};
 use pond::oplog::{Oplog, ROOT_INO, history};
+use pond::parquet_bounds::check_parquet;
 
+use crate::common::parquet_craft::{Crafted, parquet_file, zstd_zeros};
 use crate::common::rng::Rng;
 use crate::common::sizes::{C, T};
 use crate::common::{ME, pattern, pond_bin, runtime, soak};
@@ -873,6 +875,11 @@ struct Run {
 /// Run `pond args` with stdout and stderr in files under `scratch`, under the address-space limit,
 /// killed after [`CASE_TIMEOUT`] (then `status` is None).
 fn run_pond(args: &[OsString], scratch: &Path) -> Run {
+    run_pond_within(args, scratch, ADDRESS_SPACE)
+}
+
+/// [`run_pond`] under an address-space limit of `address_space` bytes.
+fn run_pond_within(args: &[OsString], scratch: &Path, address_space: u64) -> Run {
     let (out_path, err_path) = (scratch.join("stdout"), scratch.join("stderr"));
     // Temporary files (verify URL fetches into one) go here, so a leftover is seen.
     let tmp = scratch.join("tmp");
@@ -885,7 +892,7 @@ fn run_pond(args: &[OsString], scratch: &Path) -> Run {
         .stderr(std::fs::File::create(&err_path).expect("stderr file"));
     // SAFETY: only async-signal-safe calls (setrlimit) between fork and exec.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             let limit = |res, value: u64| {
                 let lim = libc::rlimit { rlim_cur: value, rlim_max: value };
                 if libc::setrlimit(res, &lim) != 0 {
@@ -893,7 +900,7 @@ fn run_pond(args: &[OsString], scratch: &Path) -> Run {
                 }
                 Ok(())
             };
-            limit(libc::RLIMIT_AS, ADDRESS_SPACE)?;
+            limit(libc::RLIMIT_AS, address_space)?;
             limit(libc::RLIMIT_CORE, 0)
         });
     }
@@ -1956,4 +1963,77 @@ fn absurd_attributes_show_or_fail_but_never_bring_the_daemon_down() {
         }
     }
     tally.finish(part);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Parquet files that claim more than any pond writes (issue 12, item 3)
+
+/// The active data files of the pond at `root`, relative to it.
+fn active_data_files(root: &Path) -> Vec<String> {
+    let oplog = runtime().block_on(Oplog::open(root, None)).expect("open the pond");
+    oplog.data_files().expect("data files").into_iter().map(|(p, _)| p.to_string()).collect()
+}
+
+#[test]
+fn a_crafted_parquet_file_within_bounds_passes_the_check_and_decodes() {
+    // The crafting is right: what the hostile cases below change is the only thing wrong with them.
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("ok.parquet");
+    std::fs::write(&path, parquet_file(&Crafted { depth: 3, ..Crafted::default() })).expect("write");
+    let file = std::fs::File::open(&path).expect("open");
+    check_parquet(&file, &datafile::DATA_FILE_LIMITS).expect("a small honest file passes");
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file).expect("parquet reads it").build().expect("reader");
+    let rows: usize = reader.map(|b| b.expect("batch").num_rows()).sum();
+    assert_eq!(rows, 3);
+}
+
+/// Replace the first active data file of a copy of the base pond by `crafted`, then run `ls`, `cat`
+/// and `verify` on it under `address_space`: each must end in a clear error naming `expect`.
+fn readers_refuse_a_crafted_data_file(crafted: &Crafted, address_space: u64, expect: &str) {
+    let b = base();
+    let dir = tempfile::tempdir().expect("dir");
+    let pond = dir.path().join("pond");
+    copy_tree(&b.pond, &pond);
+    let victim = active_data_files(&pond).remove(0);
+    std::fs::write(pond.join(&victim), parquet_file(crafted)).expect("replace the data file");
+    for (args, want) in [
+        (vec![os("ls"), os(&pond)], Verdict::Error),
+        (vec![os("cat"), os(&pond), os(&b.files[0])], Verdict::Error),
+        (vec![os("verify"), os(&pond)], Verdict::Damage),
+    ] {
+        let run = run_pond_within(&args, dir.path(), address_space);
+        let what = format!("pond {:?} with {victim} crafted as {crafted:?}", args[0]);
+        assert_eq!(judge(&run, true), Ok(want), "{what}: {}", run.stderr);
+        let said = format!("{}{}", run.stderr, String::from_utf8_lossy(&run.stdout));
+        assert!(said.contains(expect) && said.contains(&victim), "{what} names the file and why: {said}");
+    }
+}
+
+#[test]
+fn a_schema_nested_a_million_groups_deep_is_refused_before_parquet_builds_it() {
+    // parquet builds the schema tree by recursion, one frame per level: this overflows the stack.
+    // Refused for its width first (a million elements); within the width, for its depth.
+    let deep = Crafted { depth: 1_000_000, no_row_group: true, ..Crafted::default() };
+    readers_refuse_a_crafted_data_file(&deep, ADDRESS_SPACE, "its schema has 1000002 elements");
+    let deeper_than_pond = Crafted { depth: 50, ..Crafted::default() };
+    readers_refuse_a_crafted_data_file(&deeper_than_pond, ADDRESS_SPACE, "its schema nests groups 5 deep");
+}
+
+#[test]
+fn a_group_claiming_two_billion_children_is_refused_before_parquet_reserves_them() {
+    // parquet reserves a slot per claimed child before reading any: 16 GiB here.
+    let wide = Crafted { root_children: Some(i32::MAX), no_row_group: true, ..Crafted::default() };
+    readers_refuse_a_crafted_data_file(&wide, ADDRESS_SPACE, "a group claims more children than follow it");
+}
+
+#[test]
+fn a_page_inflating_to_two_gib_is_refused_before_it_is_decoded() {
+    // 64 KB of zstd that decodes to 2 GiB of zeros, exactly as its header claims: decoding it would
+    // need 2 GiB, so under a 1 GiB address space a reader that tries aborts.
+    let bomb = Crafted { claim_uncompressed: Some(i32::MAX), zstd_bomb: true, ..Crafted::default() };
+    readers_refuse_a_crafted_data_file(
+        &bomb,
+        1 << 30,
+        &format!("claims {} bytes stored and {} decoded", zstd_zeros(i32::MAX as u64).len(), i32::MAX),
+    );
 }

@@ -38,6 +38,16 @@ impl OplogError {
         OplogError::Parquet { path: path.to_path_buf(), source }
     }
 
+    /// A parquet file refused before decoding (see [`crate::parquet_bounds`]).
+    pub fn bounds(path: &Path, e: crate::parquet_bounds::ParquetBoundsError) -> Self {
+        match e {
+            crate::parquet_bounds::ParquetBoundsError::Io(source) => {
+                OplogError::Io { path: path.to_path_buf(), source }
+            }
+            e => OplogError::Corrupt { path: path.to_path_buf(), reason: e.to_string() },
+        }
+    }
+
     pub fn arrow(path: &Path, source: arrow::error::ArrowError) -> Self {
         OplogError::Corrupt { path: path.to_path_buf(), reason: source.to_string() }
     }
