@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::large_files::LargeFileStore;
 use crate::large_files::hash::{Blake3Hash, Sha256Digest, summarize};
+use crate::layout::{LOG_DIR, any_checkpoint_version};
 use crate::oplog::history::FileActions;
 use crate::oplog::schema::{Content, OplogRow};
 use crate::oplog::{Oplog, OplogError, check_is_pond, datafile, history};
@@ -146,6 +147,7 @@ fn check_object(
 /// forged one would show another tree without any hash noticing. Checked at every checkpoint's
 /// version and at the latest version.
 fn check_checkpoints(root: &Path, actions: &[(u64, FileActions)], report: &mut VerifyReport) {
+    check_checkpoint_files(root, report);
     // No actions: the log did not replay, which is reported already.
     let Some(latest) = actions.last().map(|(v, _)| *v) else { return };
     let mut at: BTreeSet<u64> = match history::checkpoint_versions(root) {
@@ -205,6 +207,27 @@ fn check_checkpoints(root: &Path, actions: &[(u64, FileActions)], report: &mut V
                 ));
             }
             Ok(_) => {}
+        }
+    }
+}
+
+/// Every checkpoint file must read: opening the pond hides one that does not (and reads the JSON
+/// log instead), so only this check sees it.
+fn check_checkpoint_files(root: &Path, report: &mut VerifyReport) {
+    let log = root.join(LOG_DIR);
+    let Ok(entries) = std::fs::read_dir(&log) else { return }; // reported by the log checks
+    let mut names: Vec<String> = entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().map(str::to_string))
+        .filter(|n| any_checkpoint_version(n).is_some())
+        .collect();
+    names.sort();
+    for name in names {
+        if let Err(e) = datafile::check_parquet_file(&log.join(&name)) {
+            report.damage.push(format!(
+                "log: checkpoint {name} does not read: {e} (a checkpoint only sums up the JSON log, which pond \
+                 reads instead: removing the file is safe)"
+            ));
         }
     }
 }

@@ -370,6 +370,7 @@ impl<'a> Replicator<'a> {
             self.totals.skipped_files += skipped.skipped_files;
             self.totals.skipped_bytes += skipped.skipped_bytes;
         }
+        let new_log = readable_checkpoints_only(new_log).await?;
 
         let outgoing = [&new_objects, &new_data, &new_log];
         let files = outgoing.iter().map(|o| o.len() as u64).sum();
@@ -471,6 +472,29 @@ impl<'a> Replicator<'a> {
         self.remote_hint = Some(local);
         Ok(())
     }
+}
+
+/// `files` without the checkpoints among them that do not read (one torn by a power cut, say):
+/// the pond itself reads its JSON log instead (see `oplog::store`), and a replica holding a damaged
+/// checkpoint would fail verification and never restore. A checkpoint is derived from the log
+/// entries, so the remote loses nothing; `pond verify` on the pond names it.
+async fn readable_checkpoints_only(files: Vec<Outgoing>) -> Result<Vec<Outgoing>, ReplicaError> {
+    blocking(move || {
+        Ok(files
+            .into_iter()
+            .filter(|(file, path, _)| match file {
+                PondFile::Checkpoint(_) => match datafile::check_parquet_file(path) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::warn!("not replicating {file}, which does not read: {e}");
+                        false
+                    }
+                },
+                _ => true,
+            })
+            .collect())
+    })
+    .await
 }
 
 /// The large objects that `data` files reference (read without their inline content).
