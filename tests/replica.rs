@@ -657,3 +657,93 @@ os._exit(0)  # deltalake's runtime threads may abort a normal interpreter exit
     assert_eq!(got["files"], serde_json::json!(files));
     assert_eq!(got["rows"], serde_json::json!(rows));
 }
+
+// ---------------------------------------------------------------------------------------------------
+// A remote that lies, and copies that stay private (issue 12)
+
+/// A small pond replicated to `remote`; returns its latest version.
+fn pushed_pond(remote: &Path) -> (TestPond, u64) {
+    let src = TestPond::new();
+    {
+        let fs = src.open();
+        write_file(&fs, ROOT_INO, "small", b"small");
+        write_file(&fs, ROOT_INO, "large", &pattern(2 * C + 5, 8));
+        fs.shutdown().unwrap();
+    }
+    push(&src.root, remote);
+    let latest = latest_version(&src.root);
+    (src, latest)
+}
+
+#[test]
+fn restore_refuses_a_log_with_a_gap_before_allocating() {
+    let base = tempfile::tempdir().unwrap();
+    let remote = base.path().join("remote");
+    let (_src, latest) = pushed_pond(&remote);
+    let first = remote.join("_delta_log/00000000000000000000.json");
+    let target = base.path().join("restored");
+    // Two tiny files that once made restore allocate ~400 GB (and u64::MAX overflow): refused from
+    // the listing, before anything is fetched or allocated per version.
+    for far in [10_000_000_000u64, u64::MAX] {
+        let planted = remote.join(format!("_delta_log/{far:020}.json"));
+        std::fs::copy(&first, &planted).unwrap();
+        assert_restore_refused(s(&remote), &target, &format!("jumps from version {latest} to version {far}"));
+        let out = pond(&["verify", &format!("file://{}", s(&remote))]);
+        assert_eq!(out.status.code(), Some(2), "verify URL refuses it too: {}", crate::common::describe(&out));
+        assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("version {far}")));
+        std::fs::remove_file(&planted).unwrap();
+    }
+    // A gap inside the log, and a log that starts after version 0 with no checkpoint there.
+    let second = remote.join("_delta_log/00000000000000000001.json");
+    let kept = std::fs::read(&second).unwrap();
+    std::fs::remove_file(&second).unwrap();
+    assert_restore_refused(s(&remote), &target, "jumps from version 0 to version 2");
+    std::fs::remove_file(&first).unwrap();
+    assert_restore_refused(s(&remote), &target, "starts at version 2, which is neither version 0 nor a checkpoint's");
+    std::fs::write(&second, kept).unwrap();
+}
+
+#[test]
+fn a_log_may_start_at_a_checkpoint_but_nowhere_else() {
+    // A pruned pond's replica starts at a checkpoint: its span is checked from there.
+    let mut listing = replica::Listing::default();
+    for v in 50..=60 {
+        listing.files.insert(replica::PondFile::Log(v), 10);
+    }
+    assert!(matches!(listing.log_span(), Err(replica::ReplicaError::LogStart(50))));
+    listing.files.insert(replica::PondFile::Checkpoint(49), 10);
+    assert_eq!(listing.log_span().unwrap(), Some((50, 60)), "the entries right after a checkpoint");
+    listing.files.insert(replica::PondFile::Checkpoint(50), 10);
+    listing.files.insert(replica::PondFile::Log(62), 10);
+    assert!(matches!(listing.log_span(), Err(replica::ReplicaError::LogGap { before: 60, after: 62 })));
+    assert_eq!(replica::Listing::default().log_span().unwrap(), None);
+}
+
+#[test]
+fn a_log_entry_or_hint_listed_past_its_kind_s_cap_is_never_fetched() {
+    let base = tempfile::tempdir().unwrap();
+    let remote = base.path().join("remote");
+    let (_src, latest) = pushed_pond(&remote);
+    let target = base.path().join("restored");
+    // Sparse: the remote lists them huge, and a reader that fetched them would read it all.
+    for (file, cap) in [
+        (format!("_delta_log/{latest:020}.json"), pond::layout::MAX_LOG_ENTRY_SIZE),
+        ("_delta_log/_last_checkpoint".to_string(), pond::layout::MAX_LAST_CHECKPOINT_SIZE),
+    ] {
+        let path = remote.join(&file);
+        let kept = std::fs::read(&path).ok();
+        std::fs::OpenOptions::new().create(true).write(true).open(&path).unwrap().set_len(cap + 1).unwrap();
+        assert_restore_refused(
+            s(&remote),
+            &target,
+            &format!("the remote lists {file} at {} bytes, more than the {cap}", cap + 1),
+        );
+        let out = pond(&["verify", &format!("file://{}", s(&remote))]);
+        assert_eq!(out.status.code(), Some(1), "verify URL reports it: {}", crate::common::describe(&out));
+        assert!(String::from_utf8_lossy(&out.stdout).contains(&file), "{}", crate::common::describe(&out));
+        match kept {
+            Some(bytes) => std::fs::write(&path, bytes).unwrap(),
+            None => std::fs::remove_file(&path).unwrap(),
+        }
+    }
+}
