@@ -2037,3 +2037,120 @@ fn a_page_inflating_to_two_gib_is_refused_before_it_is_decoded() {
         &format!("claims {} bytes stored and {} decoded", zstd_zeros(i32::MAX as u64).len(), i32::MAX),
     );
 }
+
+// ---------------------------------------------------------------------------------------------------
+// Directories that do not form a tree (issue 12, item 4)
+
+/// Ways to make a pond's directories not a tree, committed as directory entries straight into its
+/// table (what a forged or damaged replica could hold).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum NotATreeEdit {
+    /// `d` gets an entry naming `d`.
+    InsideItself,
+    /// A new directory `x` inside `d` gets an entry naming `d`: a mount's rename into `d` walked
+    /// `d`, `x`, `d`, ... for ever, holding the tree's lock.
+    ThroughAChild,
+    /// `d` gets an entry naming the root.
+    NamesTheRoot,
+    /// `d` leaves the root for a new directory `x` that sits inside `d`: reachable from nowhere.
+    Unreachable,
+}
+
+const NOT_A_TREE_EDITS: [NotATreeEdit; 4] =
+    [NotATreeEdit::InsideItself, NotATreeEdit::ThroughAChild, NotATreeEdit::NamesTheRoot, NotATreeEdit::Unreachable];
+
+/// Apply `edit` to the pond (or directory remote) at `root` as one new version.
+fn break_the_tree(root: &Path, edit: NotATreeEdit) {
+    use pond::oplog::CommitSummary;
+    runtime().block_on(async {
+        let mut oplog = Oplog::open(root, None).await.expect("open the table");
+        let loaded = oplog.load().expect("load its rows");
+        let d = loaded
+            .rows
+            .iter()
+            .find_map(|r| match r {
+                OplogRow::Dirent { parent: ROOT_INO, name, child: Some(c), .. } if name == b"d" => Some(*c),
+                _ => None,
+            })
+            .expect("directory d");
+        let d_data = loaded
+            .rows
+            .iter()
+            .find_map(|r| match r {
+                OplogRow::Node { ino, data: Some(data), .. } if *ino == d => Some(data.clone()),
+                _ => None,
+            })
+            .expect("d's node");
+        let mut seq = loaded.max_seq;
+        let mut next = || {
+            seq += 1;
+            seq
+        };
+        let entry = |parent: u64, name: &str, seq: u64, child: Option<u64>| OplogRow::Dirent {
+            parent,
+            name: name.as_bytes().to_vec(),
+            seq,
+            child,
+        };
+        let rows = match edit {
+            NotATreeEdit::InsideItself => vec![entry(d, "itself", next(), Some(d))],
+            NotATreeEdit::ThroughAChild => {
+                let x = loaded.max_ino + 1;
+                vec![
+                    OplogRow::Node { ino: x, seq: next(), data: Some(d_data) },
+                    entry(d, "x", next(), Some(x)),
+                    entry(x, "back", next(), Some(d)),
+                ]
+            }
+            NotATreeEdit::NamesTheRoot => vec![entry(d, "up", next(), Some(ROOT_INO))],
+            NotATreeEdit::Unreachable => {
+                let x = loaded.max_ino + 1;
+                vec![
+                    OplogRow::Node { ino: x, seq: next(), data: Some(d_data) },
+                    entry(ROOT_INO, "d", next(), None),
+                    entry(d, "x", next(), Some(x)),
+                    entry(x, "d", next(), Some(d)),
+                ]
+            }
+        };
+        let summary = CommitSummary { operation: "hostile", files_changed: 0, bytes: 0 };
+        oplog.commit_batch(rows, summary).await.expect("commit the edit");
+    });
+}
+
+#[test]
+fn directories_that_are_not_a_tree_are_refused_by_mount_ls_and_cat_and_named_by_verify() {
+    crate::common::require_fuse();
+    let b = base();
+    for edit in NOT_A_TREE_EDITS {
+        let dir = tempfile::tempdir().expect("dir");
+        let pond = dir.path().join("pond");
+        copy_tree(&b.pond, &pond);
+        break_the_tree(&pond, edit);
+        let p = os(&pond);
+        for args in [vec![os("ls"), p.clone()], vec![os("ls"), p.clone(), os("d")], vec![os("cat"), p.clone(), os("a")]]
+        {
+            let run = run_pond(&args, dir.path());
+            assert_eq!(judge(&run, false), Ok(Verdict::Error), "{edit:?}: pond {:?}: {}", args[0], run.stderr);
+            assert!(run.stderr.contains("do not form a tree"), "{edit:?}: says why: {}", run.stderr);
+        }
+        let run = run_pond(&[os("verify"), p.clone()], dir.path());
+        assert_eq!(judge(&run, true), Ok(Verdict::Damage), "{edit:?}: verify: {}", run.stderr);
+        assert!(String::from_utf8_lossy(&run.stdout).contains("not a tree"), "{edit:?}: verify names it");
+        // A mount is refused at once, read-write or not: nothing for a rename to go round in.
+        let mnt = dir.path().join("mnt");
+        std::fs::create_dir(&mnt).expect("mountpoint");
+        let _unmount = Unmount(mnt.clone());
+        for opts in [None, Some("ro")] {
+            let mut args = vec![os("mount"), p.clone(), os(&mnt)];
+            args.extend(opts.map(|o| [os("-o"), os(o)]).into_iter().flatten());
+            let run = run_pond(&args, dir.path());
+            assert_eq!(judge(&run, false), Ok(Verdict::Error), "{edit:?}: mount {opts:?}: {}", run.stderr);
+            assert!(!crate::common::is_mounted(&mnt), "{edit:?}: nothing mounted");
+        }
+        // The version before the edit still opens.
+        let before = os((b.latest).to_string());
+        let run = run_pond(&[os("ls"), p.clone(), os("--version"), before], dir.path());
+        assert_eq!(judge(&run, false), Ok(Verdict::Ok), "{edit:?}: the version before: {}", run.stderr);
+    }
+}

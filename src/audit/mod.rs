@@ -14,7 +14,7 @@ use crate::large_files::hash::{Blake3Hash, Sha256Digest, summarize};
 use crate::layout::{LOG_DIR, any_checkpoint_version};
 use crate::oplog::history::FileActions;
 use crate::oplog::schema::{Content, OplogRow};
-use crate::oplog::{Oplog, OplogError, check_is_pond, datafile, history};
+use crate::oplog::{Oplog, OplogError, check_is_pond, datafile, history, tree_shape};
 
 /// What `pond verify` found. Damage lines name the file, row, object or chunk.
 #[derive(Debug, Default)]
@@ -88,7 +88,31 @@ pub fn verify_pond(root: &Path) -> Result<VerifyReport, OplogError> {
         Err(e) => report.damage.push(format!("_large_files: {e}")),
     }
     check_checkpoints(root, &actions, &mut report);
+    check_tree_shape(root, actions.last().map(|(v, _)| *v), &mut report);
     Ok(report)
+}
+
+/// The directories at the latest version must form a tree (see [`tree_shape`]): the filesystem
+/// refuses to open a version where they do not. Older versions are checked when opened.
+fn check_tree_shape(root: &Path, latest: Option<u64>, report: &mut VerifyReport) {
+    // No latest version: the log did not replay, which is reported already.
+    let Some(latest) = latest else { return };
+    let checked = std::thread::scope(|s| {
+        s.spawn(|| {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let rows = rt.block_on(Oplog::open(root, Some(latest))).and_then(|mut oplog| oplog.load());
+            Ok::<_, std::io::Error>(rows.map(|loaded| tree_shape::check_tree(&loaded.rows)))
+        })
+        .join()
+    });
+    match checked {
+        Ok(Ok(Ok(Ok(())))) => {}
+        Ok(Ok(Ok(Err(e)))) => report.damage.push(format!("tree: at version {latest}, not a tree: {e}")),
+        // A table or data file that does not open is reported by the checks above.
+        Ok(Ok(Err(_))) => {}
+        Ok(Err(e)) => report.damage.push(format!("tree: cannot check the tree: {e}")),
+        Err(_) => report.damage.push("tree: checking the tree panicked".into()),
+    }
 }
 
 /// One object's check: its content size if it opened, and what is wrong with it.

@@ -12,6 +12,7 @@ pub mod history;
 pub mod maintenance;
 pub mod schema;
 mod store;
+pub mod tree_shape;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::panic::AssertUnwindSafe;
