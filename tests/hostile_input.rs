@@ -251,6 +251,9 @@ fn tree_digest(root: &Path) -> BTreeMap<String, String> {
                 walk(root, &path, out);
             } else if meta.file_type().is_symlink() {
                 out.insert(rel, format!("symlink {:?}", std::fs::read_link(&path).ok()));
+            } else if !meta.is_file() {
+                // A FIFO would block a read.
+                out.insert(rel, format!("special {:?}", meta.file_type()));
             } else {
                 let bytes = std::fs::read(&path).unwrap_or_default();
                 out.insert(rel, format!("{} bytes {}", bytes.len(), blake3::hash(&bytes)));
@@ -351,6 +354,37 @@ enum Mutation {
     Foreign {
         name: String,
     },
+    /// The file copied to the log entry of a far version: versions that do not follow one another.
+    FarVersion {
+        version: u64,
+    },
+    /// The file grown, sparse, to `len` bytes: past what a file of its kind may hold.
+    Sparse {
+        len: u64,
+    },
+    /// The file replaced by a parquet file that claims too much (see `common::parquet_craft`).
+    Crafted(Crafted),
+    /// The file (or directory) moved out of the remote, a symbolic link to it left in its place.
+    Link,
+    /// The file replaced by a FIFO (opening one for reading blocks).
+    Fifo,
+    /// Directory entries committed into the table that make its directories not a tree.
+    NotATree(NotATreeEdit),
+}
+
+/// A parquet file no honest writer writes, for a data file or a checkpoint to be replaced by.
+fn crafted(rng: &mut Rng) -> Crafted {
+    match rng.below(5) {
+        // Wider than any pond schema (and nested deeper than parquet's recursion survives).
+        0 => Crafted { depth: 100_000 + rng.below(100_000), no_row_group: true, ..Crafted::default() },
+        // Nested a little deeper than a pond file's schema may be.
+        1 => Crafted { depth: 5 + rng.below(30), ..Crafted::default() },
+        2 => {
+            Crafted { root_children: Some(i32::MAX - rng.below(1000) as i32), no_row_group: true, ..Crafted::default() }
+        }
+        3 => Crafted { claim_uncompressed: Some(i32::MAX), zstd_bomb: true, ..Crafted::default() },
+        _ => Crafted { claim_uncompressed: Some(i32::MAX - rng.below(1000) as i32), ..Crafted::default() },
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -813,6 +847,30 @@ fn apply(root: &Path, file: &Path, m: &Mutation) {
             let _ = std::fs::write(p, b"PAR1 not part of any pond PAR1");
             return;
         }
+        Mutation::FarVersion { version } => {
+            let _ = std::fs::copy(file, root.join(format!("_delta_log/{version:020}.json")));
+            return;
+        }
+        Mutation::Sparse { len } => {
+            let _ = std::fs::OpenOptions::new().write(true).open(file).and_then(|f| f.set_len(*len));
+            return;
+        }
+        Mutation::Crafted(c) => b = parquet_file(c),
+        Mutation::Link => {
+            // Outside: beside the pond or remote, in `outside/`, under the same relative name.
+            let rel = file.strip_prefix(root).expect("under root");
+            let away = root.parent().expect("a parent").join("outside").join(rel);
+            std::fs::create_dir_all(away.parent().expect("a parent")).expect("outside dir");
+            std::fs::rename(file, &away).expect("move out");
+            std::os::unix::fs::symlink(&away, file).expect("symlink");
+            return;
+        }
+        Mutation::Fifo => {
+            let _ = std::fs::remove_file(file);
+            nix::unistd::mkfifo(file, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("mkfifo");
+            return;
+        }
+        Mutation::NotATree(edit) => return break_the_tree(root, *edit),
     }
     std::fs::write(file, b).expect("write mutated file");
 }
@@ -852,6 +910,7 @@ fn mutate(rng: &mut Rng, root: &Path, kinds: &[FileKind], checkpoint: u64) -> Ve
             FileKind::LogEntry | FileKind::LastCheckpoint if rng.chance(75) => {
                 Mutation::Json(json_edit(rng, &std::fs::read_to_string(&file).unwrap_or_default()))
             }
+            FileKind::Data | FileKind::Checkpoint if rng.chance(10) => Mutation::Crafted(crafted(rng)),
             FileKind::Data | FileKind::Checkpoint if rng.chance(40) => {
                 value_mutation(rng, &file, &hashes).unwrap_or(Mutation::FlipBits { at: offset(rng, len), mask: 4 })
             }
@@ -1045,7 +1104,14 @@ fn local_case(tally: &mut Tally, target: &str, kinds: &[FileKind], seed: u64) {
     let pond = dir.path().join("pond");
     copy_tree(&b.pond, &pond);
     let mut rng = Rng::new(seed);
-    let mutations = mutate(&mut rng, &pond, kinds, b.checkpoint);
+    let mut mutations = Vec::new();
+    if kinds.contains(&FileKind::Data) && rng.chance(10) {
+        // First, while the table still opens: a version whose directories are not a tree.
+        let m = Mutation::NotATree(*rng.one_of(&NOT_A_TREE_EDITS));
+        apply(&pond, &pond, &m);
+        mutations.push(describe(&m));
+    }
+    mutations.extend(mutate(&mut rng, &pond, kinds, b.checkpoint));
     tally.cases += 1;
     tally.faults += mutations.len() as u64;
     let case = format!("[{target} seed={seed:#x}] {}", mutations.join("; "));
@@ -1118,7 +1184,47 @@ fn restore_case(tally: &mut Tally, seed: u64) {
         FileKind::Data,
         FileKind::Object,
     ];
-    let mut mutations = mutate(&mut rng, &remote, &kinds, b.checkpoint);
+    let mut mutations = Vec::new();
+    if rng.chance(8) {
+        // First, while the table still opens: a version whose directories are not a tree.
+        let m = Mutation::NotATree(*rng.one_of(&NOT_A_TREE_EDITS));
+        apply(&remote, &remote, &m);
+        mutations.push(describe(&m));
+    }
+    mutations.extend(mutate(&mut rng, &remote, &kinds, b.checkpoint));
+    // What a remote may lie about beyond its files' bytes (issue 12): versions that do not follow
+    // one another, sizes past a kind's cap, links out of it and FIFOs in it.
+    let rel = |p: &Path| p.strip_prefix(&remote).expect("under the remote").to_string_lossy().into_owned();
+    if rng.chance(8) {
+        let version = *rng.one_of(&[b.latest + 2, 10_000_000_000, u64::MAX]);
+        let m = Mutation::FarVersion { version };
+        let entry = rng.one_of(&files_of(&remote, FileKind::LogEntry)).clone();
+        apply(&remote, &entry, &m);
+        mutations.push(format!("{} <- {}", rel(&entry), describe(&m)));
+    }
+    if rng.chance(8) {
+        let (kind, cap) = *rng.one_of(&[
+            (FileKind::LogEntry, pond::layout::MAX_LOG_ENTRY_SIZE),
+            (FileKind::Checkpoint, pond::layout::MAX_CHECKPOINT_SIZE),
+        ]);
+        if let Some(file) = rng.pick(&files_of(&remote, kind)).cloned() {
+            let m = Mutation::Sparse { len: cap + 1 + rng.below(4096) as u64 };
+            apply(&remote, &file, &m);
+            mutations.push(format!("{} <- {}", rel(&file), describe(&m)));
+        }
+    }
+    if rng.chance(8) {
+        let m = if rng.chance(70) { Mutation::Link } else { Mutation::Fifo };
+        let kind = *rng.one_of(&kinds);
+        let mut targets: Vec<PathBuf> = files_of(&remote, kind);
+        if matches!(m, Mutation::Link) {
+            targets.extend([remote.join("_large_files"), remote.join("_delta_log")]);
+        }
+        if let Some(target) = rng.pick(&targets).cloned().filter(|t| t.exists()) {
+            apply(&remote, &target, &m);
+            mutations.push(format!("{} <- {}", rel(&target), describe(&m)));
+        }
+    }
     if rng.chance(5) {
         // A hint the size of a data file: read whole, so refused before it is read.
         let m = Mutation::Append { len: 2 << 20, seed: rng.next() };
@@ -1141,6 +1247,8 @@ fn restore_case(tally: &mut Tally, seed: u64) {
     tally.faults += mutations.len() as u64;
     let case = format!("[{part} seed={seed:#x}] {}", mutations.join("; "));
     let remote_before = tree_digest(&remote);
+    let outside = dir.path().join("outside");
+    let outside_before = tree_digest(&outside);
     let out = dir.path().join("out");
     std::fs::create_dir(&out).expect("out dir");
     let target = out.join("new");
@@ -1170,6 +1278,10 @@ fn restore_case(tally: &mut Tally, seed: u64) {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     top.sort();
+    top.retain(|n| n != "outside");
+    if tree_digest(&outside) != outside_before {
+        tally.failures.push(format!("{case}\n    written through a link, outside the remote"));
+    }
     let tmp_left = std::fs::read_dir(dir.path().join("tmp")).map(|d| d.count()).unwrap_or(0);
     if top != ["out", "remote", "stderr", "stdout", "tmp"] || tmp_left != 0 {
         tally.failures.push(format!("{case}\n    written beside the target: {top:?}, {tmp_left} entries in TMPDIR"));
