@@ -892,11 +892,21 @@ fn pond_with_umask_022(args: &[&str]) -> Output {
 #[test]
 fn a_directory_remote_and_a_restored_pond_are_private_whatever_the_umask() {
     let src = rich_pond();
+    {
+        // Past the first checkpoint, so the remote holds one and `_last_checkpoint` too.
+        let fs = src.open();
+        for i in 0..50 {
+            write_file(&fs, ROOT_INO, &format!("n{i}"), b"n");
+            fs.sync_all().unwrap();
+        }
+        fs.shutdown().unwrap();
+    }
     let base = tempfile::tempdir().unwrap();
     std::fs::set_permissions(base.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let remote = base.path().join("remote");
     let out = pond_with_umask_022(&["replicate", src.path(), s(&remote)]);
     assert!(out.status.success(), "{}", crate::common::describe(&out));
+    assert!(remote.join("_delta_log/_last_checkpoint").exists(), "the hint was replicated");
     assert_private(&remote, "the remote");
     // A fresh target, and a user's empty 0700 one (never swapped for a wider one).
     let fresh = base.path().join("fresh");

@@ -212,7 +212,7 @@ impl Remote {
     /// (see [`Remote::confirm`]) before this returns.
     pub async fn put_file(&self, file: &PondFile, src: &Path, on_bytes: &OnBytes) -> Result<u64, ReplicaError> {
         if let Some(dir) = &self.local {
-            let size = put_local(dir, file, src, on_bytes).await?;
+            let size = put_local(dir, file, Source::File(src.to_path_buf()), on_bytes).await?;
             self.confirm(file, size).await?;
             return Ok(size);
         }
@@ -304,7 +304,14 @@ impl Remote {
     /// Upload `data` as `file` in one request, confirmed as [`Remote::put_file`] is.
     pub async fn put_bytes(&self, file: &PondFile, data: Bytes) -> Result<(), ReplicaError> {
         let size = data.len() as u64;
-        self.store.put(&Self::location(file), data.into()).await?;
+        match &self.local {
+            Some(dir) => {
+                put_local(dir, file, Source::Bytes(data), &(Arc::new(|_| {}) as OnBytes)).await?;
+            }
+            None => {
+                self.store.put(&Self::location(file), data.into()).await?;
+            }
+        }
         self.confirm(file, size).await
     }
 
@@ -407,19 +414,24 @@ impl Remote {
 /// `LocalFileSystem::put`, at a third of the cost here (measured on a 300 MiB pond). The directory
 /// is reached through [`local_dir::open_dir`] (no link followed, missing ones made 0700) and the
 /// file created 0600.
-async fn put_local(dir: &Path, file: &PondFile, src: &Path, on_bytes: &OnBytes) -> Result<u64, ReplicaError> {
+async fn put_local(dir: &Path, file: &PondFile, src: Source, on_bytes: &OnBytes) -> Result<u64, ReplicaError> {
     static STAGED: AtomicU64 = AtomicU64::new(0);
     let dest = file.local_path(dir);
     let name = file.name();
     let (parent, base) = name.rsplit_once('/').map_or((String::new(), name.clone()), |(p, b)| (p.into(), b.into()));
     let staging = format!("{base}#{}{:06}", std::process::id(), STAGED.fetch_add(1, Ordering::Relaxed));
-    let (root, src_path, on_bytes) = (dir.to_path_buf(), src.to_path_buf(), on_bytes.clone());
+    let (root, on_bytes) = (dir.to_path_buf(), on_bytes.clone());
     blocking(move || {
         let parent = local_dir::open_dir(&root, &parent, true)?;
         let copied = (|| {
-            let mut input = std::fs::File::open(&src_path)?;
             let mut out = local_dir::create_file_in(&parent, &staging)?;
-            let n = copy_in_steps(&mut input, &mut out, u64::MAX, &on_bytes)?;
+            let n = match &src {
+                Source::File(path) => copy_in_steps(&mut std::fs::File::open(path)?, &mut out, u64::MAX, &on_bytes)?,
+                Source::Bytes(data) => {
+                    std::io::Write::write_all(&mut out, data)?;
+                    data.len() as u64
+                }
+            };
             drop(out);
             nix::fcntl::renameat(&parent, staging.as_str(), &parent, base.as_str())?;
             Ok(n)
@@ -431,6 +443,12 @@ async fn put_local(dir: &Path, file: &PondFile, src: &Path, on_bytes: &OnBytes) 
     })
     .await
     .map_err(|e| ReplicaError::io(dest, e))
+}
+
+/// What [`put_local`] uploads: a local file, or bytes in memory (the small `_last_checkpoint`).
+enum Source {
+    File(PathBuf),
+    Bytes(Bytes),
 }
 
 /// Copy at most `limit` bytes of `src` to `out` in [`PART_SIZE`] steps (copy_file_range between
