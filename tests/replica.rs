@@ -732,7 +732,14 @@ fn a_log_entry_or_hint_listed_past_its_kind_s_cap_is_never_fetched() {
     ] {
         let path = remote.join(&file);
         let kept = std::fs::read(&path).ok();
-        std::fs::OpenOptions::new().create(true).write(true).open(&path).unwrap().set_len(cap + 1).unwrap();
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(cap + 1)
+            .unwrap();
         assert_restore_refused(
             s(&remote),
             &target,
