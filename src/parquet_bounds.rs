@@ -22,6 +22,10 @@
 //! page's sizes within bounds, the pages filling the chunk exactly, and the offset index, when
 //! there is one, naming exactly those pages (a reader that seeks by the index must land on a page
 //! header this walk checked).
+//!
+//! A reader that opens a large file often and reads few of its pages (the large-file store) can
+//! check the footer alone at open ([`check_footer`]) and each page before parquet reads it
+//! ([`check_page`], at the offset the offset index gives), instead of walking every page at open.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -86,6 +90,8 @@ pub enum ParquetBoundsError {
     BadSchema(&'static str),
     #[error("row group {group}, column {column}: {reason}")]
     Chunk { group: usize, column: String, reason: String },
+    #[error("page at byte {offset}: {reason}")]
+    Page { offset: u64, reason: String },
 }
 
 /// Most bytes a page header may take (pond's are tens of bytes; page statistics, which pond does
@@ -100,6 +106,35 @@ const MAGIC: &[u8; 4] = b"PAR1";
 /// Check the parquet file `file` against `limits` (see the module doc) and return its metadata,
 /// decoded once it is known to be safe to decode, with the page index when the file has one.
 pub fn check_parquet(file: &File, limits: &ParquetLimits) -> Result<ParquetMetaData, ParquetBoundsError> {
+    check(file, limits, Pages::Walk)
+}
+
+/// [`check_parquet`] without the walk of every page header: for a reader that opens a large file
+/// often and reads few of its pages, and checks each with [`check_page`] before parquet reads it.
+/// The offset index is then not compared with the pages (nothing has walked them).
+pub fn check_footer(file: &File, limits: &ParquetLimits) -> Result<ParquetMetaData, ParquetBoundsError> {
+    check(file, limits, Pages::Skip)
+}
+
+/// Check the header of the page at `offset` of a file whose footer [`check_footer`] passed: its
+/// sizes within `limits`, the page ending by `chunk_end` (the end of its column chunk). Returns
+/// the page's size, header included (what the offset index records for it).
+pub fn check_page(file: &File, offset: u64, chunk_end: u64, limits: &ParquetLimits) -> Result<u64, ParquetBoundsError> {
+    let page = |reason| ParquetBoundsError::Page { offset, reason };
+    if offset >= chunk_end {
+        return Err(page("it starts past the end of its column chunk".into()));
+    }
+    let (header, header_len) = read_page_header(file, offset, chunk_end).map_err(page)?;
+    page_size(&header, offset, header_len, chunk_end, limits).map_err(page)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Pages {
+    Walk,
+    Skip,
+}
+
+fn check(file: &File, limits: &ParquetLimits, pages: Pages) -> Result<ParquetMetaData, ParquetBoundsError> {
     let len = file.metadata()?.len();
     if len < 12 {
         return Err(ParquetBoundsError::NotParquet("shorter than a parquet file's magic and footer length"));
@@ -162,7 +197,9 @@ pub fn check_parquet(file: &File, limits: &ParquetLimits) -> Result<ParquetMetaD
                 }
                 has_index = true;
             }
-            group_pages.push(walk_pages(file, start, size, limits).map_err(bad)?);
+            if pages == Pages::Walk {
+                group_pages.push(walk_pages(file, start, size, limits).map_err(bad)?);
+            }
         }
         data_pages.push(group_pages);
     }
@@ -172,7 +209,7 @@ pub fn check_parquet(file: &File, limits: &ParquetLimits) -> Result<ParquetMetaD
     let mut reader = ParquetMetaDataReader::new_with_metadata(md).with_page_index_policy(PageIndexPolicy::Optional);
     reader.read_page_indexes(file).map_err(|e| ParquetBoundsError::BadFooter(format!("page index: {e}")))?;
     let md = reader.finish().map_err(|e| ParquetBoundsError::BadFooter(format!("page index: {e}")))?;
-    if let Some(index) = md.offset_index() {
+    if let Some(index) = md.offset_index().filter(|_| pages == Pages::Walk) {
         for (g, (indexed, walked)) in index.iter().zip(&data_pages).enumerate() {
             for (c, (indexed, walked)) in indexed.iter().zip(walked).enumerate() {
                 let named: Vec<(u64, u64)> = indexed
@@ -198,43 +235,54 @@ fn walk_pages(file: &File, start: u64, size: u64, limits: &ParquetLimits) -> Res
     let end = start + size;
     let mut pos = start;
     let mut data_pages = Vec::new();
-    let mut buf = Vec::new();
     while pos < end {
-        let mut want = HEADER_PROBE.min(end - pos);
-        let (header, header_len) = loop {
-            buf.resize(want as usize, 0);
-            file.read_exact_at(&mut buf, pos).map_err(|e| e.to_string())?;
-            let mut t = Thrift::new(&buf);
-            match page_header(&mut t) {
-                Ok(h) => break (h, t.pos as u64),
-                Err(Malformed::Short) if want < MAX_PAGE_HEADER.min(end - pos) => {
-                    want = (want * 4).min(MAX_PAGE_HEADER).min(end - pos);
-                }
-                Err(Malformed::Short) => return Err(format!("the page header at byte {pos} does not end")),
-                Err(Malformed::Bad(why)) => return Err(format!("the page header at byte {pos} is damaged: {why}")),
-            }
-        };
-        let (Ok(compressed), Ok(uncompressed)) = (u64::try_from(header.compressed), u64::try_from(header.uncompressed))
-        else {
-            return Err(format!("the page at byte {pos} claims a negative size"));
-        };
-        if uncompressed > limits.max_page_uncompressed || compressed > limits.max_page_compressed {
-            return Err(format!(
-                "the page at byte {pos} claims {compressed} bytes stored and {uncompressed} decoded, more than \
-                 the {} and {} this kind of file may have",
-                limits.max_page_compressed, limits.max_page_uncompressed
-            ));
-        }
-        let next = pos + header_len + compressed;
-        if next > end {
-            return Err(format!("the page at byte {pos} runs past the end of its column chunk"));
-        }
+        let (header, header_len) = read_page_header(file, pos, end)?;
+        let page = page_size(&header, pos, header_len, end, limits)?;
         if header.is_data {
-            data_pages.push((pos, next - pos));
+            data_pages.push((pos, page));
         }
-        pos = next;
+        pos += page;
     }
     Ok(data_pages)
+}
+
+/// Read and parse the page header at `pos` (reading no further than `end`), with its length.
+fn read_page_header(file: &File, pos: u64, end: u64) -> Result<(PageHeader, u64), String> {
+    let mut want = HEADER_PROBE.min(end - pos);
+    let mut buf = Vec::new();
+    loop {
+        buf.resize(want as usize, 0);
+        file.read_exact_at(&mut buf, pos).map_err(|e| e.to_string())?;
+        let mut t = Thrift::new(&buf);
+        match page_header(&mut t) {
+            Ok(h) => return Ok((h, t.pos as u64)),
+            Err(Malformed::Short) if want < MAX_PAGE_HEADER.min(end - pos) => {
+                want = (want * 4).min(MAX_PAGE_HEADER).min(end - pos);
+            }
+            Err(Malformed::Short) => return Err(format!("the page header at byte {pos} does not end")),
+            Err(Malformed::Bad(why)) => return Err(format!("the page header at byte {pos} is damaged: {why}")),
+        }
+    }
+}
+
+/// The size (header included) of the page at `pos` whose header is `header`, checked against
+/// `limits` and against the end of its column chunk.
+fn page_size(header: &PageHeader, pos: u64, header_len: u64, end: u64, limits: &ParquetLimits) -> Result<u64, String> {
+    let (Ok(compressed), Ok(uncompressed)) = (u64::try_from(header.compressed), u64::try_from(header.uncompressed))
+    else {
+        return Err(format!("the page at byte {pos} claims a negative size"));
+    };
+    if uncompressed > limits.max_page_uncompressed || compressed > limits.max_page_compressed {
+        return Err(format!(
+            "the page at byte {pos} claims {compressed} bytes stored and {uncompressed} decoded, more than \
+             the {} and {} this kind of file may have",
+            limits.max_page_compressed, limits.max_page_uncompressed
+        ));
+    }
+    if pos + header_len + compressed > end {
+        return Err(format!("the page at byte {pos} runs past the end of its column chunk"));
+    }
+    Ok(header_len + compressed)
 }
 
 /// Walk the footer's thrift `FileMetaData` far enough to measure its schema (field 2, a list of
@@ -527,6 +575,25 @@ mod tests {
         assert!(matches!(err, ParquetBoundsError::SchemaTooDeep { depth: 2, max: 1 }), "{err}");
         let err = checked_with(&ParquetLimits { max_schema_elements: 10, ..DATA_FILE_LIMITS }).unwrap_err();
         assert!(matches!(err, ParquetBoundsError::SchemaTooWide { max: 10, .. }), "{err}");
+    }
+
+    #[test]
+    fn a_reader_checking_pages_as_it_reads_them_gets_each_page_s_size_or_its_refusal() {
+        let dir = tempfile::tempdir().expect("dir");
+        let rows: Vec<OplogRow> =
+            (0..10).map(|i| OplogRow::Dirent { parent: 1, name: vec![b'n'; 10], seq: i, child: Some(i + 2) }).collect();
+        write_data_file(dir.path(), "part-1.parquet", &rows).expect("write");
+        let file = File::open(dir.path().join("part-1.parquet")).expect("open");
+        let md = check_footer(&file, &DATA_FILE_LIMITS).expect("the footer passes");
+        let index = md.offset_index().expect("pond writes an offset index");
+        let chunk = md.row_group(0).column(0);
+        let end = (chunk.dictionary_page_offset().unwrap_or(chunk.data_page_offset()) + chunk.compressed_size()) as u64;
+        let page = &index[0][0].page_locations()[0];
+        let size = check_page(&file, page.offset as u64, end, &DATA_FILE_LIMITS).expect("the page passes");
+        assert_eq!(size, page.compressed_page_size as u64, "the size the offset index records");
+        let tight = ParquetLimits { max_page_uncompressed: 1, ..DATA_FILE_LIMITS };
+        assert!(matches!(check_page(&file, page.offset as u64, end, &tight), Err(ParquetBoundsError::Page { .. })));
+        assert!(check_page(&file, end, end, &DATA_FILE_LIMITS).is_err(), "past its chunk");
     }
 
     #[test]

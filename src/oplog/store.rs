@@ -135,9 +135,14 @@ impl ObjectStore for PondStore {
         Box::pin(async move {
             let put = self.inner.put_opts(location, payload, opts).await?;
             let (shared, location) = (self.shared.clone(), location.clone());
-            tokio::task::spawn_blocking(move || shared.make_durable(&location))
-                .await
-                .map_err(|e| object_store::Error::JoinError { source: e })??;
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => rt
+                    .spawn_blocking(move || shared.make_durable(&location))
+                    .await
+                    .map_err(|e| object_store::Error::JoinError { source: e })??,
+                // Driven outside tokio: fsync here, as LocalFileSystem writes here too.
+                Err(_) => shared.make_durable(&location)?,
+            }
             Ok(put)
         })
     }
