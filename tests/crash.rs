@@ -226,10 +226,11 @@ fn a_torn_checkpoint_or_hint_falls_back_to_the_json_log_and_every_open_works() {
 /// Set in the child run of the strace test: the directory to make a pond in.
 const STRACE_CHILD: &str = "POND_TEST_STRACE_CHILD";
 
-#[test]
-fn a_checkpoint_and_its_hint_are_each_fsynced_with_their_directory_before_the_next_is_written() {
+/// The fsync, rename and link calls of a pond made and committed past its first checkpoint, through the
+/// library, as `strace -f -y` logs them: the test `name` runs itself again under strace, and
+/// `in_child` says whether this is that run (then it has made the pond, and there is no trace).
+fn traced_commits(name: &str) -> Option<Vec<String>> {
     if let Some(dir) = std::env::var_os(STRACE_CHILD) {
-        // The child: commit past the first checkpoint, under strace.
         let root = Path::new(&dir).join("pond");
         let rt = crate::common::runtime();
         rt.block_on(async {
@@ -245,22 +246,39 @@ fn a_checkpoint_and_its_hint_are_each_fsynced_with_their_directory_before_the_ne
                 oplog.commit_batch(vec![row], summary).await.unwrap();
             }
         });
-        return;
+        return None;
     }
     let dir = tempfile::tempdir().unwrap();
     let trace = dir.path().join("trace");
     let out = std::process::Command::new("strace")
-        .args(["-f", "-qq", "-y", "-e", "trace=fsync,fdatasync,rename,renameat,renameat2", "-o"])
+        .args(["-f", "-qq", "-y", "-e", "trace=fsync,fdatasync,rename,renameat,renameat2,link,linkat", "-o"])
         .arg(&trace)
         .arg(std::env::current_exe().unwrap())
-        .args(["crash::a_checkpoint_and_its_hint_are_each_fsynced_with_their_directory_before_the_next_is_written"])
-        .args(["--exact", "--test-threads=1"])
+        .args([name, "--exact", "--test-threads=1"])
         .env(STRACE_CHILD, dir.path())
         .output()
         .expect("strace (apt-get install strace)");
     assert!(out.status.success(), "the traced child: {}", crate::common::describe(&out));
-    let log = std::fs::read_to_string(&trace).unwrap();
-    let lines: Vec<&str> = log.lines().collect();
+    Some(std::fs::read_to_string(&trace).unwrap().lines().map(str::to_string).collect())
+}
+
+#[test]
+fn the_first_log_entry_of_a_new_pond_is_fsynced_with_its_directory() {
+    let Some(lines) = traced_commits("crash::the_first_log_entry_of_a_new_pond_is_fsynced_with_its_directory") else {
+        return;
+    };
+    let first = lines.iter().position(|l| l.contains("fsync(") && l.contains("/00000000000000000000.json>"));
+    // Log entries land by a hard link (a rename that never replaces).
+    let second = lines.iter().position(|l| l.contains("link") && l.contains("/00000000000000000001.json\""));
+    assert!(first.is_some_and(|f| second.is_some_and(|s| f < s)), "version 0 fsynced before version 1 lands");
+    let dir = lines.iter().position(|l| l.contains("fsync(") && l.ends_with("/_delta_log>) = 0"));
+    assert!(dir.is_some_and(|d| second.is_some_and(|s| d < s)), "and its directory");
+}
+
+#[test]
+fn a_checkpoint_and_its_hint_are_each_fsynced_with_their_directory_before_the_next_is_written() {
+    let name = "crash::a_checkpoint_and_its_hint_are_each_fsynced_with_their_directory_before_the_next_is_written";
+    let Some(lines) = traced_commits(name) else { return };
     let first = |what: &str, test: &dyn Fn(&str) -> bool| {
         lines.iter().position(|l| test(l)).unwrap_or_else(|| panic!("no {what} in the trace"))
     };

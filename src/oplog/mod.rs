@@ -143,6 +143,14 @@ impl Oplog {
             .with_raise_if_key_not_exists(false)
             .await
             .map_err(|e| OplogError::delta(&url, e))?;
+        // The table's first entry, durable before anything builds on it (object_store's local
+        // put does not fsync, and a pond whose version 0 is torn does not open).
+        let log_dir = root.join(LOG_DIR);
+        let first = log_dir.join(log_entry_name(0));
+        std::fs::File::open(&first)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| OplogError::Io { path: first.clone(), source: e })?;
+        datafile::sync_dir(&log_dir)?;
         let mut oplog = Oplog::with_table(root, url, table);
         let now = now_ns();
         let (uid, gid) = (nix::unistd::geteuid().as_raw(), nix::unistd::getegid().as_raw());
