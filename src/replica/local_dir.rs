@@ -137,6 +137,14 @@ pub fn open_file(root: &Path, rel: &str) -> io::Result<File> {
     Ok(File::from(fd))
 }
 
+/// Remove the file `rel` under `root`, reaching it as [`open_file`] does.
+pub fn remove_file(root: &Path, rel: &str) -> io::Result<()> {
+    let (dir, name) = rel.rsplit_once('/').unwrap_or(("", rel));
+    let dir = open_dir(root, dir, false)?;
+    nix::unistd::unlinkat(&dir, OsStr::new(name), nix::unistd::UnlinkatFlags::NoRemoveDir)?;
+    Ok(())
+}
+
 /// Create the new file `name` in the directory `dir` (opened by [`open_dir`]), mode 0600 whatever
 /// the umask; it must not exist.
 pub fn create_file_in(dir: &OwnedFd, name: &str) -> io::Result<File> {

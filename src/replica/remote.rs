@@ -296,7 +296,14 @@ impl Remote {
             return Ok(());
         }
         if landed.is_some() {
-            let _ = self.store.delete(&location).await;
+            match &self.local {
+                Some(dir) => {
+                    let _ = local_dir::remove_file(dir, &file.name());
+                }
+                None => {
+                    let _ = self.store.delete(&location).await;
+                }
+            }
         }
         Err(ReplicaError::NotLanded { path: file.name(), sent: size, landed })
     }
