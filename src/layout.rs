@@ -9,7 +9,7 @@
 //!   _delta_log/_last_checkpoint                    hint naming the newest checkpoint
 //!   <name>.parquet                                 oplog data files, top level only
 //!   _large_files/<b3>.parquet                      a large file's object, named by its content's BLAKE3
-//!   _large_files/packs/<b3>.parquet                chunk data referenced by objects (see large_files)
+//!   _large_files/packs/<id>.parquet                chunk data objects point into (see large_files)
 //!   _large_files/.tmp/                             objects being written (never part of the layout)
 //!   _pond/                                         the writer's private area: lock, spill files, log
 //! ```
@@ -62,7 +62,7 @@ pub struct NotInLayout(pub String);
 pub enum PondFile {
     /// `_large_files/<64 hex>.parquet`: a large file's object, named by the BLAKE3 of its content.
     Object(Blake3Hash),
-    /// `_large_files/packs/<64 hex>.parquet`: chunk data that objects reference.
+    /// `_large_files/packs/<64 hex>.parquet`: chunk data that objects point into (a random id).
     Pack(Blake3Hash),
     /// `<name>.parquet` at the top level: an oplog data file.
     Data(String),

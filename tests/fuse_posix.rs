@@ -215,15 +215,9 @@ fn the_threshold_option_moves_the_inline_boundary() {
     std::fs::write(m.path("at"), pattern(1024, 1)).unwrap();
     std::fs::write(m.path("above"), pattern(1025, 2)).unwrap();
     m.unmount();
-    let objects: Vec<String> = std::fs::read_dir(pond.root.join("_large_files"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.ends_with(".parquet"))
-        .collect();
     assert_eq!(
-        objects,
-        vec![format!("{}.parquet", blake3::hash(&pattern(1025, 2)).to_hex())],
+        crate::common::store::objects(&pond.root),
+        vec![blake3::hash(&pattern(1025, 2)).into()],
         "only the file above 1024 bytes is a large object"
     );
     assert_eq!(crate::common::pond(&["cat", pond.path(), "above"]).stdout, pattern(1025, 2));

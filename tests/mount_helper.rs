@@ -238,19 +238,7 @@ fn history(pond: &Path) -> Vec<(u64, String)> {
 
 /// Large-file objects in the pond (content above the threshold).
 fn large_objects(pond: &Path) -> usize {
-    fn count(dir: &Path) -> usize {
-        std::fs::read_dir(dir)
-            .map(|rd| {
-                rd.flatten()
-                    .map(|e| {
-                        let p = e.path();
-                        if p.is_dir() { count(&p) } else { usize::from(p.extension().is_some_and(|x| x == "parquet")) }
-                    })
-                    .sum()
-            })
-            .unwrap_or(0)
-    }
-    count(&pond.join("_large_files"))
+    crate::common::store::objects(pond).len()
 }
 
 /// Write the files the mount tests check: a small one (inline) and one of 5000 bytes (inline at

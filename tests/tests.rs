@@ -24,6 +24,8 @@ mod hostile_input;
 mod large_files;
 /// mount(8)/fstab/systemd helpers, scripts/install.sh, and pond mount's daemon mode under them.
 mod mount_helper;
+/// A pond written before chunk-level storage: reads at every version, takes new writes beside its old objects.
+mod old_format;
 /// Property test: random operations through the mount vs a native directory, with remounts.
 mod reftest;
 /// Replication: replicate/restore/verify URL over a directory and S3, resume, tampering, --follow.

@@ -9,12 +9,14 @@ use std::sync::Arc;
 use crate::fs::{FsError, WriterLock};
 use crate::large_files::LargeFileStore;
 use crate::large_files::hash::Blake3Hash;
+use crate::layout::PondFile;
 use crate::layout::{WORK_DIR, WORK_SPILL_DIR};
 use crate::oplog::{OplogError, datafile, history};
 
 #[derive(Debug, Default)]
 pub struct GcReport {
-    pub objects: Vec<(Blake3Hash, u64)>,
+    /// Objects and packs removed (or that would be), with their sizes.
+    pub objects: Vec<(PondFile, u64)>,
     pub data_files: Vec<(String, u64)>,
     pub temp_files: usize,
     pub bytes: u64,
@@ -40,7 +42,7 @@ pub fn collect_garbage(root: &Path, dry_run: bool) -> Result<GcReport, GcError> 
     crate::oplog::check_is_pond(root)?;
     let _lock = WriterLock::acquire(root)?;
     let files = history::referenced_data_files(root).map_err(|e| GcError::Unsafe(e.to_string()))?;
-    let mut referenced: BTreeSet<Blake3Hash> = BTreeSet::new();
+    let mut referenced: BTreeSet<PondFile> = BTreeSet::new();
     for rel in &files {
         let rel: Arc<str> = Arc::from(rel.as_str());
         if !root.join(&*rel).exists() {
@@ -49,18 +51,30 @@ pub fn collect_garbage(root: &Path, dry_run: bool) -> Result<GcReport, GcError> 
         }
         let objects =
             datafile::large_objects(root, &rel).map_err(|e| GcError::Unsafe(format!("cannot read {rel}: {e}")))?;
-        referenced.extend(objects.into_iter().map(|(hash, _, _)| hash));
+        referenced.extend(objects.into_iter().map(|(hash, _, _)| PondFile::Object(hash)));
+    }
+    let store = LargeFileStore::new(root);
+    // The packs the referenced objects point into are referenced too: an object that does not
+    // open hides which, so nothing is collected then.
+    let objects: Vec<Blake3Hash> =
+        referenced.iter().filter_map(|f| if let PondFile::Object(h) = f { Some(*h) } else { None }).collect();
+    for hash in objects {
+        let reader = store.open(&hash).map_err(|e| {
+            GcError::Unsafe(format!(
+                "object {hash}, which a version references, does not open ({e}); run `pond verify`"
+            ))
+        })?;
+        referenced.extend(reader.data_files());
     }
     let mut report = GcReport::default();
-    let store = LargeFileStore::new(root);
-    for hash in store.list()? {
-        if !referenced.contains(&hash) {
-            let size = file_size(&store.object_path(&hash));
+    for file in store.list()? {
+        if !referenced.contains(&file) {
+            let size = file_size(&store.path_of(&file));
             if !dry_run {
-                store.remove(&hash)?;
+                store.remove(&file)?;
             }
             report.bytes += size;
-            report.objects.push((hash, size));
+            report.objects.push((file, size));
         }
     }
     let io = |e: std::io::Error| GcError::Oplog(OplogError::Io { path: root.to_path_buf(), source: e });

@@ -6,11 +6,16 @@ pub mod gc;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use sha2::{Digest, Sha256};
 
 use crate::large_files::LargeFileStore;
-use crate::large_files::hash::{Blake3Hash, Sha256Digest, summarize};
+use crate::large_files::format;
+use crate::large_files::hash::{Blake3Hash, Sha256Digest};
+use crate::large_files::reader::{BlobReader, VerifiedChunks};
+use crate::layout::PondFile;
 use crate::oplog::history::FileActions;
 use crate::oplog::schema::{Content, OplogRow};
 use crate::oplog::{Oplog, OplogError, check_is_pond, datafile, history};
@@ -24,9 +29,13 @@ pub struct VerifyReport {
     pub rows: u64,
     pub inline_files: u64,
     pub objects: usize,
+    /// The content the objects hold, in bytes.
     pub object_bytes: u64,
-    /// Objects present but referenced by no version (left by a crash; `pond gc` removes them).
-    pub unreferenced: Vec<Blake3Hash>,
+    /// Packs the objects point into.
+    pub packs: usize,
+    /// Objects and packs present but referenced by no version (left by a crash; `pond gc`
+    /// removes them).
+    pub unreferenced: Vec<PondFile>,
 }
 
 impl VerifyReport {
@@ -36,7 +45,7 @@ impl VerifyReport {
 }
 
 /// Which object each large-file row references: the size and SHA-256 the row records, and where.
-type References = BTreeMap<Blake3Hash, (u64, Sha256Digest, String)>;
+type References = BTreeMap<Blake3Hash, (u64, Option<Sha256Digest>, String)>;
 
 /// Check the pond at `root`. `Err` only when `root` is not a pond at all; damage is in the report.
 pub fn verify_pond(root: &Path) -> Result<VerifyReport, OplogError> {
@@ -75,29 +84,62 @@ pub fn verify_pond(root: &Path) -> Result<VerifyReport, OplogError> {
         }
     }
     let store = LargeFileStore::new(root);
-    for (opened_size, damage) in check_objects(&store, &refs) {
-        if let Some(size) = opened_size {
-            report.objects += 1;
-            report.object_bytes += size;
+    let mut packs: BTreeMap<PondFile, String> = BTreeMap::new();
+    let mut all_opened = true;
+    for (hash, check) in refs.keys().zip(check_objects(&store, &refs)) {
+        match check.size {
+            Some(size) => {
+                report.objects += 1;
+                report.object_bytes += size;
+            }
+            None => all_opened = false,
         }
-        report.damage.extend(damage);
+        report.damage.extend(check.damage);
+        for file in check.data_files {
+            packs.entry(file).or_insert_with(|| format!("object {hash}"));
+        }
+    }
+    for (file, user) in &packs {
+        if let PondFile::Pack(name) = file {
+            report.packs += 1;
+            if let Err(e) = check_pack(&store, name) {
+                report.damage.push(format!("pack {file} (used by {user}): {e}"));
+            }
+        }
     }
     match store.list() {
-        Ok(all) => report.unreferenced = all.into_iter().filter(|h| !refs.contains_key(h)).collect(),
+        Ok(all) => {
+            report.unreferenced = all
+                .into_iter()
+                .filter(|f| match f {
+                    PondFile::Object(h) => !refs.contains_key(h),
+                    // A pack is known to be unused only when every object's places are known.
+                    _ => all_opened && !packs.contains_key(f),
+                })
+                .collect()
+        }
         Err(e) => report.damage.push(format!("_large_files: {e}")),
     }
     check_checkpoints(root, &actions, &mut report);
     Ok(report)
 }
 
-/// One object's check: its content size if it opened, and what is wrong with it.
-type ObjectCheck = (Option<u64>, Vec<String>);
+/// One object's check: its content size if it opened, what is wrong with it, and the files its
+/// chunks are in.
+#[derive(Default)]
+struct ObjectCheck {
+    size: Option<u64>,
+    damage: Vec<String>,
+    data_files: Vec<PondFile>,
+}
 
 /// Check every referenced object (re-hashing is CPU-bound: spread over the cores), in name order.
+/// A chunk that several objects share (same bytes at the same place) is read and hashed once.
 fn check_objects(store: &LargeFileStore, refs: &References) -> Vec<ObjectCheck> {
     let items: Vec<_> = refs.iter().collect();
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 4).min(items.len().max(1));
     let next = AtomicUsize::new(0);
+    let seen: Mutex<VerifiedChunks> = Mutex::default();
     let mut checked: Vec<(usize, ObjectCheck)> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..workers)
             .map(|_| {
@@ -106,7 +148,7 @@ fn check_objects(store: &LargeFileStore, refs: &References) -> Vec<ObjectCheck> 
                     loop {
                         let i = next.fetch_add(1, Ordering::Relaxed);
                         let Some((hash, claimed)) = items.get(i) else { break };
-                        mine.push((i, check_object(store, hash, claimed)));
+                        mine.push((i, check_object(store, hash, claimed, &seen)));
                     }
                     mine
                 })
@@ -122,23 +164,40 @@ fn check_objects(store: &LargeFileStore, refs: &References) -> Vec<ObjectCheck> 
 fn check_object(
     store: &LargeFileStore,
     hash: &Blake3Hash,
-    (size, sha256, from): &(u64, Sha256Digest, String),
+    (size, sha256, from): &(u64, Option<Sha256Digest>, String),
+    seen: &Mutex<VerifiedChunks>,
 ) -> ObjectCheck {
     let reader = match store.open(hash) {
-        Err(e) => return (None, vec![format!("object {hash} (referenced by {from}): {e}")]),
+        Err(e) => {
+            return ObjectCheck {
+                damage: vec![format!("object {hash} (referenced by {from}): {e}")],
+                ..Default::default()
+            };
+        }
         Ok(reader) => reader,
     };
     let mut damage = Vec::new();
     if reader.size() != *size {
         damage.push(format!("object {hash}: holds {} bytes but {from} says {size}", reader.size()));
     }
-    if reader.sha256() != *sha256 {
-        damage.push(format!("object {hash}: SHA-256 {} but {from} records {sha256}", reader.sha256()));
+    if let (Some(recorded), Some(row)) = (reader.sha256(), sha256)
+        && recorded != *row
+    {
+        damage.push(format!("object {hash}: SHA-256 {recorded} but {from} records {row}"));
     }
-    if let Err(errors) = reader.verify() {
-        damage.extend(errors.into_iter().map(|e| format!("object {hash}: {e}")));
+    if let Err(errors) = reader.verify(Some(seen)) {
+        damage.extend(errors.into_iter().map(|e| format!("object {hash} (referenced by {from}): {e}")));
     }
-    (Some(reader.size()), damage)
+    ObjectCheck { size: Some(reader.size()), damage, data_files: reader.data_files() }
+}
+
+/// A pack must be one (its chunks' bytes are checked through the objects that point into it).
+fn check_pack(store: &LargeFileStore, name: &Blake3Hash) -> Result<(), String> {
+    let file = PondFile::Pack(*name);
+    let source = store.source();
+    let blob = source.open(&file).map_err(|e| e.to_string())?;
+    format::open_pack(&BlobReader(blob), &source.describe(&file)).map_err(|e| e.to_string())?;
+    Ok(())
 }
 
 /// The table as a Delta reader opens it (through checkpoints and `_last_checkpoint`) must list the
@@ -214,8 +273,8 @@ fn check_row(rel: &str, row: &OplogRow, report: &mut VerifyReport, refs: &mut Re
     match &d.content {
         Some(Content::Inline { bytes: Some(b), hash, sha256, .. }) => {
             report.inline_files += 1;
-            let s = summarize(b);
-            if s.root != *hash || s.sha256 != *sha256 || b.len() as u64 != d.size {
+            let sha_ok = sha256.is_none_or(|s| Sha256Digest(Sha256::digest(b).into()) == s);
+            if Blake3Hash::from(blake3::hash(b)) != *hash || !sha_ok || b.len() as u64 != d.size {
                 report.damage.push(format!(
                     "data file {rel}: inode {ino}: inline content does not match its recorded hash or size"
                 ));

@@ -24,11 +24,11 @@ pub fn verify(target: &str) -> anyhow::Result<ExitCode> {
     for d in &report.damage {
         println!("DAMAGED {d}");
     }
-    for h in &report.unreferenced {
-        println!("unreferenced object {h} (pond gc removes it)");
+    for f in &report.unreferenced {
+        println!("unreferenced {f} (pond gc removes it)");
     }
     println!(
-        "{}: {} versions, {} data files, {} rows, {} inline files, {} objects ({} bytes), {} damaged",
+        "{}: {} versions, {} data files, {} rows, {} inline files, {} objects ({} bytes) in {} packs, {} damaged",
         if report.is_clean() { "clean" } else { "DAMAGED" },
         report.versions,
         report.data_files,
@@ -36,6 +36,7 @@ pub fn verify(target: &str) -> anyhow::Result<ExitCode> {
         report.inline_files,
         report.objects,
         report.object_bytes,
+        report.packs,
         report.damage.len()
     );
     Ok(if report.is_clean() { ExitCode::SUCCESS } else { ExitCode::from(1) })
@@ -44,14 +45,14 @@ pub fn verify(target: &str) -> anyhow::Result<ExitCode> {
 pub fn gc(pond: &Path, dry_run: bool) -> anyhow::Result<ExitCode> {
     let report = collect_garbage(pond, dry_run)?;
     let verb = if dry_run { "would remove" } else { "removed" };
-    for (h, size) in &report.objects {
-        println!("{verb} object {h} ({size} bytes)");
+    for (file, size) in &report.objects {
+        println!("{verb} {file} ({size} bytes)");
     }
     for (name, size) in &report.data_files {
         println!("{verb} unreferenced data file {name} ({size} bytes)");
     }
     println!(
-        "{verb} {} objects, {} data files, {} bytes; {} temp files",
+        "{verb} {} objects and packs, {} data files, {} bytes; {} temp files",
         report.objects.len(),
         report.data_files.len(),
         report.bytes,

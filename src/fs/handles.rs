@@ -12,14 +12,14 @@ use bytes::Bytes;
 use super::attr::{DirEntry, OpenMode};
 use super::error::FsError;
 use super::hybrid_writer::HybridWriter;
-use crate::large_files::LargeFileReader;
+use crate::large_files::ObjectReader;
 
 /// A reader of committed content, opened once per OpenFile (cheap to clone: shared bytes or a
 /// shared reader), so reads run outside the session lock.
 #[derive(Clone)]
 pub enum ContentReader {
     Inline(Bytes),
-    Large(Arc<LargeFileReader>),
+    Large(Arc<ObjectReader>),
 }
 
 impl ContentReader {

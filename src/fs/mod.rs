@@ -26,8 +26,8 @@ use bytes::Bytes;
 
 use crate::config::Threshold;
 use crate::large_files::LargeFileStore;
-use crate::large_files::hash::{Blake3Hash, Sha256Digest};
-use crate::layout::{WORK_DIR, WORK_SPILL_DIR};
+use crate::large_files::hash::Blake3Hash;
+use crate::layout::WORK_DIR;
 use crate::oplog::datafile::InlineReader;
 use crate::oplog::schema::Content;
 use crate::oplog::{Oplog, check_is_pond};
@@ -40,12 +40,11 @@ use tree::Tree;
 
 /// The content of an empty file.
 pub fn empty_content() -> Content {
-    use sha2::Digest;
     Content::Inline {
         bytes: Some(Bytes::new()),
         loc: None,
         hash: Blake3Hash(*blake3::hash(b"").as_bytes()),
-        sha256: Sha256Digest(sha2::Sha256::digest(b"").into()),
+        sha256: None,
     }
 }
 
@@ -75,7 +74,6 @@ pub struct PondFs {
     store: LargeFileStore,
     inline: Arc<InlineReader>,
     threshold: Threshold,
-    spill_dir: PathBuf,
     committer: Option<Committer>,
     version: u64,
     /// Held from open until `shutdown` has committed everything (umount waits on it).
@@ -107,13 +105,11 @@ impl PondFs {
         let tree = Arc::new(Mutex::new(Tree::from_rows(loaded)?));
         let store = LargeFileStore::new(root);
         let inline = Arc::new(InlineReader::new(root));
-        let spill_dir = root.join(WORK_DIR).join(WORK_SPILL_DIR);
         let committer = if read_only {
             None
         } else {
             store.create_dirs()?;
             store.clear_tmp()?;
-            std::fs::create_dir_all(&spill_dir)?;
             Some(Committer::start(oplog, tree.clone(), inline.clone(), store.clone(), rt.clone()))
         };
         Ok(PondFs {
@@ -123,7 +119,6 @@ impl PondFs {
             store,
             inline,
             threshold,
-            spill_dir,
             committer,
             version,
             lock: Mutex::new(lock),
@@ -237,6 +232,8 @@ impl PondFs {
             }
             Content::Large { hash, .. } => {
                 let r = self.store.open(&hash)?;
+                // Committed content: new versions may point at its chunks.
+                self.store.remember(&r);
                 let len = r.size();
                 (ContentReader::Large(Arc::new(r)), len)
             }
@@ -255,12 +252,8 @@ impl PondFs {
                 None => self.content_reader(ino)?,
             };
             let w = match &reader {
-                ContentReader::Inline(b) => {
-                    HybridWriter::from_bytes(self.threshold, self.spill_dir.clone(), self.store.clone(), b)?
-                }
-                ContentReader::Large(r) => {
-                    HybridWriter::from_large(self.threshold, self.spill_dir.clone(), self.store.clone(), r.clone())
-                }
+                ContentReader::Inline(b) => HybridWriter::from_bytes(self.threshold, self.store.clone(), b)?,
+                ContentReader::Large(r) => HybridWriter::from_large(self.threshold, self.store.clone(), r.clone()),
             };
             s.writer = Some(w);
         }
@@ -307,10 +300,10 @@ impl PondFs {
             Err(e) => return Err(e.into()),
         };
         let content = match finished {
-            Finished::Inline { bytes, hash, sha256 } => {
-                Content::Inline { bytes: Some(Bytes::from(bytes)), loc: None, hash, sha256 }
+            Finished::Inline { bytes, hash } => {
+                Content::Inline { bytes: Some(Bytes::from(bytes)), loc: None, hash, sha256: None }
             }
-            Finished::Large(put) => Content::Large { hash: put.hash, sha256: put.sha256 },
+            Finished::Large(put) => Content::Large { hash: put.hash, sha256: None },
         };
         {
             let mut t = self.lock_tree();

@@ -31,7 +31,7 @@ use crate::oplog::{datafile, history};
 
 use super::remote::{Listing, OnBytes, Remote, sync_filesystem};
 use super::{FILES_IN_FLIGHT, Progress, ReplicaError, blocking};
-use crate::layout::{LARGE_FILES_DIR, LOG_DIR, MAX_LAST_CHECKPOINT_SIZE, PondFile, parse_last_checkpoint};
+use crate::layout::{LARGE_FILES_DIR, LOG_DIR, MAX_LAST_CHECKPOINT_SIZE, PACKS_DIR, PondFile, parse_last_checkpoint};
 
 /// The outcome of [`restore`].
 #[derive(Clone, Debug)]
@@ -217,7 +217,7 @@ async fn fetch(
     if version > latest {
         return Err(ReplicaError::NoSuchVersion { asked: version, latest });
     }
-    for dir in [LOG_DIR, LARGE_FILES_DIR] {
+    for dir in [LOG_DIR.to_string(), LARGE_FILES_DIR.to_string(), format!("{LARGE_FILES_DIR}/{PACKS_DIR}")] {
         let d = dest.join(dir);
         std::fs::create_dir_all(&d).map_err(|e| ReplicaError::io(&d, e))?;
     }
@@ -251,7 +251,9 @@ async fn fetch(
     f.get_all("fetching data files", wanted, stop).await?;
 
     let objects = f.objects(&data_files).await?;
-    f.get_all("fetching objects", objects.into_iter().map(PondFile::Object).collect(), stop).await?;
+    f.get_all("fetching objects", objects.iter().copied().map(PondFile::Object).collect(), stop).await?;
+    let packs = f.packs(&objects).await?;
+    f.get_all("fetching packs", packs, stop).await?;
 
     let checkpoints: Vec<PondFile> =
         f.listing.files.keys().filter(|k| matches!(k, PondFile::Checkpoint(c) if *c <= version)).cloned().collect();
@@ -353,6 +355,34 @@ impl Fetcher<'_> {
                 wanted.push(h);
             } else {
                 self.problem(ReplicaError::Missing(PondFile::Object(h).name()))?;
+            }
+        }
+        Ok(wanted)
+    }
+
+    /// The packs (and format 1 objects) the fetched objects point into, each checked against the
+    /// listing. An object that does not open is left to verification, which names it.
+    async fn packs(&mut self, objects: &[crate::large_files::Blake3Hash]) -> Result<Vec<PondFile>, ReplicaError> {
+        let (dest, objects) = (self.dest.to_path_buf(), objects.to_vec());
+        let files = blocking(move || {
+            let store = crate::large_files::LargeFileStore::new(&dest);
+            let mut out = std::collections::BTreeSet::new();
+            for h in objects {
+                if let Ok(reader) = store.open(&h) {
+                    out.extend(reader.data_files().into_iter().filter(|f| *f != PondFile::Object(h)));
+                }
+            }
+            Ok(out)
+        })
+        .await?;
+        let mut wanted = Vec::new();
+        for file in files {
+            if self.listing.files.contains_key(&file) {
+                if !file.local_path(self.dest).exists() {
+                    wanted.push(file);
+                }
+            } else {
+                self.problem(ReplicaError::Missing(file.name()))?;
             }
         }
         Ok(wanted)

@@ -6,6 +6,7 @@
 pub mod rng;
 pub mod sizes;
 pub mod soak;
+pub mod store;
 pub mod tree;
 
 use std::path::{Path, PathBuf};
