@@ -26,6 +26,8 @@ mod large_files;
 mod mount_helper;
 /// A pond written before chunk-level storage: reads at every version, takes new writes beside its old objects.
 mod old_format;
+/// pond prune: dropped versions go with what only they need; kept ones read everywhere.
+mod prune;
 /// Property test: random operations through the mount vs a native directory, with remounts.
 mod reftest;
 /// Replication: replicate/restore/verify URL over a directory and S3, resume, tampering, --follow.

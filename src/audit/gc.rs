@@ -4,14 +4,15 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::sync::Arc;
 
 use crate::fs::{FsError, WriterLock};
 use crate::large_files::LargeFileStore;
-use crate::large_files::hash::Blake3Hash;
 use crate::layout::PondFile;
 use crate::layout::{WORK_DIR, WORK_SPILL_DIR};
-use crate::oplog::{OplogError, datafile, history};
+use crate::oplog::OplogError;
+use crate::oplog::log::LogView;
+
+use super::live;
 
 #[derive(Debug, Default)]
 pub struct GcReport {
@@ -41,34 +42,15 @@ fn file_size(path: &Path) -> u64 {
 pub fn collect_garbage(root: &Path, dry_run: bool) -> Result<GcReport, GcError> {
     crate::oplog::check_is_pond(root)?;
     let _lock = WriterLock::acquire(root)?;
-    let files = history::referenced_data_files(root).map_err(|e| GcError::Unsafe(e.to_string()))?;
-    let mut referenced: BTreeSet<PondFile> = BTreeSet::new();
-    for rel in &files {
-        let rel: Arc<str> = Arc::from(rel.as_str());
-        if !root.join(&*rel).exists() {
-            // A version needs this file and it is gone: keep everything, say so.
-            return Err(GcError::Unsafe(format!("data file {rel} is missing; run `pond verify`")));
-        }
-        let objects =
-            datafile::large_objects(root, &rel).map_err(|e| GcError::Unsafe(format!("cannot read {rel}: {e}")))?;
-        referenced.extend(objects.into_iter().map(|(hash, _, _)| PondFile::Object(hash)));
-    }
+    let log = LogView::read(root).map_err(|e| GcError::Unsafe(e.to_string()))?;
+    let versions: BTreeSet<u64> = log.readable().into_iter().map(|(v, _)| v).collect();
+    // Every data file the log names stays, readable version or not: gc never second-guesses history.
+    let named = live::named_by_log(root, &log).map_err(|e| GcError::Unsafe(e.to_string()))?;
+    let live = live::live_set(root, &log, &versions, &named).map_err(|e| GcError::Unsafe(e.to_string()))?;
     let store = LargeFileStore::new(root);
-    // The packs the referenced objects point into are referenced too: an object that does not
-    // open hides which, so nothing is collected then.
-    let objects: Vec<Blake3Hash> =
-        referenced.iter().filter_map(|f| if let PondFile::Object(h) = f { Some(*h) } else { None }).collect();
-    for hash in objects {
-        let reader = store.open(&hash).map_err(|e| {
-            GcError::Unsafe(format!(
-                "object {hash}, which a version references, does not open ({e}); run `pond verify`"
-            ))
-        })?;
-        referenced.extend(reader.data_files());
-    }
     let mut report = GcReport::default();
     for file in store.list()? {
-        if !referenced.contains(&file) {
+        if !live.store.contains(&file) {
             let size = file_size(&store.path_of(&file));
             if !dry_run {
                 store.remove(&file)?;
@@ -81,7 +63,10 @@ pub fn collect_garbage(root: &Path, dry_run: bool) -> Result<GcReport, GcError> 
     for entry in std::fs::read_dir(root).map_err(io)? {
         let entry = entry.map_err(io)?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        if name.ends_with(".parquet") && entry.file_type().map_err(io)?.is_file() && !files.contains(&name) {
+        if name.ends_with(".parquet")
+            && entry.file_type().map_err(io)?.is_file()
+            && !live.data_files.contains_key(&name)
+        {
             let size = file_size(&entry.path());
             if !dry_run {
                 std::fs::remove_file(entry.path()).map_err(io)?;

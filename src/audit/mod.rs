@@ -3,6 +3,8 @@
 //! through a mount, so both run while the pond is mounted (gc only when no writer holds it).
 
 pub mod gc;
+pub mod live;
+pub mod prune;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -16,9 +18,9 @@ use crate::large_files::format;
 use crate::large_files::hash::{Blake3Hash, Sha256Digest};
 use crate::large_files::reader::{BlobReader, VerifiedChunks};
 use crate::layout::PondFile;
-use crate::oplog::history::FileActions;
+use crate::oplog::log::LogView;
 use crate::oplog::schema::{Content, OplogRow};
-use crate::oplog::{Oplog, OplogError, check_is_pond, datafile, history};
+use crate::oplog::{Oplog, OplogError, check_is_pond, datafile};
 
 /// What `pond verify` found. Damage lines name the file, row, object or chunk.
 #[derive(Debug, Default)]
@@ -51,15 +53,14 @@ type References = BTreeMap<Blake3Hash, (u64, Option<Sha256Digest>, String)>;
 pub fn verify_pond(root: &Path) -> Result<VerifyReport, OplogError> {
     check_is_pond(root)?;
     let mut report = VerifyReport::default();
-    match history::log_entries(root) {
-        Ok(entries) => report.versions = entries.len() as u64,
-        Err(e) => report.damage.push(format!("log: {e}")),
-    }
-    let actions = history::file_actions(root).unwrap_or_else(|e| {
+    let log = LogView::read(root).unwrap_or_else(|e| {
         report.damage.push(format!("log: {e}"));
-        Vec::new()
+        LogView::default()
     });
-    let files = history::added_files(root, &actions).unwrap_or_else(|e| {
+    report.versions = log.versions().count() as u64;
+    check_log_is_whole(&log, &mut report);
+    // Every data file the log names: the kept versions' and, after a prune, the checkpoints'.
+    let files = live::named_by_log(root, &log).unwrap_or_else(|e| {
         report.damage.push(format!("log: {e}"));
         Default::default()
     });
@@ -120,8 +121,28 @@ pub fn verify_pond(root: &Path) -> Result<VerifyReport, OplogError> {
         }
         Err(e) => report.damage.push(format!("_large_files: {e}")),
     }
-    check_checkpoints(root, &actions, &mut report);
+    check_checkpoints(root, &log, &mut report);
     Ok(report)
+}
+
+/// Every version present must open: from version 0 or from a checkpoint, with no entry missing
+/// after it. (Entries older than the oldest version that opens are what an interrupted prune
+/// leaves; they are reported too, since nothing can read them.)
+fn check_log_is_whole(log: &LogView, report: &mut VerifyReport) {
+    let readable: BTreeSet<u64> = log.readable().into_iter().map(|(v, _)| v).collect();
+    if log.latest().is_none() {
+        report.damage.push("log: no log entries".into());
+        return;
+    }
+    if readable.is_empty() {
+        report.damage.push("log: no version opens (the entry of version 0 and every checkpoint are missing)".into());
+        return;
+    }
+    for v in log.versions().filter(|v| !readable.contains(v)) {
+        report.damage.push(format!(
+            "log: version {v} does not open: an entry before it is missing and no checkpoint starts its run"
+        ));
+    }
 }
 
 /// One object's check: its content size if it opened, what is wrong with it, and the files its
@@ -204,16 +225,10 @@ fn check_pack(store: &LargeFileStore, name: &Blake3Hash) -> Result<(), String> {
 /// same data files as replaying the JSON entries does: checkpoints are derived data, and a damaged or
 /// forged one would show another tree without any hash noticing. Checked at every checkpoint's
 /// version and at the latest version.
-fn check_checkpoints(root: &Path, actions: &[(u64, FileActions)], report: &mut VerifyReport) {
-    // No actions: the log did not replay, which is reported already.
-    let Some(latest) = actions.last().map(|(v, _)| *v) else { return };
-    let mut at: BTreeSet<u64> = match history::checkpoint_versions(root) {
-        Ok(v) => v.into_iter().collect(),
-        Err(e) => {
-            report.damage.push(format!("log: {e}"));
-            return;
-        }
-    };
+fn check_checkpoints(root: &Path, log: &LogView, report: &mut VerifyReport) {
+    // No entries: reported already.
+    let Some(latest) = log.versions().last() else { return };
+    let mut at: BTreeSet<u64> = log.checkpoints().collect();
     // A checkpoint past the log's end is damage, unless its version was committed since the log was
     // read (verify while mounted).
     let committed_since = |v: u64| root.join(format!("_delta_log/{v:020}.json")).exists();
@@ -222,7 +237,14 @@ fn check_checkpoints(root: &Path, actions: &[(u64, FileActions)], report: &mut V
     }
     at.retain(|c| *c <= latest);
     at.insert(latest);
-    let expected = history::replay_active_files(actions, &at);
+    // Replayed from each run's start: a checkpoint inside a run must agree with the entries.
+    let mut adds = |c: u64| {
+        crate::oplog::log::checkpoint_adds(&root.join(crate::layout::LOG_DIR).join(crate::layout::checkpoint_name(c)))
+    };
+    let expected: BTreeMap<u64, BTreeSet<String>> = match log.active_files(&at, &mut adds) {
+        Ok(files) => files.into_iter().map(|(v, f)| (v, f.into_keys().collect())).collect(),
+        Err(e) => return report.damage.push(format!("log: {e}")),
+    };
     // Opening is async: give it a runtime on a thread of its own, so any caller (inside a runtime or
     // not) can verify.
     let opened = std::thread::scope(|s| {

@@ -333,6 +333,12 @@ impl LargeFileStore {
         result
     }
 
+    /// fsyncs the store's directories (after removals, so they stay removed).
+    pub fn sync_dirs(&self) -> Result<(), StoreError> {
+        sync_dir(&self.dir)?;
+        sync_dir(&self.dir.join(PACKS_DIR))
+    }
+
     /// Every object and pack in the store, sorted (temp files and foreign names are ignored).
     pub fn list(&self) -> Result<Vec<PondFile>, StoreError> {
         let mut out = Vec::new();
