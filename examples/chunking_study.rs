@@ -335,7 +335,10 @@ fn w3_overwrites(z: &Sizes) -> Vec<Row> {
     let saved = overwrite(&mut data, &[size / 2 / 4096 * 4096], &mut rng);
     a.steps = vec![first, stores.add_version(&data)];
     restore(&mut data, saved);
-    a.note = "content: random bytes (compressed or encrypted data); the 4 KiB write is 4 KiB-aligned".into();
+    a.note = "content: random bytes (compressed or encrypted data); the 4 KiB write is 4 KiB-aligned. One \
+              write is one sample: FastCDC's figure is the size of the chunk(s) it hit, anywhere from 16 \
+              to 256 KiB (3b and 8 average over more writes)"
+        .into();
 
     let mut b = Row::new("3b", format!("{label} binary file, 10 scattered 4 KiB overwrites"));
     let mut stores = base;

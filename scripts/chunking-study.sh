@@ -60,6 +60,7 @@ trap 'rm -rf "$work" "$cpu_file"' EXIT
 wanted() { [[ ,$ONLY, == *,$1,* ]]; }
 gen=(python3 "$repo/scripts/chunking_study_gen.py")
 t0=$SECONDS
+load=$(cut -d' ' -f1 /proc/loadavg)
 wanted 2 && "${gen[@]}" sqlite --mb "$SQLITE_MB" --txns "$SQLITE_TXNS" "$work/sqlite"
 wanted 6 && "${gen[@]}" tar --files "$TAR_FILES" "$work/tar"
 wanted 7 && "${gen[@]}" git --files "$GIT_FILES" --commits "$GIT_COMMITS" --more "$GIT_MORE" "$work/git"
@@ -82,7 +83,8 @@ generated=$(
     echo
     echo "Produced by \`bash scripts/chunking-study.sh\` (sizes: $sizes; ONLY=$ONLY) at commit"
     echo "$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- . 2>/dev/null || echo ' (with local changes)'), $(date -u +%Y-%m-%d), on $(nproc) cores of"
-    echo "$(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1), rustc $(rustc --version | cut -d' ' -f2),"
+    echo "$(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1) (load average $load when it started; the machine is shared),"
+    echo "rustc $(rustc --version | cut -d' ' -f2),"
     echo "running \`cargo run --release --locked --example chunking_study -- ${args[*]}\`."
     echo
     echo "$tables"
