@@ -40,6 +40,8 @@ pub const WORK_LOCK: &str = "lock";
 pub const WORK_SPILL_DIR: &str = "tmp";
 /// Under [`WORK_DIR`]: the mount daemon's default log.
 pub const WORK_LOG: &str = "mount.log";
+/// Under [`WORK_DIR`]: the read-write mount daemon's control socket (see `control`).
+pub const WORK_CONTROL_SOCKET: &str = "control.sock";
 /// Under [`WORK_DIR`]: one lock per mountpoint served.
 pub const WORK_MOUNTS_DIR: &str = "mounts";
 /// The checkpoint hint in [`LOG_DIR`].

@@ -1,6 +1,7 @@
 //! pond: a filesystem you mount like any directory, kept in a Delta Lake table.
 pub mod audit;
 pub mod config;
+pub mod control;
 pub mod fs;
 pub mod fuse;
 pub mod large_files;

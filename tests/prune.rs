@@ -201,3 +201,58 @@ fn gc_and_a_second_prune_find_nothing_left_to_remove() {
     assert!(again.contains("0 versions dropped"), "{again}");
     assert_eq!(listing(&p.root), files);
 }
+
+#[test]
+fn prune_beside_a_live_mount_goes_through_its_daemon_and_keeps_what_open_files_use() {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    use std::os::unix::fs::FileExt;
+    let p = TestPond::new();
+    let m = crate::common::Mounted::new(&p.root, &p.scratch("mnt"), &[]);
+    // Versions of a file that keeps changing.
+    for i in 0..4u64 {
+        std::fs::write(m.path("churn"), pattern(6 * C, 60 + i)).expect("write");
+        let f = std::fs::File::open(m.path("churn")).expect("open");
+        f.sync_all().expect("fsync");
+    }
+    // A file only an open descriptor still reaches: its content belongs to a version prune drops.
+    let gone = pattern(5 * C + 3, 70);
+    std::fs::write(m.path("gone"), &gone).expect("write");
+    std::fs::File::open(m.path("gone")).unwrap().sync_all().unwrap();
+    let mut reader = std::fs::File::open(m.path("gone")).expect("open for reading");
+    std::fs::remove_file(m.path("gone")).expect("unlink");
+    // A file being appended to, its new chunks not committed.
+    let base = pattern(8 * C, 71);
+    std::fs::write(m.path("growing"), &base).expect("write");
+    std::fs::File::open(m.path("growing")).unwrap().sync_all().unwrap();
+    let mut writer = std::fs::OpenOptions::new().append(true).open(m.path("growing")).expect("open for append");
+    let tail = pattern(3 * C + 9, 72);
+    writer.write_all(&tail).expect("append");
+
+    let out = pond(&["prune", p.path(), "--keep-last", "1"]);
+    assert!(out.status.success(), "prune beside the mount: {}", crate::common::describe(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("pruned:") && text.contains("freed"), "{text}");
+
+    // The open reader still reads the unlinked file whole, and the writer goes on.
+    let mut got = Vec::new();
+    reader.seek(SeekFrom::Start(0)).unwrap();
+    reader.read_to_end(&mut got).expect("read the unlinked file after prune");
+    assert_same_bytes(&got, &gone, "an unlinked file open for reading");
+    let more = pattern(C, 73);
+    writer.write_all(&more).expect("append after prune");
+    crate::common::close(writer).expect("close the appended file");
+    let want = [base, tail, more].concat();
+    let mut buf = vec![0u8; want.len()];
+    std::fs::File::open(m.path("growing")).unwrap().read_exact_at(&mut buf, 0).expect("read back");
+    assert_same_bytes(&buf, &want, "the file appended to across the prune");
+    drop(reader);
+    m.unmount();
+    assert_same_bytes(&pond(&["cat", p.path(), "growing"]).stdout, &want, "growing after unmount");
+    assert_same_bytes(&pond(&["cat", p.path(), "churn"]).stdout, &pattern(6 * C, 63), "churn after unmount");
+    let v = pond_ok(&["verify", p.path()]);
+    assert!(v.lines().last().is_some_and(|l| l.starts_with("clean")), "{v}");
+    // What the unlinked file's reader kept is garbage now that it is closed.
+    assert!(v.contains("unreferenced"), "the unlinked file's object outlived the prune for its reader: {v}");
+    pond_ok(&["gc", p.path()]);
+    assert!(!pond_ok(&["verify", p.path()]).contains("unreferenced"));
+}

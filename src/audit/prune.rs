@@ -74,6 +74,9 @@ pub enum PruneError {
     NoSuchVersion { asked: u64, oldest: u64, latest: u64 },
     #[error("refusing to prune: {0}")]
     Unsafe(String),
+    /// The mount's daemon pruned, or could not: its message.
+    #[error("the mount's daemon: {0}")]
+    Daemon(String),
     #[error(transparent)]
     Oplog(#[from] OplogError),
     #[error(transparent)]
@@ -82,17 +85,53 @@ pub enum PruneError {
     Store(#[from] StoreError),
 }
 
-/// Prunes the pond at `root`, taking its writer lock ([`FsError::Busy`] when a read-write mount
-/// holds it: then the mount's daemon must do it).
+/// What a live mount holds besides the log, when its daemon runs a prune between two commits.
+pub trait MountState {
+    /// The rows were rewritten into data file `file` (the compaction a prune makes first, before
+    /// it removes the old data files): inline content read lazily must be read from there now.
+    fn relocate(&self, root: &Path, file: &str) -> Result<(), OplogError>;
+    /// Those of `candidates` (objects and packs about to be removed) that open files still use.
+    fn in_use(&self, candidates: &BTreeSet<PondFile>) -> BTreeSet<PondFile>;
+}
+
+/// No mount: a standalone prune holds the writer lock, nothing else is open.
+pub struct NoMount;
+
+impl MountState for NoMount {
+    fn relocate(&self, _: &Path, _: &str) -> Result<(), OplogError> {
+        Ok(())
+    }
+
+    fn in_use(&self, _: &BTreeSet<PondFile>) -> BTreeSet<PondFile> {
+        BTreeSet::new()
+    }
+}
+
+/// Prunes the pond at `root`: itself, holding the writer lock, or, when a read-write mount holds
+/// it, through the mount's daemon (see [`crate::control`]).
 pub fn prune_pond(root: &Path, rules: &Rules, dry_run: bool) -> Result<PruneReport, PruneError> {
     crate::oplog::check_is_pond(root)?;
-    let _lock = WriterLock::acquire(root)?;
+    if rules.is_empty() {
+        return Err(PruneError::NoRule);
+    }
+    let _lock = match WriterLock::acquire(root) {
+        Ok(lock) => lock,
+        Err(FsError::Busy(_)) => {
+            let request = crate::control::Request::Prune { rules: rules.clone(), dry_run };
+            return match crate::control::ask(root, &request) {
+                Ok(crate::control::Response::Pruned(report)) => Ok(report),
+                Ok(crate::control::Response::Failed(message)) => Err(PruneError::Daemon(message)),
+                Err(e) => Err(PruneError::Daemon(e.to_string())),
+            };
+        }
+        Err(e) => return Err(e.into()),
+    };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| OplogError::Io { path: root.to_path_buf(), source: e })?;
     let mut oplog = rt.block_on(Oplog::open(root, None))?;
-    prune_with(&mut oplog, &rt, rules, dry_run, &LargeFileStore::new(root), &|_| BTreeSet::new())
+    prune_with(&mut oplog, &rt, rules, dry_run, &LargeFileStore::new(root), &NoMount)
 }
 
 /// Milliseconds since the epoch.
@@ -101,15 +140,14 @@ fn now_ms() -> i64 {
 }
 
 /// Prunes through `oplog`, open for writing at the latest version (the caller holds the pond's
-/// single writer). `in_use(candidates)` returns the store files among `candidates` that something
-/// in memory still uses (a mount's open files); they stay.
+/// single writer); `mount` says what a live mount holds (see [`MountState`]).
 pub fn prune_with(
     oplog: &mut Oplog,
     rt: &tokio::runtime::Runtime,
     rules: &Rules,
     dry_run: bool,
     store: &LargeFileStore,
-    in_use: &dyn Fn(&BTreeSet<PondFile>) -> BTreeSet<PondFile>,
+    mount: &dyn MountState,
 ) -> Result<PruneReport, PruneError> {
     if rules.is_empty() {
         return Err(PruneError::NoRule);
@@ -132,7 +170,11 @@ pub fn prune_with(
         } else {
             let files = oplog.data_files()?;
             let n = files.len();
-            report.compacted = Some(rt.block_on(oplog.compact(files, n))?);
+            let (version, file) = rt.block_on(oplog.compact(files, n))?;
+            report.compacted = Some(version);
+            if let Some(file) = file {
+                mount.relocate(&root, &file)?;
+            }
             log = read_log(&root)?;
             kept = choose(&root, &log, rules, false)?;
         }
@@ -168,7 +210,7 @@ pub fn prune_with(
         repair_hint(&root, rt)?;
     }
     remove_data_files(&root, &live, dry_run, &mut report)?;
-    remove_store_files(store, &live, dry_run, in_use, &mut report)?;
+    remove_store_files(store, &live, dry_run, mount, &mut report)?;
     Ok(report)
 }
 
@@ -330,7 +372,7 @@ fn remove_store_files(
     store: &LargeFileStore,
     live: &Live,
     dry_run: bool,
-    in_use: &dyn Fn(&BTreeSet<PondFile>) -> BTreeSet<PondFile>,
+    mount: &dyn MountState,
     report: &mut PruneReport,
 ) -> Result<(), PruneError> {
     let candidates: BTreeSet<PondFile> = store.list()?.into_iter().filter(|f| !live.store.contains(f)).collect();
@@ -340,7 +382,7 @@ fn remove_store_files(
     if !dry_run {
         store.forget_files(&candidates.iter().cloned().collect());
     }
-    let busy = in_use(&candidates);
+    let busy = mount.in_use(&candidates);
     report.in_use = busy.iter().map(|f| f.name()).collect();
     for file in candidates.difference(&busy) {
         remove(&store.path_of(file), file.name(), dry_run, report)?;

@@ -203,8 +203,15 @@ fn serve(
             }
         });
     }
+    // The writer answers `pond prune` on its control socket while it holds the pond.
+    let control = if fs.is_read_only() {
+        None
+    } else {
+        Some(pond::control::ControlServer::start(fs.clone()).context("starting the control socket")?)
+    };
     let cfg = pond::fuse::session::mount_options(fs.is_read_only(), opts.allow_other);
     let served = pond::fuse::session::serve(fs.clone(), pond, mountpoint, cfg);
+    drop(control);
     let shut = fs.shutdown();
     served.with_context(|| format!("serving {} on {}", pond.display(), mountpoint.display()))?;
     shut.context("committing at unmount")?;

@@ -25,8 +25,12 @@ const MAINTAIN_EVERY: u64 = 8;
 /// At shutdown, give up on a commit that keeps failing after this many attempts.
 const SHUTDOWN_ATTEMPTS: u32 = 5;
 
+/// Work that needs the pond's writer to itself (prune), run by the committer between two commits.
+pub type Job = Box<dyn FnOnce(&mut Oplog, &tokio::runtime::Runtime) + Send>;
+
 #[derive(Default)]
 struct State {
+    jobs: std::collections::VecDeque<Job>,
     committed: u64,
     /// Commit attempts started so far.
     attempts: u64,
@@ -136,6 +140,29 @@ impl Committer {
         }
     }
 
+    /// Runs `job` in the committer thread, after committing what is pending and before the next
+    /// commit, and waits for its result. Fails when the committer has stopped.
+    pub fn run_exclusive<R: Send + 'static>(
+        &self,
+        job: impl FnOnce(&mut Oplog, &tokio::runtime::Runtime) -> R + Send + 'static,
+    ) -> Result<R, FsError> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        {
+            let mut st = self.shared.lock();
+            if st.stopped || st.stop {
+                return Err(FsError::Io("the committer has stopped".into()));
+            }
+            st.jobs.push_back(Box::new(move |oplog, rt| {
+                let _ = tx.send(job(oplog, rt));
+            }));
+            st.wake = true;
+            st.urgent = true;
+            self.shared.cv.notify_all();
+        }
+        // The job is dropped unrun if the thread ends first: the channel then says so.
+        rx.recv().map_err(|_| FsError::Io("the committer stopped before running the job".into()))
+    }
+
     /// Commit everything and stop the thread. Idempotent.
     pub fn shutdown(&self) -> Result<(), FsError> {
         {
@@ -187,9 +214,16 @@ fn run(
         };
         let cut = lock_tree(&tree).take_cut();
         if cut.rows.is_empty() {
-            let mut st = shared.lock();
-            st.committed = st.committed.max(cut.generation);
-            shared.cv.notify_all();
+            let jobs = {
+                let mut st = shared.lock();
+                st.committed = st.committed.max(cut.generation);
+                shared.cv.notify_all();
+                std::mem::take(&mut st.jobs)
+            };
+            // Exclusive work runs once everything released so far is committed.
+            for job in jobs {
+                job(&mut oplog, &rt);
+            }
             if stop {
                 return Ok(());
             }
@@ -208,7 +242,12 @@ fn run(
                 let mut st = shared.lock();
                 st.committed = st.committed.max(generation);
                 shared.cv.notify_all();
+                let jobs = std::mem::take(&mut st.jobs);
                 drop(st);
+                // Exclusive work runs once everything released so far is committed.
+                for job in jobs {
+                    job(&mut oplog, &rt);
+                }
                 commits += 1;
                 if commits.is_multiple_of(MAINTAIN_EVERY)
                     && let Err(e) = rt.block_on(oplog.maintain())

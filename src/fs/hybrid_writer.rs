@@ -189,6 +189,15 @@ impl HybridWriter {
         }
     }
 
+    /// The objects and packs this writer's content uses (its stored base, the places of chunks
+    /// it stored): a prune beside the mount keeps them.
+    pub fn files_in_use(&self) -> Vec<crate::layout::PondFile> {
+        match &self.content {
+            Content::Large(d) => d.files_in_use(),
+            _ => Vec::new(),
+        }
+    }
+
     /// Runs `op` on the draft; a failure that broke the draft (storing chunks ran out of space, say)
     /// loses the unsaved changes.
     fn with_draft<T>(&mut self, op: impl FnOnce(&mut LargeDraft) -> Result<T, StoreError>) -> Result<T, StoreError> {

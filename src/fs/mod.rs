@@ -363,3 +363,80 @@ impl PondFs {
         result
     }
 }
+
+/// What a live mount holds besides the log, for a prune its committer runs (see
+/// [`crate::audit::prune::MountState`]): inline content the tree reads lazily, and the objects and
+/// packs that open files and uncommitted versions use.
+struct MountedPond {
+    tree: Arc<Mutex<Tree>>,
+    store: LargeFileStore,
+}
+
+impl crate::audit::prune::MountState for MountedPond {
+    fn relocate(&self, root: &Path, file: &str) -> Result<(), crate::oplog::OplogError> {
+        let rows = crate::oplog::datafile::read_rows(root, &Arc::from(file), false)?;
+        self.tree.lock().unwrap_or_else(|p| p.into_inner()).relocate_inline(&rows);
+        Ok(())
+    }
+
+    fn in_use(
+        &self,
+        candidates: &std::collections::BTreeSet<crate::layout::PondFile>,
+    ) -> std::collections::BTreeSet<crate::layout::PondFile> {
+        use crate::layout::PondFile;
+        let (objects, open) = {
+            let t = self.tree.lock().unwrap_or_else(|p| p.into_inner());
+            let objects: Vec<Blake3Hash> = t
+                .nodes
+                .values()
+                .filter_map(|n| match &n.data.content {
+                    Some(Content::Large { hash, .. }) => Some(*hash),
+                    _ => None,
+                })
+                .collect();
+            let open: Vec<Arc<OpenFile>> = t.nodes.values().filter_map(|n| n.open.clone()).collect();
+            (objects, open)
+        };
+        let mut used = std::collections::BTreeSet::new();
+        // Current content (committed or not): an object about to go is in use, and so are its packs.
+        for hash in objects {
+            if candidates.contains(&PondFile::Object(hash)) {
+                used.insert(PondFile::Object(hash));
+                if let Ok(r) = self.store.open(&hash) {
+                    used.extend(r.data_files());
+                }
+            }
+        }
+        // Open files: what their readers read and their writers build on (a session's lock is
+        // taken with the tree's released: the lock order of `PondFs`).
+        for file in open {
+            let s = file.lock();
+            if let Some(ContentReader::Large(r)) = &s.reader {
+                used.insert(PondFile::Object(r.hash()));
+                used.extend(r.data_files());
+            }
+            if let Some(w) = &s.writer {
+                used.extend(w.files_in_use());
+            }
+        }
+        used.retain(|f| candidates.contains(f));
+        used
+    }
+}
+
+impl PondFs {
+    /// Prunes the pond this filesystem writes, in the committer between two commits (so nothing a
+    /// commit in flight needs can go), keeping what open files and uncommitted versions use.
+    pub fn prune(
+        &self,
+        rules: crate::audit::prune::Rules,
+        dry_run: bool,
+    ) -> Result<crate::audit::prune::PruneReport, crate::audit::prune::PruneError> {
+        let committer = self.writable()?;
+        let mount = MountedPond { tree: self.tree.clone(), store: self.store.clone() };
+        let store = self.store.clone();
+        committer.run_exclusive(move |oplog, rt| {
+            crate::audit::prune::prune_with(oplog, rt, &rules, dry_run, &store, &mount)
+        })?
+    }
+}

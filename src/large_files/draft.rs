@@ -139,6 +139,23 @@ impl LargeDraft {
         self.slots.is_empty() && self.base.as_ref().is_some_and(|b| b.size() == self.len)
     }
 
+    /// The objects and packs this draft's content uses: its base object and the files it points
+    /// into, the places of chunks it stored or found stored, the packs it closed.
+    pub fn files_in_use(&self) -> Vec<PondFile> {
+        let mut files = Vec::new();
+        if let Some(base) = &self.base {
+            files.push(PondFile::Object(base.hash()));
+            files.extend(base.data_files());
+        }
+        for slot in self.slots.values() {
+            if let Slot::Stored { at: StoredAt::Loc(loc), .. } = slot {
+                files.push((*loc.file).clone());
+            }
+        }
+        files.extend(self.closed.iter().map(|(f, _)| f.clone()));
+        files
+    }
+
     /// True once writing the pack failed: the draft's content can no longer be trusted whole.
     pub fn is_broken(&self) -> bool {
         self.broken
