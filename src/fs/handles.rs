@@ -30,20 +30,7 @@ impl ContentReader {
                 let end = (start + size as usize).min(bytes.len());
                 Ok(bytes[start..end].to_vec())
             }
-            ContentReader::Large(reader) => {
-                let len = (size as u64).min(reader.size().saturating_sub(offset)) as usize;
-                let mut buf = vec![0u8; len];
-                let mut done = 0;
-                while done < len {
-                    let n = reader.read_at(offset + done as u64, &mut buf[done..])?;
-                    if n == 0 {
-                        break;
-                    }
-                    done += n;
-                }
-                buf.truncate(done);
-                Ok(buf)
-            }
+            ContentReader::Large(reader) => Ok(reader.read_to_vec(offset, size as usize)?),
         }
     }
 }

@@ -298,6 +298,24 @@ impl ObjectReader {
         Ok(done)
     }
 
+    /// Up to `len` bytes at `offset` as a new vector (short only at the end of the content), every
+    /// chunk touched verified first; nothing is zero-filled on the way.
+    pub fn read_to_vec(&self, offset: u64, len: usize) -> Result<Vec<u8>, StoreError> {
+        let len = (len as u64).min(self.size.saturating_sub(offset)) as usize;
+        let mut out = Vec::with_capacity(len);
+        while out.len() < len {
+            let pos = offset + out.len() as u64;
+            let chunk = self.read_chunk(pos / CHUNK_SIZE)?;
+            let within = (pos % CHUNK_SIZE) as usize;
+            let n = chunk.len().saturating_sub(within).min(len - out.len());
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&chunk[within..within + n]);
+        }
+        Ok(out)
+    }
+
     /// The verified bytes of chunk `idx`.
     pub fn read_chunk(&self, idx: u64) -> Result<Bytes, StoreError> {
         if let Some((_, bytes)) = self.cache.lock().unwrap_or_else(|p| p.into_inner()).iter().find(|(i, _)| *i == idx) {
