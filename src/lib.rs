@@ -7,4 +7,6 @@ pub mod fuse;
 pub mod large_files;
 pub mod layout;
 pub mod oplog;
+pub mod os_error;
+pub mod private_fs;
 pub mod replica;
