@@ -40,7 +40,8 @@ pub enum Command {
         /// Stay in the foreground (logs to stderr).
         #[arg(short = 'f', long)]
         foreground: bool,
-        /// Comma-separated options: ro, rw, allow_other, threshold=BYTES, version=N, log=FILE, and
+        /// Comma-separated options: ro, rw, allow_other, threshold=BYTES, version=N, log=FILE;
+        /// noexec, nosuid, nodev, their opposites, sync, async and dirsync (they take effect);
         /// mount(8)'s generic ones (ignored).
         #[arg(short = 'o', value_name = "OPTS")]
         options: Vec<String>,
