@@ -1,6 +1,6 @@
 //! Pond's own directories and files, opened without following links: `_pond/` and what it holds
-//! (the writer lock, the spill directory, the mount locks, the daemon log), the store's temp
-//! directory, and the pond's root when a writer opens it.
+//! (the writer lock, the mount locks, the daemon log, the temp directory older ponds spilled
+//! into), the store's temp directory, and the pond's root when a writer opens it.
 //!
 //! Whoever can write into a pond directory could otherwise plant a symlink there and have the
 //! pond's owner (root, for an fstab mount or `pond gc`) create, append to or delete files
@@ -110,7 +110,7 @@ impl PrivateDir {
 
     /// A path naming this very directory, whatever is later renamed or swapped in at
     /// [`path`](Self::path): `/proc/self/fd/N` while this `PrivateDir` lives (its own path where
-    /// /proc is not mounted). For code that takes a directory path (temp files).
+    /// /proc is not mounted). For code that takes a directory path (the store's temp files).
     pub fn pinned_path(&self) -> PathBuf {
         let pinned = PathBuf::from(format!("/proc/self/fd/{}", self.fd.as_raw_fd()));
         if pinned.is_dir() { pinned } else { self.path.clone() }
@@ -361,6 +361,20 @@ mod tests {
         assert_eq!(std::fs::read_dir(tmp.path().join("tmp")).unwrap().count(), 0);
         assert_eq!(std::fs::read(victim.join("keep")).unwrap(), b"keep");
         assert_eq!(std::fs::read(victim.join("sub/keep")).unwrap(), b"keep");
+    }
+
+    #[test]
+    fn a_pinned_path_names_the_directory_even_after_a_link_is_swapped_in() {
+        let tmp = tempfile::tempdir().unwrap();
+        let victim = tmp.path().join("victim");
+        std::fs::create_dir(&victim).unwrap();
+        let dir = PrivateDir::ensure(tmp.path(), "tmp").unwrap();
+        let pinned = dir.pinned_path();
+        std::fs::rename(tmp.path().join("tmp"), tmp.path().join("moved")).unwrap();
+        std::os::unix::fs::symlink(&victim, tmp.path().join("tmp")).unwrap();
+        std::fs::write(pinned.join("f"), b"x").unwrap();
+        assert!(tmp.path().join("moved/f").exists());
+        assert_eq!(std::fs::read_dir(&victim).unwrap().count(), 0);
     }
 
     #[test]
