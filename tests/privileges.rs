@@ -65,6 +65,7 @@ const CHANGES: &[(&str, &str)] = &[
     ("write through O_WRONLY", "sysopen(F, $ARGV[0], O_WRONLY) or die $!; syswrite(F, 'x') or die $!"),
     ("write through O_RDWR", "sysopen(F, $ARGV[0], O_RDWR) or die $!; syswrite(F, 'x') or die $!"),
     ("open with O_TRUNC", "sysopen(F, $ARGV[0], O_WRONLY | O_TRUNC) or die $!"),
+    ("open with O_RDONLY | O_TRUNC", "sysopen(F, $ARGV[0], O_RDONLY | O_TRUNC) or die $!"),
     ("truncate(2)", "truncate($ARGV[0], 0) or die $!"),
     ("ftruncate(2)", "sysopen(F, $ARGV[0], O_WRONLY) or die $!; truncate(F, 0) or die $!"),
 ];

@@ -404,9 +404,9 @@ impl Filesystem for PondFuse {
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         tracing::debug!(ino = ino.0, flags = format_args!("{:#o}", flags.0), "open");
-        // FUSE_ATOMIC_O_TRUNC: the truncation is ours, and so is what it clears.
+        // FUSE_ATOMIC_O_TRUNC: the truncation is ours (O_RDONLY | O_TRUNC truncates too), and so
+        // is what it clears.
         if flags.0 & libc::O_TRUNC != 0
-            && flags.0 & libc::O_ACCMODE != libc::O_RDONLY
             && let Err(e) = self.fs.remove_privs(ino.0, &creds(req))
         {
             return reply.error(fail("open", e));
