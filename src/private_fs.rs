@@ -20,6 +20,7 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
@@ -147,6 +148,42 @@ impl PrivateDir {
         let fl = OFlag::from_bits_truncate(fl) & !OFlag::O_NONBLOCK;
         nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_SETFL(fl)).map_err(|e| PrivateFsError::io(&path, e))?;
         Ok(File::from(fd))
+    }
+
+    /// A Unix socket listening at `name` in this directory, 0600. A socket left there (by a daemon
+    /// that died) is replaced; anything else there is refused. Bound through
+    /// [`pinned_path`](Self::pinned_path), which also keeps the address short whatever the
+    /// directory's path (a socket address holds 107 bytes).
+    pub fn bind_socket(&self, name: &str) -> Result<UnixListener, PrivateFsError> {
+        let path = self.path.join(name);
+        match nix::sys::stat::fstatat(&self.fd, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(st) if file_type(&st) == SFlag::S_IFSOCK => self.remove_file(name)?,
+            Ok(st) if file_type(&st) == SFlag::S_IFLNK => return Err(PrivateFsError::Symlink(path)),
+            Ok(_) => {
+                let taken = io::Error::new(io::ErrorKind::AlreadyExists, "something other than a socket is there");
+                return Err(PrivateFsError::io(&path, taken));
+            }
+            Err(Errno::ENOENT) => {}
+            Err(e) => return Err(PrivateFsError::io(&path, e)),
+        }
+        let listener = UnixListener::bind(self.pinned_path().join(name)).map_err(|e| PrivateFsError::io(&path, e))?;
+        nix::sys::stat::fchmodat(
+            &self.fd,
+            name,
+            Mode::from_bits_truncate(FILE_MODE),
+            nix::sys::stat::FchmodatFlags::NoFollowSymlink,
+        )
+        .map_err(|e| PrivateFsError::io(&path, e))?;
+        Ok(listener)
+    }
+
+    /// Remove the file (not a directory) `name` from this directory, if it is there; a link is
+    /// removed, never followed.
+    pub fn remove_file(&self, name: &str) -> Result<(), PrivateFsError> {
+        match nix::unistd::unlinkat(&self.fd, name, UnlinkatFlags::NoRemoveDir) {
+            Ok(()) | Err(Errno::ENOENT) => Ok(()),
+            Err(e) => Err(PrivateFsError::io(&self.path.join(name), e)),
+        }
     }
 
     /// Remove everything in this directory, never following a symlink and never entering another
@@ -375,6 +412,23 @@ mod tests {
         std::fs::write(pinned.join("f"), b"x").unwrap();
         assert!(tmp.path().join("moved/f").exists());
         assert_eq!(std::fs::read_dir(&victim).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_socket_replaces_a_dead_ones_and_nothing_else() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = PrivateDir::ensure(tmp.path(), "d").unwrap();
+        drop(dir.bind_socket("s").unwrap());
+        let listener = dir.bind_socket("s").unwrap();
+        assert_eq!(mode(&tmp.path().join("d/s")), 0o600);
+        std::os::unix::net::UnixStream::connect(tmp.path().join("d/s")).unwrap();
+        drop(listener);
+        dir.remove_file("s").unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", tmp.path().join("d/link")).unwrap();
+        assert!(matches!(dir.bind_socket("link"), Err(PrivateFsError::Symlink(_))));
+        std::fs::write(tmp.path().join("d/file"), b"keep").unwrap();
+        assert!(dir.bind_socket("file").is_err());
+        assert_eq!(std::fs::read(tmp.path().join("d/file")).unwrap(), b"keep");
     }
 
     #[test]
