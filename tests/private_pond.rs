@@ -154,6 +154,7 @@ fn pond_with_link(name: &str, target: &Path) -> TestPond {
     let work = pond.root.join("_pond");
     std::fs::create_dir_all(work.join("tmp")).unwrap();
     let at = pond.root.join(name);
+    std::fs::create_dir_all(at.parent().unwrap()).unwrap();
     if at.is_dir() {
         std::fs::remove_dir_all(&at).unwrap();
     } else if at.exists() {
@@ -242,4 +243,13 @@ fn links_in_the_ponds_own_directories_are_never_followed() {
     std::fs::write(m.path("f"), b"x").unwrap();
     m.unmount();
     victim.assert_untouched("links inside _pond");
+
+    // The store's temp directory, emptied at mount and by gc, and its packs directory.
+    for link in ["_large_files/.tmp", "_large_files/packs"] {
+        let victim = Victim::new();
+        let p = pond_with_link(link, &victim.dir);
+        assert_refused(&pond(&["mount", p.path(), s(&p.scratch("mnt"))]), &format!("a mount with {link} a link"));
+        assert_refused(&pond(&["gc", p.path()]), &format!("gc with {link} a link"));
+        victim.assert_untouched(link);
+    }
 }
