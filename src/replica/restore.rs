@@ -366,23 +366,27 @@ impl Fetcher<'_> {
         let (dest, objects) = (self.dest.to_path_buf(), objects.to_vec());
         let files = blocking(move || {
             let store = crate::large_files::LargeFileStore::new(&dest);
-            let mut out = std::collections::BTreeSet::new();
+            // Each file with the first object found pointing into it (named if it is missing).
+            let mut out = std::collections::BTreeMap::new();
             for h in objects {
                 if let Ok(reader) = store.open(&h) {
-                    out.extend(reader.data_files().into_iter().filter(|f| *f != PondFile::Object(h)));
+                    for f in reader.data_files().into_iter().filter(|f| *f != PondFile::Object(h)) {
+                        out.entry(f).or_insert(h);
+                    }
                 }
             }
             Ok(out)
         })
         .await?;
         let mut wanted = Vec::new();
-        for file in files {
+        for (file, user) in files {
             if self.listing.files.contains_key(&file) {
                 if !file.local_path(self.dest).exists() {
                     wanted.push(file);
                 }
             } else {
-                self.problem(ReplicaError::Missing(file.name()))?;
+                let what = format!("{} (object {user} points into it)", file.name());
+                self.problem(ReplicaError::Missing(what))?;
             }
         }
         Ok(wanted)
