@@ -661,10 +661,22 @@ impl PondFs {
         Ok(())
     }
 
+    /// An attribute's value. POSIX ACLs (`system.*`) are not supported, so asking for one says so
+    /// (EOPNOTSUPP, as setting one does); so does asking for an SELinux label that was never set,
+    /// as on a filesystem without labels. Tools take that answer for the whole mount — `ls -l`
+    /// stops asking after the first file — where "no such attribute" (ENODATA) cost two round
+    /// trips to the daemon for every file listed.
     pub fn getxattr(&self, ino: u64, name: &[u8]) -> Result<Vec<u8>, FsError> {
         let t = self.lock_tree();
         let node = t.node(ino)?;
-        node.data.xattrs.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()).ok_or(FsError::NoXattr)
+        if name.starts_with(b"system.") {
+            return Err(FsError::NotSupported("system.* attributes (POSIX ACLs)"));
+        }
+        match node.data.xattrs.iter().find(|(k, _)| k == name) {
+            Some((_, v)) => Ok(v.clone()),
+            None if name == b"security.selinux" => Err(FsError::NotSupported("SELinux labels")),
+            None => Err(FsError::NoXattr),
+        }
     }
 
     pub fn listxattr(&self, ino: u64) -> Result<Vec<u8>, FsError> {
