@@ -9,7 +9,7 @@
 //!   _delta_log/_last_checkpoint                    hint naming the newest checkpoint
 //!   <name>.parquet                                 oplog data files, top level only
 //!   _large_files/<b3>.parquet                      a large file's object, named by its content's BLAKE3
-//!   _large_files/packs/<b3>.parquet                chunk data referenced by objects (see large_files)
+//!   _large_files/packs/<id>.parquet                chunk data objects point into (see large_files)
 //!   _large_files/.tmp/                             objects being written (never part of the layout)
 //!   _pond/                                         the writer's private area: lock, spill files, log
 //! ```
@@ -40,6 +40,8 @@ pub const WORK_LOCK: &str = "lock";
 pub const WORK_SPILL_DIR: &str = "tmp";
 /// Under [`WORK_DIR`]: the mount daemon's default log.
 pub const WORK_LOG: &str = "mount.log";
+/// Under [`WORK_DIR`]: the read-write mount daemon's control socket (see `control`).
+pub const WORK_CONTROL_SOCKET: &str = "control.sock";
 /// Under [`WORK_DIR`]: one lock per mountpoint served.
 pub const WORK_MOUNTS_DIR: &str = "mounts";
 /// The checkpoint hint in [`LOG_DIR`].
@@ -68,7 +70,7 @@ pub struct NotInLayout(pub String);
 pub enum PondFile {
     /// `_large_files/<64 hex>.parquet`: a large file's object, named by the BLAKE3 of its content.
     Object(Blake3Hash),
-    /// `_large_files/packs/<64 hex>.parquet`: chunk data that objects reference.
+    /// `_large_files/packs/<64 hex>.parquet`: chunk data that objects point into (a random id).
     Pack(Blake3Hash),
     /// `<name>.parquet` at the top level: an oplog data file.
     Data(String),

@@ -249,9 +249,8 @@ fn walk_pages(file: &File, start: u64, size: u64, limits: &ParquetLimits) -> Res
 /// Read and parse the page header at `pos` (reading no further than `end`), with its length.
 fn read_page_header(file: &File, pos: u64, end: u64) -> Result<(PageHeader, u64), String> {
     let mut want = HEADER_PROBE.min(end - pos);
-    let mut buf = Vec::new();
     loop {
-        buf.resize(want as usize, 0);
+        let mut buf = vec![0u8; want as usize];
         file.read_exact_at(&mut buf, pos).map_err(|e| e.to_string())?;
         let mut t = Thrift::new(&buf);
         match page_header(&mut t) {

@@ -1,5 +1,6 @@
 //! Crashes and damage (the SIGKILL loop is in crash_loop.rs): objects orphaned between write and
-//! commit, a corrupt chunk (EIO, never wrong bytes; named by verify), and bad input on the command line.
+//! commit, a corrupt chunk (EIO, never wrong bytes; named by verify), bad input on the command line,
+//! and what a power cut leaves of a checkpoint (opens fall back to the JSON log; fsync order).
 
 use std::path::Path;
 
@@ -22,14 +23,15 @@ fn an_object_written_before_a_crash_is_unreferenced_and_gc_removes_it() {
     std::fs::write(pond.root.join("part-00000000000000000099-orphan.parquet"), b"half written").unwrap();
     let v = pond_ok(&["verify", pond.path()]);
     assert!(v.starts_with("clean") || v.contains("\nclean"), "an orphan is not damage: {v}");
-    assert!(v.contains(&format!("unreferenced object {}", orphan.hash)), "{v}");
+    assert!(v.contains(&format!("unreferenced _large_files/{}.parquet", orphan.hash)), "{v}");
+    assert!(v.contains("unreferenced _large_files/packs/"), "the orphan's pack is unreferenced too: {v}");
     let dry = pond_ok(&["gc", pond.path(), "--dry-run"]);
     assert!(
         dry.contains(&orphan.hash.to_hex()) && LargeFileStore::new(&pond.root).contains(&orphan.hash),
         "dry run removes nothing: {dry}"
     );
     let out = pond_ok(&["gc", pond.path()]);
-    assert!(out.contains("removed 1 objects, 1 data files"), "{out}");
+    assert!(out.contains("removed 2 objects and packs, 1 data files"), "{out}");
     assert!(!LargeFileStore::new(&pond.root).contains(&orphan.hash));
     assert_eq!(crate::common::pond(&["cat", pond.path(), "kept"]).stdout.len(), T + 1, "referenced content untouched");
     assert!(pond_ok(&["verify", pond.path()]).contains("clean"));
@@ -48,15 +50,6 @@ fn gc_refuses_while_a_writer_holds_the_pond() {
     );
 }
 
-/// Flip one byte of chunk `chunk` of the object holding `data` (data is stored uncompressed).
-fn corrupt_chunk(object: &Path, data: &[u8], chunk: usize) {
-    let mut bytes = std::fs::read(object).unwrap();
-    let needle = &data[chunk * C + 100..chunk * C + 164];
-    let at = bytes.windows(needle.len()).position(|w| w == needle).expect("chunk bytes found in the object");
-    bytes[at + 10] ^= 0x55;
-    std::fs::write(object, bytes).unwrap();
-}
-
 #[test]
 fn a_corrupt_chunk_reads_as_eio_other_chunks_read_and_verify_names_it() {
     let pond = TestPond::new();
@@ -68,7 +61,7 @@ fn a_corrupt_chunk_reads_as_eio_other_chunks_read_and_verify_names_it() {
         fs.shutdown().unwrap();
     }
     let hash = blake3::hash(&data).to_hex().to_string();
-    corrupt_chunk(&pond.root.join("_large_files").join(format!("{hash}.parquet")), &data, 2);
+    crate::common::store::corrupt_stored_chunk(&pond.root, &data, 2);
 
     let v = crate::common::pond(&["verify", pond.path()]);
     let text = String::from_utf8_lossy(&v.stdout);

@@ -25,8 +25,10 @@ const MAX_ROOM: usize = 2 << 20;
 /// Files a round tries to write; it stops early after `MAX_FAILURES` of them failed.
 const WRITES_PER_ROUND: usize = 24;
 const MAX_FAILURES: usize = 3;
-/// Bytes of content the large-file writer buffers before its first write to disk (a row group).
-const ROW_GROUP: usize = pond::large_files::chunked::MAX_ROW_GROUP_CHUNKS * pond::config::CHUNK_SIZE as usize;
+/// Bytes of content the large-file writer buffers before its first write to disk: the chunks a
+/// draft keeps in memory, then a row group of its pack.
+const ROW_GROUP: usize = (pond::large_files::draft::DIRTY_BUDGET + pond::large_files::format::PACK_ROW_GROUP_CHUNKS)
+    * pond::config::CHUNK_SIZE as usize;
 
 /// A size-limited tmpfs, mounted for one test and unmounted (lazily) on every path out of it.
 struct SmallFs {

@@ -235,8 +235,13 @@ fn incremental_runs_send_exactly_what_the_remote_lacks() {
         "only new (or changed, as _last_checkpoint) files are sent: {new:?}"
     );
     assert_eq!(third.sent_bytes, new.iter().map(|(_, s)| **s).sum::<u64>());
-    let objects: Vec<_> = new.iter().filter(|(n, _)| n.starts_with("_large_files/")).collect();
-    assert_eq!(objects.len(), 1, "one new object; the repeated content is not sent again: {objects:?}");
+    let store: Vec<_> = new.iter().filter(|(n, _)| n.starts_with("_large_files/")).collect();
+    let objects = store.iter().filter(|(n, _)| !n.starts_with("_large_files/packs/")).count();
+    assert_eq!(
+        (objects, store.len()),
+        (1, 2),
+        "one new object and its pack; the repeated content is not sent again: {store:?}"
+    );
     assert!(pond_ok(&["verify", s(&remote)]).starts_with("clean:"));
 }
 
@@ -447,22 +452,33 @@ fn a_tampered_chunk_fails_restore_and_verify_with_the_object_named() {
     let src = rich_pond();
     let remote = src.scratch("remote");
     push(&src.root, &remote);
-    let object = object_path(&remote, &pattern(5 * C + 123, 99));
-    let mut bytes = std::fs::read(&object).unwrap();
-    // A byte in the middle of the chunk data (chunks are stored uncompressed in data pages).
-    let mid = bytes.len() / 3;
-    bytes[mid] ^= 0x55;
-    std::fs::write(&object, &bytes).unwrap();
-    let hex = blake3::hash(&pattern(5 * C + 123, 99)).to_hex().to_string();
+    let data = pattern(5 * C + 123, 99);
+    // A byte in the middle of chunk 2's bytes, in the pack the object points into.
+    let pack = crate::common::store::corrupt_stored_chunk(&remote, &data, 2);
+    let hex = blake3::hash(&data).to_hex().to_string();
 
     assert_restore_refused(s(&remote), &src.dir.path().join("restored"), &hex);
     let out = pond(&["verify", &format!("file://{}", s(&remote))]);
     assert_eq!(out.status.code(), Some(1), "verify URL exits 1 on damage");
     let stdout = String::from_utf8_lossy(&out.stdout);
+    let pack_name = pack.strip_prefix(&remote).unwrap().to_string_lossy().into_owned();
     assert!(
-        stdout.lines().any(|l| l.starts_with("DAMAGED object") && l.contains(&hex) && l.contains("chunk")),
-        "{stdout}"
+        stdout.lines().any(|l| l.starts_with("DAMAGED object")
+            && l.contains(&hex)
+            && l.contains("chunk 2")
+            && l.contains(&pack_name)),
+        "verify names the object, the chunk and the pack: {stdout}"
     );
+
+    // A byte of the object itself (the manifest) is damage too.
+    let fresh = src.scratch("remote2");
+    push(&src.root, &fresh);
+    let object = object_path(&fresh, &data);
+    let mut bytes = std::fs::read(&object).unwrap();
+    let mid = bytes.len() / 3;
+    bytes[mid] ^= 0x55;
+    std::fs::write(&object, &bytes).unwrap();
+    assert_restore_refused(s(&fresh), &src.dir.path().join("restored2"), &hex);
 }
 
 #[test]

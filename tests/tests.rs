@@ -22,8 +22,20 @@ mod fuse_tools;
 mod hostile_input;
 /// The large-file store and HybridWriter: chunking, hashing, dedup, corruption, bounded memory.
 mod large_files;
+/// Resource limits: the open-file limit, threads per fsync, a thread limit after a quiet spell.
+mod limits;
 /// mount(8)/fstab/systemd helpers, scripts/install.sh, and pond mount's daemon mode under them.
 mod mount_helper;
+/// noexec, nosuid/suid, nodev/dev, sync and dirsync through real mounts: each takes effect.
+mod mount_options;
+/// A pond written before chunk-level storage: reads at every version, takes new writes beside its old objects.
+mod old_format;
+/// A pond is its owner's alone (0700/0600 whatever the umask); no link followed in its own directories.
+mod private_pond;
+/// Set-ID bits and capabilities after writes and truncations, trusted.* listings: as on ext4.
+mod privileges;
+/// pond prune: dropped versions go with what only they need; kept ones read everywhere.
+mod prune;
 /// Property test: random operations through the mount vs a native directory, with remounts.
 mod reftest;
 /// Replication: replicate/restore/verify URL over a directory and S3, resume, tampering, --follow.

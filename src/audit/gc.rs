@@ -1,20 +1,26 @@
 //! `pond gc`: remove large-file objects and data files that no version of the log references
 //! (leftovers of a crash between an object's write and its commit), and temp files. Holds the
-//! single-writer lock, so it never races a mount's commit; refuses to act on a damaged log.
+//! single-writer lock, so it never races a mount's commit; refuses to act on a damaged log, or on
+//! a `_pond/tmp` that is a link (it empties that directory without following links, see
+//! `private_fs`: `pond gc` runs as root on ponds others may write into).
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::sync::Arc;
 
 use crate::fs::{FsError, WriterLock};
 use crate::large_files::LargeFileStore;
-use crate::large_files::hash::Blake3Hash;
+use crate::layout::PondFile;
 use crate::layout::{WORK_DIR, WORK_SPILL_DIR};
-use crate::oplog::{OplogError, datafile, history};
+use crate::oplog::OplogError;
+use crate::oplog::log::LogView;
+use crate::private_fs::{PrivateDir, PrivateFsError};
+
+use super::live;
 
 #[derive(Debug, Default)]
 pub struct GcReport {
-    pub objects: Vec<(Blake3Hash, u64)>,
+    /// Objects and packs removed (or that would be), with their sizes.
+    pub objects: Vec<(PondFile, u64)>,
     pub data_files: Vec<(String, u64)>,
     pub temp_files: usize,
     pub bytes: u64,
@@ -30,6 +36,8 @@ pub enum GcError {
     Store(#[from] crate::large_files::error::StoreError),
     #[error("refusing to collect garbage: {0}")]
     Unsafe(String),
+    #[error("refusing to collect garbage: {0}")]
+    Private(#[from] PrivateFsError),
 }
 
 fn file_size(path: &Path) -> u64 {
@@ -39,35 +47,34 @@ fn file_size(path: &Path) -> u64 {
 pub fn collect_garbage(root: &Path, dry_run: bool) -> Result<GcReport, GcError> {
     crate::oplog::check_is_pond(root)?;
     let _lock = WriterLock::acquire(root)?;
-    let files = history::referenced_data_files(root).map_err(|e| GcError::Unsafe(e.to_string()))?;
-    let mut referenced: BTreeSet<Blake3Hash> = BTreeSet::new();
-    for rel in &files {
-        let rel: Arc<str> = Arc::from(rel.as_str());
-        if !root.join(&*rel).exists() {
-            // A version needs this file and it is gone: keep everything, say so.
-            return Err(GcError::Unsafe(format!("data file {rel} is missing; run `pond verify`")));
-        }
-        let objects =
-            datafile::large_objects(root, &rel).map_err(|e| GcError::Unsafe(format!("cannot read {rel}: {e}")))?;
-        referenced.extend(objects.into_iter().map(|(hash, _, _)| hash));
-    }
-    let mut report = GcReport::default();
+    // `_pond/tmp` is checked before anything is removed: a link there refuses the whole run.
+    let spill =
+        PrivateDir::open_existing(root, WORK_DIR)?.map(|work| work.open_dir(WORK_SPILL_DIR)).transpose()?.flatten();
+    let log = LogView::read(root).map_err(|e| GcError::Unsafe(e.to_string()))?;
+    let versions: BTreeSet<u64> = log.readable().into_iter().map(|(v, _)| v).collect();
+    // Every data file the log names stays, readable version or not: gc never second-guesses history.
+    let named = live::named_by_log(root, &log).map_err(|e| GcError::Unsafe(e.to_string()))?;
+    let live = live::live_set(root, &log, &versions, &named).map_err(|e| GcError::Unsafe(e.to_string()))?;
     let store = LargeFileStore::new(root);
-    for hash in store.list()? {
-        if !referenced.contains(&hash) {
-            let size = file_size(&store.object_path(&hash));
+    let mut report = GcReport::default();
+    for file in store.list()? {
+        if !live.store.contains(&file) {
+            let size = file_size(&store.path_of(&file));
             if !dry_run {
-                store.remove(&hash)?;
+                store.remove(&file)?;
             }
             report.bytes += size;
-            report.objects.push((hash, size));
+            report.objects.push((file, size));
         }
     }
     let io = |e: std::io::Error| GcError::Oplog(OplogError::Io { path: root.to_path_buf(), source: e });
     for entry in std::fs::read_dir(root).map_err(io)? {
         let entry = entry.map_err(io)?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        if name.ends_with(".parquet") && entry.file_type().map_err(io)?.is_file() && !files.contains(&name) {
+        if name.ends_with(".parquet")
+            && entry.file_type().map_err(io)?.is_file()
+            && !live.data_files.contains_key(&name)
+        {
             let size = file_size(&entry.path());
             if !dry_run {
                 std::fs::remove_file(entry.path()).map_err(io)?;
@@ -78,12 +85,8 @@ pub fn collect_garbage(root: &Path, dry_run: bool) -> Result<GcReport, GcError> 
     }
     if !dry_run {
         report.temp_files += store.clear_tmp()?;
-        if let Ok(dir) = std::fs::read_dir(root.join(WORK_DIR).join(WORK_SPILL_DIR)) {
-            for e in dir.flatten() {
-                if std::fs::remove_file(e.path()).is_ok() {
-                    report.temp_files += 1;
-                }
-            }
+        if let Some(spill) = spill {
+            report.temp_files += spill.empty()?;
         }
     }
     Ok(report)

@@ -3,18 +3,24 @@
 //! through a mount, so both run while the pond is mounted (gc only when no writer holds it).
 
 pub mod gc;
+pub mod live;
+pub mod prune;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use sha2::{Digest, Sha256};
 
 use crate::large_files::LargeFileStore;
-use crate::large_files::hash::{Blake3Hash, Sha256Digest, summarize};
-use crate::layout::{LOG_DIR, any_checkpoint_version};
-use crate::oplog::history::FileActions;
+use crate::large_files::format;
+use crate::large_files::hash::{Blake3Hash, Sha256Digest};
+use crate::large_files::reader::{BlobReader, VerifiedChunks};
+use crate::layout::{LOG_DIR, PondFile, any_checkpoint_version};
+use crate::oplog::log::LogView;
 use crate::oplog::schema::{Content, OplogRow};
-use crate::oplog::{Oplog, OplogError, check_is_pond, datafile, history, tree_shape};
+use crate::oplog::{Oplog, OplogError, check_is_pond, datafile, tree_shape};
 
 /// What `pond verify` found. Damage lines name the file, row, object or chunk.
 #[derive(Debug, Default)]
@@ -25,9 +31,13 @@ pub struct VerifyReport {
     pub rows: u64,
     pub inline_files: u64,
     pub objects: usize,
+    /// The content the objects hold, in bytes.
     pub object_bytes: u64,
-    /// Objects present but referenced by no version (left by a crash; `pond gc` removes them).
-    pub unreferenced: Vec<Blake3Hash>,
+    /// Packs the objects point into.
+    pub packs: usize,
+    /// Objects and packs present but referenced by no version (left by a crash; `pond gc`
+    /// removes them).
+    pub unreferenced: Vec<PondFile>,
 }
 
 impl VerifyReport {
@@ -37,21 +47,20 @@ impl VerifyReport {
 }
 
 /// Which object each large-file row references: the size and SHA-256 the row records, and where.
-type References = BTreeMap<Blake3Hash, (u64, Sha256Digest, String)>;
+type References = BTreeMap<Blake3Hash, (u64, Option<Sha256Digest>, String)>;
 
 /// Check the pond at `root`. `Err` only when `root` is not a pond at all; damage is in the report.
 pub fn verify_pond(root: &Path) -> Result<VerifyReport, OplogError> {
     check_is_pond(root)?;
     let mut report = VerifyReport::default();
-    match history::log_entries(root) {
-        Ok(entries) => report.versions = entries.len() as u64,
-        Err(e) => report.damage.push(format!("log: {e}")),
-    }
-    let actions = history::file_actions(root).unwrap_or_else(|e| {
+    let log = LogView::read(root).unwrap_or_else(|e| {
         report.damage.push(format!("log: {e}"));
-        Vec::new()
+        LogView::default()
     });
-    let files = history::added_files(root, &actions).unwrap_or_else(|e| {
+    report.versions = log.versions().count() as u64;
+    check_log_is_whole(&log, &mut report);
+    // Every data file the log names: the kept versions' and, after a prune, the checkpoints'.
+    let files = live::named_by_log(root, &log).unwrap_or_else(|e| {
         report.damage.push(format!("log: {e}"));
         Default::default()
     });
@@ -76,19 +85,44 @@ pub fn verify_pond(root: &Path) -> Result<VerifyReport, OplogError> {
         }
     }
     let store = LargeFileStore::new(root);
-    for (opened_size, damage) in check_objects(&store, &refs) {
-        if let Some(size) = opened_size {
-            report.objects += 1;
-            report.object_bytes += size;
+    let mut packs: BTreeMap<PondFile, String> = BTreeMap::new();
+    let mut all_opened = true;
+    for (hash, check) in refs.keys().zip(check_objects(&store, &refs)) {
+        match check.size {
+            Some(size) => {
+                report.objects += 1;
+                report.object_bytes += size;
+            }
+            None => all_opened = false,
         }
-        report.damage.extend(damage);
+        report.damage.extend(check.damage);
+        for file in check.data_files {
+            packs.entry(file).or_insert_with(|| format!("object {hash}"));
+        }
+    }
+    for (file, user) in &packs {
+        if let PondFile::Pack(name) = file {
+            report.packs += 1;
+            if let Err(e) = check_pack(&store, name) {
+                report.damage.push(format!("pack {file} (used by {user}): {e}"));
+            }
+        }
     }
     match store.list() {
-        Ok(all) => report.unreferenced = all.into_iter().filter(|h| !refs.contains_key(h)).collect(),
+        Ok(all) => {
+            report.unreferenced = all
+                .into_iter()
+                .filter(|f| match f {
+                    PondFile::Object(h) => !refs.contains_key(h),
+                    // A pack is known to be unused only when every object's places are known.
+                    _ => all_opened && !packs.contains_key(f),
+                })
+                .collect()
+        }
         Err(e) => report.damage.push(format!("_large_files: {e}")),
     }
-    check_checkpoints(root, &actions, &mut report);
-    check_tree_shape(root, actions.last().map(|(v, _)| *v), &mut report);
+    check_checkpoints(root, &log, &mut report);
+    check_tree_shape(root, log.versions().last(), &mut report);
     Ok(report)
 }
 
@@ -115,14 +149,42 @@ fn check_tree_shape(root: &Path, latest: Option<u64>, report: &mut VerifyReport)
     }
 }
 
-/// One object's check: its content size if it opened, and what is wrong with it.
-type ObjectCheck = (Option<u64>, Vec<String>);
+/// Every version present must open: from version 0 or from a checkpoint, with no entry missing
+/// after it. (Entries older than the oldest version that opens are what an interrupted prune
+/// leaves; they are reported too, since nothing can read them.)
+fn check_log_is_whole(log: &LogView, report: &mut VerifyReport) {
+    let readable: BTreeSet<u64> = log.readable().into_iter().map(|(v, _)| v).collect();
+    if log.latest().is_none() {
+        report.damage.push("log: no log entries".into());
+        return;
+    }
+    if readable.is_empty() {
+        report.damage.push("log: no version opens (the entry of version 0 and every checkpoint are missing)".into());
+        return;
+    }
+    for v in log.versions().filter(|v| !readable.contains(v)) {
+        report.damage.push(format!(
+            "log: version {v} does not open: an entry before it is missing and no checkpoint starts its run"
+        ));
+    }
+}
+
+/// One object's check: its content size if it opened, what is wrong with it, and the files its
+/// chunks are in.
+#[derive(Default)]
+struct ObjectCheck {
+    size: Option<u64>,
+    damage: Vec<String>,
+    data_files: Vec<PondFile>,
+}
 
 /// Check every referenced object (re-hashing is CPU-bound: spread over the cores), in name order.
+/// A chunk that several objects share (same bytes at the same place) is read and hashed once.
 fn check_objects(store: &LargeFileStore, refs: &References) -> Vec<ObjectCheck> {
     let items: Vec<_> = refs.iter().collect();
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 4).min(items.len().max(1));
     let next = AtomicUsize::new(0);
+    let seen: Mutex<VerifiedChunks> = Mutex::default();
     let mut checked: Vec<(usize, ObjectCheck)> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..workers)
             .map(|_| {
@@ -131,7 +193,7 @@ fn check_objects(store: &LargeFileStore, refs: &References) -> Vec<ObjectCheck> 
                     loop {
                         let i = next.fetch_add(1, Ordering::Relaxed);
                         let Some((hash, claimed)) = items.get(i) else { break };
-                        mine.push((i, check_object(store, hash, claimed)));
+                        mine.push((i, check_object(store, hash, claimed, &seen)));
                     }
                     mine
                 })
@@ -147,40 +209,51 @@ fn check_objects(store: &LargeFileStore, refs: &References) -> Vec<ObjectCheck> 
 fn check_object(
     store: &LargeFileStore,
     hash: &Blake3Hash,
-    (size, sha256, from): &(u64, Sha256Digest, String),
+    (size, sha256, from): &(u64, Option<Sha256Digest>, String),
+    seen: &Mutex<VerifiedChunks>,
 ) -> ObjectCheck {
     let reader = match store.open(hash) {
-        Err(e) => return (None, vec![format!("object {hash} (referenced by {from}): {e}")]),
+        Err(e) => {
+            return ObjectCheck {
+                damage: vec![format!("object {hash} (referenced by {from}): {e}")],
+                ..Default::default()
+            };
+        }
         Ok(reader) => reader,
     };
     let mut damage = Vec::new();
     if reader.size() != *size {
         damage.push(format!("object {hash}: holds {} bytes but {from} says {size}", reader.size()));
     }
-    if reader.sha256() != *sha256 {
-        damage.push(format!("object {hash}: SHA-256 {} but {from} records {sha256}", reader.sha256()));
+    if let (Some(recorded), Some(row)) = (reader.sha256(), sha256)
+        && recorded != *row
+    {
+        damage.push(format!("object {hash}: SHA-256 {recorded} but {from} records {row}"));
     }
-    if let Err(errors) = reader.verify() {
-        damage.extend(errors.into_iter().map(|e| format!("object {hash}: {e}")));
+    if let Err(errors) = reader.verify(Some(seen)) {
+        damage.extend(errors.into_iter().map(|e| format!("object {hash} (referenced by {from}): {e}")));
     }
-    (Some(reader.size()), damage)
+    ObjectCheck { size: Some(reader.size()), damage, data_files: reader.data_files() }
+}
+
+/// A pack must be one (its chunks' bytes are checked through the objects that point into it).
+fn check_pack(store: &LargeFileStore, name: &Blake3Hash) -> Result<(), String> {
+    let file = PondFile::Pack(*name);
+    let source = store.source();
+    let blob = source.open(&file).map_err(|e| e.to_string())?;
+    format::open_pack(&BlobReader(blob), &source.describe(&file)).map_err(|e| e.to_string())?;
+    Ok(())
 }
 
 /// The table as a Delta reader opens it (through checkpoints and `_last_checkpoint`) must list the
 /// same data files as replaying the JSON entries does: checkpoints are derived data, and a damaged or
 /// forged one would show another tree without any hash noticing. Checked at every checkpoint's
 /// version and at the latest version.
-fn check_checkpoints(root: &Path, actions: &[(u64, FileActions)], report: &mut VerifyReport) {
+fn check_checkpoints(root: &Path, log: &LogView, report: &mut VerifyReport) {
     check_checkpoint_files(root, report);
-    // No actions: the log did not replay, which is reported already.
-    let Some(latest) = actions.last().map(|(v, _)| *v) else { return };
-    let mut at: BTreeSet<u64> = match history::checkpoint_versions(root) {
-        Ok(v) => v.into_iter().collect(),
-        Err(e) => {
-            report.damage.push(format!("log: {e}"));
-            return;
-        }
-    };
+    // No entries: reported already.
+    let Some(latest) = log.versions().last() else { return };
+    let mut at: BTreeSet<u64> = log.checkpoints().collect();
     // A checkpoint past the log's end is damage, unless its version was committed since the log was
     // read (verify while mounted).
     let committed_since = |v: u64| root.join(format!("_delta_log/{v:020}.json")).exists();
@@ -189,7 +262,14 @@ fn check_checkpoints(root: &Path, actions: &[(u64, FileActions)], report: &mut V
     }
     at.retain(|c| *c <= latest);
     at.insert(latest);
-    let expected = history::replay_active_files(actions, &at);
+    // Replayed from each run's start: a checkpoint inside a run must agree with the entries.
+    let mut adds = |c: u64| {
+        crate::oplog::log::checkpoint_adds(&root.join(crate::layout::LOG_DIR).join(crate::layout::checkpoint_name(c)))
+    };
+    let expected: BTreeMap<u64, BTreeSet<String>> = match log.active_files(&at, &mut adds) {
+        Ok(files) => files.into_iter().map(|(v, f)| (v, f.into_keys().collect())).collect(),
+        Err(e) => return report.damage.push(format!("log: {e}")),
+    };
     // Opening is async: give it a runtime on a thread of its own, so any caller (inside a runtime or
     // not) can verify.
     let opened = std::thread::scope(|s| {
@@ -261,8 +341,8 @@ fn check_row(rel: &str, row: &OplogRow, report: &mut VerifyReport, refs: &mut Re
     match &d.content {
         Some(Content::Inline { bytes: Some(b), hash, sha256, .. }) => {
             report.inline_files += 1;
-            let s = summarize(b);
-            if s.root != *hash || s.sha256 != *sha256 || b.len() as u64 != d.size {
+            let sha_ok = sha256.is_none_or(|s| Sha256Digest(Sha256::digest(b).into()) == s);
+            if Blake3Hash::from(blake3::hash(b)) != *hash || !sha_ok || b.len() as u64 != d.size {
                 report.damage.push(format!(
                     "data file {rel}: inode {ino}: inline content does not match its recorded hash or size"
                 ));

@@ -40,7 +40,8 @@ pub enum Command {
         /// Stay in the foreground (logs to stderr).
         #[arg(short = 'f', long)]
         foreground: bool,
-        /// Comma-separated options: ro, rw, allow_other, threshold=BYTES, version=N, log=FILE, and
+        /// Comma-separated options: ro, rw, allow_other, threshold=BYTES, version=N, log=FILE;
+        /// noexec, nosuid, nodev, their opposites, sync, async and dirsync (they take effect);
         /// mount(8)'s generic ones (ignored).
         #[arg(short = 'o', value_name = "OPTS")]
         options: Vec<String>,
@@ -87,6 +88,28 @@ pub enum Command {
         #[arg(long)]
         follow: bool,
     },
+    /// Drop old versions and give their space back: the log entries, checkpoints, data files,
+    /// objects and chunks that only the dropped versions need. The latest version is always kept.
+    ///
+    /// Safe beside a live read-write mount (its daemon does the pruning between two commits) and
+    /// beside replicate and restore. Prints what it removes and the bytes freed.
+    Prune {
+        /// A pond directory (a replica's URL: see `pond prune --help`).
+        #[arg(value_name = "POND|URL")]
+        pond: String,
+        /// Keep the newest N versions.
+        #[arg(long, value_name = "N")]
+        keep_last: Option<u64>,
+        /// Keep the versions committed within DURATION before now (e.g. 90m, 12h, 30d, 2w, 1y).
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        keep_within: Option<std::time::Duration>,
+        /// Keep version V (repeat for more).
+        #[arg(long = "keep-version", value_name = "V")]
+        keep_versions: Vec<u64>,
+        /// Print what would be removed, remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Make a new pond from a remote replica, verified before it appears. POND must be absent or empty.
     Restore {
         url: String,
@@ -126,10 +149,42 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Command::Gc { pond, dry_run } => maintain::gc(&pond, dry_run),
                 Command::Replicate { pond, url, follow } => sync::replicate(&pond, &url, follow),
                 Command::Restore { url, pond, version } => sync::restore(&url, &pond, version),
+                Command::Prune { pond, keep_last, keep_within, keep_versions, dry_run } => {
+                    let rules = pond::audit::prune::Rules { keep_last, keep_within, keep_versions };
+                    maintain::prune(&pond, &rules, dry_run)
+                }
                 Command::Mount { .. } => unreachable!("handled above"),
             }
         }
     }
+}
+
+/// A duration like `90m`, `12h`, `30d`, `2w`, `1y` or `1d12h` (units s, m, h, d, w, y).
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let mut total: u64 = 0;
+    let mut digits = String::new();
+    for c in s.trim().chars() {
+        if c.is_ascii_digit() {
+            digits.push(c);
+            continue;
+        }
+        let unit: u64 = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86_400,
+            'w' => 7 * 86_400,
+            'y' => 365 * 86_400,
+            _ => return Err(format!("{s:?}: unknown unit {c:?} (use s, m, h, d, w or y, as in 30d)")),
+        };
+        let n: u64 = digits.parse().map_err(|_| format!("{s:?}: a number must come before {c:?}"))?;
+        total = n.checked_mul(unit).and_then(|x| total.checked_add(x)).ok_or_else(|| format!("{s:?} is too long"))?;
+        digits.clear();
+    }
+    if !digits.is_empty() || s.trim().is_empty() {
+        return Err(format!("{s:?}: give a unit (s, m, h, d, w or y), as in 30d"));
+    }
+    Ok(std::time::Duration::from_secs(total))
 }
 
 /// `2026-11-25 09:21:23` (UTC) from nanoseconds since the epoch.

@@ -12,14 +12,14 @@ use bytes::Bytes;
 use super::attr::{DirEntry, OpenMode};
 use super::error::FsError;
 use super::hybrid_writer::HybridWriter;
-use crate::large_files::LargeFileReader;
+use crate::large_files::ObjectReader;
 
 /// A reader of committed content, opened once per OpenFile (cheap to clone: shared bytes or a
 /// shared reader), so reads run outside the session lock.
 #[derive(Clone)]
 pub enum ContentReader {
     Inline(Bytes),
-    Large(Arc<LargeFileReader>),
+    Large(Arc<ObjectReader>),
 }
 
 impl ContentReader {
@@ -30,20 +30,7 @@ impl ContentReader {
                 let end = (start + size as usize).min(bytes.len());
                 Ok(bytes[start..end].to_vec())
             }
-            ContentReader::Large(reader) => {
-                let len = (size as u64).min(reader.size().saturating_sub(offset)) as usize;
-                let mut buf = vec![0u8; len];
-                let mut done = 0;
-                while done < len {
-                    let n = reader.read_at(offset + done as u64, &mut buf[done..])?;
-                    if n == 0 {
-                        break;
-                    }
-                    done += n;
-                }
-                buf.truncate(done);
-                Ok(buf)
-            }
+            ContentReader::Large(reader) => Ok(reader.read_to_vec(offset, size as usize)?),
         }
     }
 }

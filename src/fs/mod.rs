@@ -26,11 +26,12 @@ use bytes::Bytes;
 
 use crate::config::Threshold;
 use crate::large_files::LargeFileStore;
-use crate::large_files::hash::{Blake3Hash, Sha256Digest};
-use crate::layout::{WORK_DIR, WORK_SPILL_DIR};
+use crate::large_files::hash::Blake3Hash;
+use crate::layout::WORK_DIR;
 use crate::oplog::datafile::InlineReader;
 use crate::oplog::schema::Content;
 use crate::oplog::{Oplog, check_is_pond};
+use crate::private_fs::{FileAccess, PrivateDir};
 pub use attr::*;
 use commit_queue::Committer;
 pub use error::FsError;
@@ -40,12 +41,11 @@ use tree::Tree;
 
 /// The content of an empty file.
 pub fn empty_content() -> Content {
-    use sha2::Digest;
     Content::Inline {
         bytes: Some(Bytes::new()),
         loc: None,
         hash: Blake3Hash(*blake3::hash(b"").as_bytes()),
-        sha256: Sha256Digest(sha2::Sha256::digest(b"").into()),
+        sha256: None,
     }
 }
 
@@ -55,11 +55,23 @@ pub struct WriterLock {
 }
 
 impl WriterLock {
+    /// Take the lock, failing at once with [`FsError::Busy`] if another writer holds it. The writer
+    /// keeps the pond private: the root loses group and other bits (a pond made by an older pond,
+    /// 0755), and `_pond/` and the lock are opened without following links (see [`private_fs`]).
+    ///
+    /// [`private_fs`]: crate::private_fs
     pub fn acquire(root: &Path) -> Result<WriterLock, FsError> {
-        let dir = root.join(WORK_DIR);
-        std::fs::create_dir_all(&dir)?;
-        let path = dir.join(crate::layout::WORK_LOCK);
-        let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path)?;
+        match crate::private_fs::make_root_private(root) {
+            Ok(Some(was)) => tracing::info!(
+                "{} was mode {was:o}: made it 0700 (a pond holds every file's bytes, names and owners)",
+                root.display()
+            ),
+            Ok(None) => {}
+            Err(e) => tracing::warn!("could not make {} private (0700): {e}", root.display()),
+        }
+        let work = PrivateDir::ensure(root, WORK_DIR)?;
+        let file = work.open_file(crate::layout::WORK_LOCK, FileAccess::Lock)?;
+        let path = work.path().join(crate::layout::WORK_LOCK);
         match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
             Ok(lock) => Ok(WriterLock { _lock: lock }),
             Err((_, nix::errno::Errno::EWOULDBLOCK)) => Err(FsError::Busy(path.display().to_string())),
@@ -68,6 +80,29 @@ impl WriterLock {
     }
 }
 
+/// The runtime the Delta library runs on. Its blocking pool (local file I/O goes through it) keeps
+/// its threads instead of letting idle ones go after 10 s, and one is started here: tokio panics
+/// when it must start a blocking thread and has none, but queues the work for an existing one
+/// when the OS refuses a new thread for now (EAGAIN: a thread or pid limit). A committer that met
+/// a thread limit after a quiet spell would otherwise fail every commit until the limit lifts.
+fn runtime() -> Result<tokio::runtime::Runtime, FsError> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .max_blocking_threads(BLOCKING_THREADS)
+        .thread_keep_alive(std::time::Duration::from_secs(365 * 24 * 3600))
+        .thread_name("pond-io")
+        .enable_all()
+        .build()?;
+    let started = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| rt.block_on(rt.spawn_blocking(|| ()))));
+    match started {
+        Ok(Ok(())) => Ok(rt),
+        _ => Err(FsError::Io("cannot start a thread for the pond's file I/O (a thread or process limit?)".into())),
+    }
+}
+
+/// The most blocking threads the runtime keeps (they stay once started, see [`runtime`]).
+const BLOCKING_THREADS: usize = 16;
+
 pub struct PondFs {
     root: PathBuf,
     tree: Arc<Mutex<Tree>>,
@@ -75,7 +110,6 @@ pub struct PondFs {
     store: LargeFileStore,
     inline: Arc<InlineReader>,
     threshold: Threshold,
-    spill_dir: PathBuf,
     committer: Option<Committer>,
     version: u64,
     /// Held from open until `shutdown` has committed everything (umount waits on it).
@@ -93,13 +127,7 @@ impl PondFs {
         check_is_pond(root)?;
         let read_only = opts.read_only || opts.version.is_some();
         let lock = if read_only { None } else { Some(WriterLock::acquire(root)?) };
-        let rt = Arc::new(
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .thread_name("pond-io")
-                .enable_all()
-                .build()?,
-        );
+        let rt = Arc::new(runtime()?);
         let mut oplog = rt.block_on(Oplog::open(root, opts.version))?;
         let threshold = opts.threshold.map(Threshold).unwrap_or_else(|| oplog.threshold());
         let version = oplog.version();
@@ -107,14 +135,12 @@ impl PondFs {
         let tree = Arc::new(Mutex::new(Tree::from_rows(loaded)?));
         let store = LargeFileStore::new(root);
         let inline = Arc::new(InlineReader::new(root));
-        let spill_dir = root.join(WORK_DIR).join(WORK_SPILL_DIR);
         let committer = if read_only {
             None
         } else {
             store.create_dirs()?;
             store.clear_tmp()?;
-            std::fs::create_dir_all(&spill_dir)?;
-            Some(Committer::start(oplog, tree.clone(), inline.clone(), store.clone(), rt.clone()))
+            Some(Committer::start(oplog, tree.clone(), inline.clone(), store.clone(), rt.clone())?)
         };
         Ok(PondFs {
             root: root.to_path_buf(),
@@ -123,7 +149,6 @@ impl PondFs {
             store,
             inline,
             threshold,
-            spill_dir,
             committer,
             version,
             lock: Mutex::new(lock),
@@ -209,7 +234,24 @@ impl PondFs {
         if self.shut_down.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(FsError::ReadOnly);
         }
-        self.committer.as_ref().ok_or(FsError::ReadOnly)
+        let committer = self.committer.as_ref().ok_or(FsError::ReadOnly)?;
+        // A change accepted now would never be committed: refuse it, loudly.
+        if committer.is_stopped() {
+            return Err(FsError::Io(
+                "the committer has stopped, so changes cannot be saved; unmount and mount again".into(),
+            ));
+        }
+        Ok(committer)
+    }
+
+    /// Call `done` once every change made so far is committed (at once when read-only), without
+    /// holding this thread meanwhile (see [`Committer::when_committed`]).
+    fn when_synced(&self, done: commit_queue::Done) {
+        let generation = self.lock_tree().generation;
+        match &self.committer {
+            Some(c) => c.when_committed(generation, done),
+            None => done(Ok(())),
+        }
     }
 
     fn changed(&self) {
@@ -237,6 +279,8 @@ impl PondFs {
             }
             Content::Large { hash, .. } => {
                 let r = self.store.open(&hash)?;
+                // Committed content: new versions may point at its chunks.
+                self.store.remember(&r);
                 let len = r.size();
                 (ContentReader::Large(Arc::new(r)), len)
             }
@@ -255,12 +299,8 @@ impl PondFs {
                 None => self.content_reader(ino)?,
             };
             let w = match &reader {
-                ContentReader::Inline(b) => {
-                    HybridWriter::from_bytes(self.threshold, self.spill_dir.clone(), self.store.clone(), b)?
-                }
-                ContentReader::Large(r) => {
-                    HybridWriter::from_large(self.threshold, self.spill_dir.clone(), self.store.clone(), r.clone())
-                }
+                ContentReader::Inline(b) => HybridWriter::from_bytes(self.threshold, self.store.clone(), b)?,
+                ContentReader::Large(r) => HybridWriter::from_large(self.threshold, self.store.clone(), r.clone()),
             };
             s.writer = Some(w);
         }
@@ -307,10 +347,10 @@ impl PondFs {
             Err(e) => return Err(e.into()),
         };
         let content = match finished {
-            Finished::Inline { bytes, hash, sha256 } => {
-                Content::Inline { bytes: Some(Bytes::from(bytes)), loc: None, hash, sha256 }
+            Finished::Inline { bytes, hash } => {
+                Content::Inline { bytes: Some(Bytes::from(bytes)), loc: None, hash, sha256: None }
             }
-            Finished::Large(put) => Content::Large { hash: put.hash, sha256: put.sha256 },
+            Finished::Large(put) => Content::Large { hash: put.hash, sha256: None },
         };
         {
             let mut t = self.lock_tree();
@@ -368,5 +408,82 @@ impl PondFs {
         };
         self.detach(ino);
         result
+    }
+}
+
+/// What a live mount holds besides the log, for a prune its committer runs (see
+/// [`crate::audit::prune::MountState`]): inline content the tree reads lazily, and the objects and
+/// packs that open files and uncommitted versions use.
+struct MountedPond {
+    tree: Arc<Mutex<Tree>>,
+    store: LargeFileStore,
+}
+
+impl crate::audit::prune::MountState for MountedPond {
+    fn relocate(&self, root: &Path, file: &str) -> Result<(), crate::oplog::OplogError> {
+        let rows = crate::oplog::datafile::read_rows(root, &Arc::from(file), false)?;
+        self.tree.lock().unwrap_or_else(|p| p.into_inner()).relocate_inline(&rows);
+        Ok(())
+    }
+
+    fn in_use(
+        &self,
+        candidates: &std::collections::BTreeSet<crate::layout::PondFile>,
+    ) -> std::collections::BTreeSet<crate::layout::PondFile> {
+        use crate::layout::PondFile;
+        let (objects, open) = {
+            let t = self.tree.lock().unwrap_or_else(|p| p.into_inner());
+            let objects: Vec<Blake3Hash> = t
+                .nodes
+                .values()
+                .filter_map(|n| match &n.data.content {
+                    Some(Content::Large { hash, .. }) => Some(*hash),
+                    _ => None,
+                })
+                .collect();
+            let open: Vec<Arc<OpenFile>> = t.nodes.values().filter_map(|n| n.open.clone()).collect();
+            (objects, open)
+        };
+        let mut used = std::collections::BTreeSet::new();
+        // Current content (committed or not): an object about to go is in use, and so are its packs.
+        for hash in objects {
+            if candidates.contains(&PondFile::Object(hash)) {
+                used.insert(PondFile::Object(hash));
+                if let Ok(r) = self.store.open(&hash) {
+                    used.extend(r.data_files());
+                }
+            }
+        }
+        // Open files: what their readers read and their writers build on (a session's lock is
+        // taken with the tree's released: the lock order of `PondFs`).
+        for file in open {
+            let s = file.lock();
+            if let Some(ContentReader::Large(r)) = &s.reader {
+                used.insert(PondFile::Object(r.hash()));
+                used.extend(r.data_files());
+            }
+            if let Some(w) = &s.writer {
+                used.extend(w.files_in_use());
+            }
+        }
+        used.retain(|f| candidates.contains(f));
+        used
+    }
+}
+
+impl PondFs {
+    /// Prunes the pond this filesystem writes, in the committer between two commits (so nothing a
+    /// commit in flight needs can go), keeping what open files and uncommitted versions use.
+    pub fn prune(
+        &self,
+        rules: crate::audit::prune::Rules,
+        dry_run: bool,
+    ) -> Result<crate::audit::prune::PruneReport, crate::audit::prune::PruneError> {
+        let committer = self.writable()?;
+        let mount = MountedPond { tree: self.tree.clone(), store: self.store.clone() };
+        let store = self.store.clone();
+        committer.run_exclusive(move |oplog, rt| {
+            crate::audit::prune::prune_with(oplog, rt, &rules, dry_run, &store, &mount)
+        })?
     }
 }

@@ -329,6 +329,22 @@ impl Tree {
         }
     }
 
+    /// After the rows were rewritten into another data file (a compaction before a prune removes
+    /// the old ones): inline content read lazily from the old place is read from the new one.
+    /// `rows` are the new file's rows, read with their locations.
+    pub fn relocate_inline(&mut self, rows: &[OplogRow]) {
+        for row in rows {
+            let OplogRow::Node { ino, data: Some(d), .. } = row else { continue };
+            let Some(Content::Inline { hash: stored, loc: Some(new_loc), .. }) = &d.content else { continue };
+            if let Some(node) = self.nodes.get_mut(ino)
+                && let Some(Content::Inline { bytes: None, loc, hash, .. }) = &mut node.data.content
+                && hash == stored
+            {
+                *loc = Some(new_loc.clone());
+            }
+        }
+    }
+
     /// Put keys back after a failed commit so the next attempt includes them.
     pub fn requeue(&mut self, rows: &[OplogRow]) {
         for row in rows {

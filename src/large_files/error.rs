@@ -2,7 +2,7 @@
 //! object, with enough context (object hex, chunk number, path) to act on the message alone.
 //!
 //! I/O failures keep their `std::io::Error` (also when parquet or arrow wrapped it) so a caller can
-//! map them to an errno; [`StoreError::is_enospc`] and [`StoreError::raw_os_error`] help with that.
+//! map them to an errno ([`StoreError::raw_os_error`]; out of space is `crate::os_error`'s question).
 
 use std::io;
 use std::path::PathBuf;
@@ -11,6 +11,7 @@ use arrow::error::ArrowError;
 use parquet::errors::ParquetError;
 
 use super::hash::Blake3Hash;
+use crate::layout::PondFile;
 
 /// An error from the large-file store.
 #[derive(Debug, thiserror::Error)]
@@ -19,24 +20,29 @@ pub enum StoreError {
     #[error("I/O error on {}: {source}", path.display())]
     Io { path: PathBuf, source: io::Error },
 
-    /// Reading the source of a `put_file` failed (or it was shorter than the size given).
-    #[error("reading the source at offset {offset} failed: {source}")]
-    ReadSource { offset: u64, source: io::Error },
-
     /// No object of that name is in the store.
     #[error("large object {0} not found")]
     NotFound(Blake3Hash),
 
-    /// A chunk's bytes (or its parquet page) do not match the chunk's stored hash.
-    #[error("large object {object}: chunk {chunk} is corrupt (does not match its stored hash)")]
-    CorruptChunk { object: Blake3Hash, chunk: u64 },
+    /// A chunk's bytes do not match the chunk's hash (`file` and `offset`: where they were read).
+    #[error(
+        "large object {object}: chunk {chunk} is corrupt (the bytes at {file} offset {offset} do not match its hash)"
+    )]
+    CorruptChunk { object: Blake3Hash, chunk: u64, file: PondFile, offset: u64 },
+
+    /// The file that holds a chunk's bytes is not there.
+    #[error("large object {object}: chunk {chunk} is in {file}, which is missing")]
+    ChunkFileMissing { object: Blake3Hash, chunk: u64, file: PondFile },
+
+    /// A file of the store is not there.
+    #[error("{0} is missing")]
+    Missing(PondFile),
 
     /// The stored chunk hashes do not hash to the object's name.
     #[error("large object {object}: chunk hashes do not hash to the object's name")]
     HashTreeMismatch { object: Blake3Hash },
 
-    /// The whole content disagrees with the name or metadata (found by `verify`), or a `put_file`
-    /// source changed between hashing and storing.
+    /// The whole content disagrees with the metadata (found by `verify`).
     #[error("large object {object}: {reason}")]
     ContentMismatch { object: Blake3Hash, reason: String },
 
@@ -52,7 +58,7 @@ pub enum StoreError {
     #[error("parquet error on {}: {source}", path.display())]
     Parquet { path: PathBuf, source: ParquetError },
 
-    /// A caller handed in something inconsistent (e.g. a `HashSummary` for another size).
+    /// A caller handed in something inconsistent.
     #[error("invalid argument: {0}")]
     InvalidInput(String),
 }
@@ -61,7 +67,7 @@ impl StoreError {
     /// The underlying `io::Error`, if this is an I/O failure.
     pub fn io_error(&self) -> Option<&io::Error> {
         match self {
-            StoreError::Io { source, .. } | StoreError::ReadSource { source, .. } => Some(source),
+            StoreError::Io { source, .. } => Some(source),
             _ => None,
         }
     }
@@ -69,12 +75,6 @@ impl StoreError {
     /// The errno of the underlying I/O failure, if any (for FUSE replies).
     pub fn raw_os_error(&self) -> Option<i32> {
         self.io_error().and_then(io::Error::raw_os_error)
-    }
-
-    /// True when the failure was "no space left on device".
-    pub fn is_enospc(&self) -> bool {
-        self.io_error()
-            .is_some_and(|e| e.raw_os_error() == Some(libc::ENOSPC) || e.kind() == io::ErrorKind::StorageFull)
     }
 
     pub(crate) fn io(path: impl Into<PathBuf>, source: io::Error) -> Self {

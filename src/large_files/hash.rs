@@ -1,6 +1,5 @@
 //! Content hashes of large files: the [`Blake3Hash`] and [`Sha256Digest`] newtypes, the per-chunk
-//! BLAKE3 chaining values, the merge of chunk hashes into the root, and the streaming
-//! [`StreamHasher`] that computes all of it in one pass.
+//! BLAKE3 chaining values and the merge of chunk hashes into the root.
 //!
 //! The whole-content hash is standard BLAKE3 (exactly what `b3sum` prints). Content is cut into
 //! chunks of [`CHUNK_SIZE`] bytes (the last may be short; empty content is one empty chunk). Because
@@ -12,7 +11,6 @@
 use std::fmt;
 
 use blake3::hazmat::{HasherExt, Mode, merge_subtrees_non_root, merge_subtrees_root};
-use sha2::{Digest, Sha256};
 
 use crate::config::CHUNK_SIZE;
 
@@ -76,19 +74,6 @@ impl From<blake3::Hash> for Blake3Hash {
     }
 }
 
-/// Everything known about some content once hashed: its names and its chunk hashes.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HashSummary {
-    /// Standard BLAKE3 of the whole content.
-    pub root: Blake3Hash,
-    /// SHA-256 of the whole content.
-    pub sha256: Sha256Digest,
-    /// Content length in bytes.
-    pub size: u64,
-    /// One hash per chunk (see the module doc); never empty.
-    pub chunk_hashes: Vec<[u8; 32]>,
-}
-
 /// Number of chunks content of `size` bytes is cut into (empty content is one empty chunk).
 pub fn chunk_count(size: u64) -> u64 {
     size.div_ceil(CHUNK_SIZE).max(1)
@@ -100,13 +85,26 @@ pub fn chunk_len(size: u64, index: u64) -> u64 {
     size.saturating_sub(start).min(CHUNK_SIZE)
 }
 
-/// The stored hash of chunk `index` of content that has `n_chunks` chunks.
+/// The stored hash of chunk `index` of content that has `n_chunks` chunks: its chaining value, or
+/// for content of one chunk the root hash itself.
 pub fn chunk_hash(index: u64, n_chunks: u64, data: &[u8]) -> [u8; 32] {
     if n_chunks == 1 {
         return *blake3::hash(data).as_bytes();
     }
+    chunk_cv(index, data)
+}
+
+/// The BLAKE3 chaining value of `data` as chunk `index` of content of more than one chunk. It
+/// depends on the bytes and the position only, not on the content's length: a chunk that an append
+/// or an edit elsewhere leaves alone keeps it, and the dedup index and packs key chunks by it.
+///
+/// Empty content's one (empty) chunk has no chaining value in BLAKE3; its root hash stands in.
+pub fn chunk_cv(index: u64, data: &[u8]) -> [u8; 32] {
+    if data.is_empty() {
+        return *blake3::hash(data).as_bytes();
+    }
     let mut hasher = blake3::Hasher::new();
-    hasher.set_input_offset(index * CHUNK_SIZE);
+    hasher.set_input_offset(index.saturating_mul(CHUNK_SIZE));
     hasher.update(data);
     hasher.finalize_non_root()
 }
@@ -137,89 +135,4 @@ fn subtree_cv(hashes: &[[u8; 32]]) -> [u8; 32] {
     }
     let (left, right) = hashes.split_at(left_subtree_chunks(hashes.len()));
     merge_subtrees_non_root(&subtree_cv(left), &subtree_cv(right), Mode::Hash)
-}
-
-/// Streaming hasher: BLAKE3 chunk chaining values, the BLAKE3 root and SHA-256, in one pass.
-///
-/// Any slicing of the input gives the same result. [`StreamHasher::summary`] does not consume the
-/// hasher, so a writer can snapshot mid-stream and keep appending.
-#[derive(Clone)]
-pub struct StreamHasher {
-    /// Chaining values of the chunks before the current one (all full).
-    done: Vec<[u8; 32]>,
-    /// Hasher of the current chunk, set to its offset. A full chunk stays current until more input
-    /// arrives, because a lone chunk's hash is a root hash, not a chaining value.
-    current: blake3::Hasher,
-    current_len: u64,
-    sha: Sha256,
-    size: u64,
-}
-
-impl Default for StreamHasher {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl fmt::Debug for StreamHasher {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("StreamHasher").field("size", &self.size).finish_non_exhaustive()
-    }
-}
-
-impl StreamHasher {
-    /// A hasher that has seen no input.
-    pub fn new() -> Self {
-        StreamHasher { done: Vec::new(), current: blake3::Hasher::new(), current_len: 0, sha: Sha256::new(), size: 0 }
-    }
-
-    /// Bytes hashed so far.
-    pub fn size(&self) -> u64 {
-        self.size
-    }
-
-    /// Appends `data` to the hashed content.
-    pub fn update(&mut self, mut data: &[u8]) {
-        self.sha.update(data);
-        self.size += data.len() as u64;
-        while !data.is_empty() {
-            if self.current_len == CHUNK_SIZE {
-                self.done.push(self.current.finalize_non_root());
-                let mut next = blake3::Hasher::new();
-                next.set_input_offset(self.done.len() as u64 * CHUNK_SIZE);
-                self.current = next;
-                self.current_len = 0;
-            }
-            // Bounded by CHUNK_SIZE, so the cast is lossless.
-            let room = (CHUNK_SIZE - self.current_len) as usize;
-            let (now, rest) = data.split_at(room.min(data.len()));
-            self.current.update(now);
-            self.current_len += now.len() as u64;
-            data = rest;
-        }
-    }
-
-    /// The hashes of everything fed so far (does not consume or reset the hasher).
-    pub fn summary(&self) -> HashSummary {
-        let mut chunk_hashes = Vec::with_capacity(self.done.len() + 1);
-        chunk_hashes.extend_from_slice(&self.done);
-        if self.done.is_empty() {
-            // A single (possibly empty) chunk: its hash is the root hash.
-            chunk_hashes.push(*self.current.finalize().as_bytes());
-        } else {
-            chunk_hashes.push(self.current.finalize_non_root());
-        }
-        let root = match root_from_chunk_hashes(&chunk_hashes) {
-            Some(root) => root,
-            None => unreachable!("chunk_hashes always has at least one entry"),
-        };
-        HashSummary { root, sha256: Sha256Digest(self.sha.clone().finalize().into()), size: self.size, chunk_hashes }
-    }
-}
-
-/// Hashes a whole in-memory buffer (convenience over [`StreamHasher`]).
-pub fn summarize(data: &[u8]) -> HashSummary {
-    let mut h = StreamHasher::new();
-    h.update(data);
-    h.summary()
 }

@@ -179,7 +179,7 @@ pub fn for_each_batch(
 
 /// The large objects that the rows of data file `rel` reference: (object name, content size the row
 /// records, its SHA-256), one entry per row, read without the inline content column.
-pub fn large_objects(root: &Path, rel: &Arc<str>) -> Result<Vec<(Blake3Hash, u64, Sha256Digest)>, OplogError> {
+pub fn large_objects(root: &Path, rel: &Arc<str>) -> Result<Vec<(Blake3Hash, u64, Option<Sha256Digest>)>, OplogError> {
     let mut out = Vec::new();
     for_each_batch(root, rel, false, |rows| {
         for row in rows {

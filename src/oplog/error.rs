@@ -80,8 +80,7 @@ fn os_error_in_chain(error: &(dyn std::error::Error + 'static)) -> Option<i32> {
             return Some(code);
         }
         let text = e.to_string();
-        if let Some(code) = [libc::ENOSPC, libc::EDQUOT].into_iter().find(|c| text.contains(&format!("(os error {c})")))
-        {
+        if let Some(code) = crate::os_error::code_in_text(&text).filter(|c| crate::os_error::is_out_of_space_code(*c)) {
             return Some(code);
         }
         cause = e.source();

@@ -176,7 +176,7 @@ pub fn replay_active_files(actions: &[(u64, FileActions)], at: &BTreeSet<u64>) -
 }
 
 /// Delta log paths are URL-encoded (RFC 3986); pond's own names never need it, but decode anyway.
-fn percent_decode(s: &str) -> String {
+pub(crate) fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

@@ -37,12 +37,17 @@ impl Oplog {
         let Some(victims) = tiers.into_iter().find(|t| t.len() >= FILES_PER_TIER) else {
             return Ok(None);
         };
-        self.compact(victims, files.len()).await.map(Some)
+        self.compact(victims, files.len()).await.map(|(v, _)| Some(v))
     }
 
     /// Rewrite `victims` as one file. When they are every active file, tombstones are dropped too:
-    /// nothing older remains for them to hide.
-    pub async fn compact(&mut self, victims: Vec<(Arc<str>, u64)>, active_files: usize) -> Result<u64, OplogError> {
+    /// nothing older remains for them to hide. Returns the new version and the new file (none when
+    /// no row was left).
+    pub async fn compact(
+        &mut self,
+        victims: Vec<(Arc<str>, u64)>,
+        active_files: usize,
+    ) -> Result<(u64, Option<Arc<str>>), OplogError> {
         let whole_table = victims.len() == active_files;
         let mut kept: Vec<OplogRow> = Vec::new();
         for (rel, _) in &victims {
@@ -73,10 +78,12 @@ impl Oplog {
                 })
             })
             .collect();
+        let mut written = None;
         if !kept.is_empty() {
             let first_seq = kept.first().map(|r| r.seq()).unwrap_or(0);
             let name = format!("part-{first_seq:020}-{}-compacted.parquet", uuid::Uuid::new_v4());
             let size = datafile::write_data_file(self.root(), &name, &kept)?;
+            written = Some(Arc::from(name.as_str()));
             actions.push(Action::Add(Add {
                 path: name,
                 size: size as i64,
@@ -89,6 +96,6 @@ impl Oplog {
         let summary = CommitSummary { operation: "compact", files_changed: 0, bytes: 0 };
         let version = self.commit_actions(actions, op, &summary).await?;
         self.commits_since_maintenance = 0;
-        Ok(version)
+        Ok((version, written))
     }
 }

@@ -9,6 +9,7 @@ pub mod datafile;
 pub mod error;
 mod guard;
 pub mod history;
+pub mod log;
 pub mod maintenance;
 pub mod schema;
 mod store;
@@ -412,6 +413,27 @@ impl Oplog {
                 self.checkpoint_due = true;
             }
         }
+    }
+}
+
+impl Oplog {
+    /// Writes a checkpoint of the loaded version (and `_last_checkpoint` naming it), then makes
+    /// both durable: prune deletes the log entries before it only once it is on the disk.
+    pub async fn write_checkpoint(&self) -> Result<(), OplogError> {
+        deltalake::checkpoints::create_checkpoint(&self.table, None)
+            .await
+            .map_err(|e| OplogError::delta(&self.url, e))?;
+        let log_dir = self.root.join(LOG_DIR);
+        for name in [crate::layout::checkpoint_name(self.version()), crate::layout::LAST_CHECKPOINT.to_string()] {
+            let path = log_dir.join(name);
+            std::fs::File::open(&path).and_then(|f| f.sync_all()).map_err(|e| OplogError::Io { path, source: e })?;
+        }
+        datafile::sync_dir(&log_dir)
+    }
+
+    /// How many data files are active at the loaded version.
+    pub fn active_file_count(&self) -> Result<usize, OplogError> {
+        Ok(self.data_files()?.len())
     }
 }
 

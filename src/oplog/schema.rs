@@ -101,9 +101,9 @@ pub struct RowLoc {
 pub enum Content {
     /// In the oplog row itself. `bytes` is `None` when the row was read without its content column;
     /// then `loc` says where to fetch it.
-    Inline { bytes: Option<Bytes>, loc: Option<RowLoc>, hash: Blake3Hash, sha256: Sha256Digest },
+    Inline { bytes: Option<Bytes>, loc: Option<RowLoc>, hash: Blake3Hash, sha256: Option<Sha256Digest> },
     /// In `_large_files/<hash>.parquet`.
-    Large { hash: Blake3Hash, sha256: Sha256Digest },
+    Large { hash: Blake3Hash, sha256: Option<Sha256Digest> },
 }
 
 impl Content {
@@ -113,9 +113,12 @@ impl Content {
         }
     }
 
-    pub fn sha256(&self) -> &Sha256Digest {
+    /// The SHA-256 that rows written before chunk-level storage record (newer rows leave it out:
+    /// BLAKE3 names every byte, and a SHA-256 cannot follow a change of a few chunks of a large
+    /// file without reading all of it again).
+    pub fn sha256(&self) -> Option<&Sha256Digest> {
         match self {
-            Content::Inline { sha256, .. } | Content::Large { sha256, .. } => sha256,
+            Content::Inline { sha256, .. } | Content::Large { sha256, .. } => sha256.as_ref(),
         }
     }
 }
@@ -322,13 +325,13 @@ pub fn rows_to_batch(rows: &[OplogRow]) -> Result<RecordBatch, arrow::error::Arr
                         content.append_value(bytes.as_deref().unwrap_or_default());
                         large.append_value(false);
                         b3.append_value(hash.to_hex());
-                        sha.append_value(sha256.to_hex());
+                        sha.append_option(sha256.map(|s| s.to_hex()));
                     }
                     Some(Content::Large { hash, sha256 }) => {
                         content.append_null();
                         large.append_value(true);
                         b3.append_value(hash.to_hex());
-                        sha.append_value(sha256.to_hex());
+                        sha.append_option(sha256.map(|s| s.to_hex()));
                     }
                 }
             }
@@ -459,10 +462,13 @@ pub fn batch_to_rows(batch: &RecordBatch, file: &Arc<str>, first_row: u64) -> Re
                                 .filter(|a| !a.is_null(r))
                                 .and_then(|a| Blake3Hash::from_hex(a.value(r)))
                                 .ok_or_else(|| err(col::BLAKE3, r, "file without a valid blake3"))?;
-                            let sha256 = sha
-                                .filter(|a| !a.is_null(r))
-                                .and_then(|a| Sha256Digest::from_hex(a.value(r)))
-                                .ok_or_else(|| err(col::SHA256, r, "file without a valid sha256"))?;
+                            let sha256 = match sha.filter(|a| !a.is_null(r)) {
+                                None => None,
+                                Some(a) => Some(
+                                    Sha256Digest::from_hex(a.value(r))
+                                        .ok_or_else(|| err(col::SHA256, r, "not a valid sha256"))?,
+                                ),
+                            };
                             let is_large = large.filter(|a| !a.is_null(r)).map(|a| a.value(r)).unwrap_or(false);
                             Some(if is_large {
                                 Content::Large { hash, sha256 }

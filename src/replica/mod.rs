@@ -54,7 +54,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::StreamExt;
 
-use crate::large_files::hash::Blake3Hash;
 pub use crate::layout::PondFile;
 use crate::oplog::history::{self, FileActions};
 use crate::oplog::{OplogError, check_is_pond, datafile};
@@ -335,13 +334,14 @@ impl<'a> Replicator<'a> {
         }
         let objects = referenced_objects(&self.root, &new_data).await?;
         let mut new_objects: Vec<Outgoing> = Vec::new();
-        for hash in objects {
-            let file = PondFile::Object(hash);
+        for file in objects {
             let path = file.local_path(&self.root);
             let size = local_size(&path).map_err(|_| {
                 corrupt(
                     path.clone(),
-                    "a data file references this large object, but it is missing (run `pond verify`)".into(),
+                    "a data file references this large object (or an object points into this pack), but it is missing \
+                     (run `pond verify`)"
+                        .into(),
                 )
             })?;
             if listing.has(&file, size) {
@@ -519,14 +519,27 @@ async fn readable_checkpoints_only(files: Vec<Outgoing>) -> Result<Vec<Outgoing>
     .await
 }
 
-/// The large objects that `data` files reference (read without their inline content).
-async fn referenced_objects(root: &Path, data: &[Outgoing]) -> Result<BTreeSet<Blake3Hash>, ReplicaError> {
+/// The large objects that `data` files reference (read without their inline content), and the
+/// packs those objects point into.
+async fn referenced_objects(root: &Path, data: &[Outgoing]) -> Result<BTreeSet<PondFile>, ReplicaError> {
     let root = root.to_path_buf();
     let names: Vec<Arc<str>> = data.iter().map(|(f, _, _)| Arc::from(f.name().as_str())).collect();
     blocking(move || {
-        let mut out = BTreeSet::new();
+        let mut objects = BTreeSet::new();
         for rel in &names {
-            out.extend(datafile::large_objects(&root, rel)?.into_iter().map(|(hash, _, _)| hash));
+            objects.extend(datafile::large_objects(&root, rel)?.into_iter().map(|(hash, _, _)| hash));
+        }
+        let store = crate::large_files::LargeFileStore::new(&root);
+        let mut out = BTreeSet::new();
+        for hash in objects {
+            let reader = store.open(&hash).map_err(|e| {
+                corrupt(
+                    store.object_path(&hash),
+                    format!("a data file references this object, which does not open: {e}"),
+                )
+            })?;
+            out.extend(reader.data_files());
+            out.insert(PondFile::Object(hash));
         }
         Ok(out)
     })

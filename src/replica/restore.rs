@@ -32,7 +32,7 @@ use crate::oplog::{datafile, history};
 use super::local_dir;
 use super::remote::{Listing, OnBytes, Remote, sync_filesystem};
 use super::{FILES_IN_FLIGHT, Progress, ReplicaError, blocking};
-use crate::layout::{LARGE_FILES_DIR, LOG_DIR, PondFile, parse_last_checkpoint};
+use crate::layout::{LARGE_FILES_DIR, LOG_DIR, PACKS_DIR, PondFile, parse_last_checkpoint};
 
 /// The outcome of [`restore`].
 #[derive(Clone, Debug)]
@@ -228,7 +228,7 @@ async fn fetch(
     if version > latest {
         return Err(ReplicaError::NoSuchVersion { asked: version, latest });
     }
-    for dir in [LOG_DIR, LARGE_FILES_DIR] {
+    for dir in [LOG_DIR.to_string(), LARGE_FILES_DIR.to_string(), format!("{LARGE_FILES_DIR}/{PACKS_DIR}")] {
         let d = dest.join(dir);
         local_dir::create_private_dirs(&d).map_err(|e| ReplicaError::io(&d, e))?;
     }
@@ -244,8 +244,11 @@ async fn fetch(
         f.problem(ReplicaError::PathEscape(name))?;
     }
 
-    f.get_all("fetching log", (0..=version).map(PondFile::Log).collect(), stop).await?;
-    let data = f.data_files(version)?;
+    // The listed entries up to `version` (the same as 0..=version once the span is checked, but
+    // bounded by the listing whatever a later check allows).
+    let entries: Vec<u64> = f.listing.log_versions().into_iter().filter(|v| *v <= version).collect();
+    f.get_all("fetching log", entries.iter().copied().map(PondFile::Log).collect(), stop).await?;
+    let data = f.data_files(&entries)?;
     let mut wanted = Vec::new();
     for (name, logged) in data {
         let file = PondFile::Data(name.clone());
@@ -262,7 +265,9 @@ async fn fetch(
     f.get_all("fetching data files", wanted, stop).await?;
 
     let objects = f.objects(&data_files).await?;
-    f.get_all("fetching objects", objects.into_iter().map(PondFile::Object).collect(), stop).await?;
+    f.get_all("fetching objects", objects.iter().copied().map(PondFile::Object).collect(), stop).await?;
+    let packs = f.packs(&objects).await?;
+    f.get_all("fetching packs", packs, stop).await?;
 
     let checkpoints: Vec<PondFile> =
         f.listing.files.keys().filter(|k| matches!(k, PondFile::Checkpoint(c) if *c <= version)).cloned().collect();
@@ -321,11 +326,11 @@ impl Fetcher<'_> {
         Ok(())
     }
 
-    /// The data files that the fetched log entries `0..=version` add, with their logged sizes;
+    /// The data files that the fetched log entries of `versions` add, with their logged sizes;
     /// every add and remove path must be a top-level data file name.
-    fn data_files(&mut self, version: u64) -> Result<BTreeMap<String, u64>, ReplicaError> {
+    fn data_files(&mut self, versions: &[u64]) -> Result<BTreeMap<String, u64>, ReplicaError> {
         let mut data = BTreeMap::new();
-        for v in 0..=version {
+        for &v in versions {
             let path = PondFile::Log(v).local_path(self.dest);
             let Ok(text) = std::fs::read_to_string(&path) else { continue }; // missing: already noted
             let actions = match history::parse_log_entry(&text, &path) {
@@ -372,6 +377,38 @@ impl Fetcher<'_> {
                 wanted.push(h);
             } else {
                 self.problem(ReplicaError::Missing(PondFile::Object(h).name()))?;
+            }
+        }
+        Ok(wanted)
+    }
+
+    /// The packs (and format 1 objects) the fetched objects point into, each checked against the
+    /// listing. An object that does not open is left to verification, which names it.
+    async fn packs(&mut self, objects: &[crate::large_files::Blake3Hash]) -> Result<Vec<PondFile>, ReplicaError> {
+        let (dest, objects) = (self.dest.to_path_buf(), objects.to_vec());
+        let files = blocking(move || {
+            let store = crate::large_files::LargeFileStore::new(&dest);
+            // Each file with the first object found pointing into it (named if it is missing).
+            let mut out = std::collections::BTreeMap::new();
+            for h in objects {
+                if let Ok(reader) = store.open(&h) {
+                    for f in reader.data_files().into_iter().filter(|f| *f != PondFile::Object(h)) {
+                        out.entry(f).or_insert(h);
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .await?;
+        let mut wanted = Vec::new();
+        for (file, user) in files {
+            if self.listing.files.contains_key(&file) {
+                if !file.local_path(self.dest).exists() {
+                    wanted.push(file);
+                }
+            } else {
+                let what = format!("{} (object {user} points into it)", file.name());
+                self.problem(ReplicaError::Missing(what))?;
             }
         }
         Ok(wanted)

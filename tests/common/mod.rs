@@ -7,6 +7,7 @@ pub mod parquet_craft;
 pub mod rng;
 pub mod sizes;
 pub mod soak;
+pub mod store;
 pub mod tree;
 
 use std::path::{Path, PathBuf};

@@ -1,0 +1,258 @@
+//! The Delta log as pond reads it itself (without the Delta library): which versions a pond or a
+//! replica holds, where each version's state is rebuilt from, and which data files are active at
+//! each. Shared by verify, gc, prune, replicate and restore, so they agree on what a version needs.
+//!
+//! A pond never pruned holds every version from 0. `pond prune` drops versions: what remains is
+//! runs of consecutive versions, each starting at version 0 or at a checkpoint of its first version.
+//! A version is *readable* when its state can be rebuilt: from the newest checkpoint at or before it
+//! (or from nothing, at version 0) and the log entries after that checkpoint, every one present —
+//! exactly how delta-rs and the Delta protocol read a version, so what pond calls readable opens in
+//! any Delta reader too.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use arrow::array::{Array, Int64Array, StringArray, StructArray};
+use parquet::arrow::ProjectionMask;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+use super::OplogError;
+use super::history::{FileActions, parse_log_entry};
+use crate::layout::{LOG_DIR, PondFile, checkpoint_version, log_entry_version};
+
+/// Where a version's state is rebuilt from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Base {
+    /// The empty table before version 0: every entry from 0 on.
+    Start,
+    /// The checkpoint of this version, then the entries after it.
+    Checkpoint(u64),
+}
+
+/// The versions and checkpoints a log holds, with each entry's data-file actions.
+#[derive(Clone, Debug, Default)]
+pub struct LogView {
+    entries: BTreeMap<u64, FileActions>,
+    checkpoints: BTreeSet<u64>,
+}
+
+impl LogView {
+    /// The log of the pond (or a local copy of a replica) at `root`. Entries are parsed; a damaged
+    /// one is an error naming it.
+    pub fn read(root: &Path) -> Result<LogView, OplogError> {
+        let dir = root.join(LOG_DIR);
+        let io = |e: std::io::Error| OplogError::Io { path: dir.clone(), source: e };
+        let mut view = LogView::default();
+        for entry in std::fs::read_dir(&dir).map_err(io)? {
+            let entry = entry.map_err(io)?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if let Some(v) = log_entry_version(name) {
+                let path = entry.path();
+                let text =
+                    std::fs::read_to_string(&path).map_err(|e| OplogError::Io { path: path.clone(), source: e })?;
+                view.entries.insert(v, parse_log_entry(&text, &path)?);
+            } else if let Some(v) = checkpoint_version(name) {
+                view.checkpoints.insert(v);
+            }
+        }
+        Ok(view)
+    }
+
+    /// A view over entries and checkpoints read elsewhere (a remote).
+    pub fn from_parts(entries: BTreeMap<u64, FileActions>, checkpoints: BTreeSet<u64>) -> LogView {
+        LogView { entries, checkpoints }
+    }
+
+    /// Versions whose log entry is present, oldest first.
+    pub fn versions(&self) -> impl Iterator<Item = u64> + '_ {
+        self.entries.keys().copied()
+    }
+
+    /// Versions with a checkpoint, oldest first.
+    pub fn checkpoints(&self) -> impl Iterator<Item = u64> + '_ {
+        self.checkpoints.iter().copied()
+    }
+
+    /// The newest version present.
+    pub fn latest(&self) -> Option<u64> {
+        let entry = self.entries.keys().next_back().copied();
+        let checkpoint = self.checkpoints.iter().next_back().copied();
+        entry.max(checkpoint)
+    }
+
+    /// The data-file actions of version `v`'s entry, if present.
+    pub fn entry(&self, v: u64) -> Option<&FileActions> {
+        self.entries.get(&v)
+    }
+
+    /// True when a checkpoint of version `v` is present.
+    pub fn has_checkpoint(&self, v: u64) -> bool {
+        self.checkpoints.contains(&v)
+    }
+
+    /// Every readable version with the base of its *run* (the oldest base its state can be rebuilt
+    /// from: a run of versions whose entries are all present continues through the checkpoints
+    /// inside it, which are derived data and get checked against the entries), oldest first.
+    pub fn readable(&self) -> Vec<(u64, Base)> {
+        let all: BTreeSet<u64> = self.entries.keys().chain(self.checkpoints.iter()).copied().collect();
+        let mut out: Vec<(u64, Base)> = Vec::new();
+        for v in all {
+            let continued = match out.last() {
+                Some((prev, base)) if *prev + 1 == v && self.entries.contains_key(&v) => Some(*base),
+                _ => None,
+            };
+            let base = continued.or_else(|| {
+                if self.checkpoints.contains(&v) {
+                    Some(Base::Checkpoint(v))
+                } else if v == 0 && self.entries.contains_key(&0) {
+                    Some(Base::Start)
+                } else {
+                    None
+                }
+            });
+            if let Some(base) = base {
+                out.push((v, base));
+            }
+        }
+        out
+    }
+
+    /// The oldest readable version: where a pruned pond's history begins.
+    pub fn oldest_readable(&self) -> Option<u64> {
+        self.readable().first().map(|(v, _)| *v)
+    }
+
+    /// The data files (path as the log names it, size it records) active at each version of
+    /// `versions`, replaying each one's run from its base; `checkpoint_adds` reads a checkpoint's
+    /// active files. Versions that are not readable are left out.
+    pub fn active_files(
+        &self,
+        versions: &BTreeSet<u64>,
+        checkpoint_adds: &mut dyn FnMut(u64) -> Result<BTreeMap<String, u64>, OplogError>,
+    ) -> Result<BTreeMap<u64, BTreeMap<String, u64>>, OplogError> {
+        let mut out = BTreeMap::new();
+        let mut state: Option<(Base, u64, BTreeMap<String, u64>)> = None;
+        let last_wanted = versions.iter().next_back().copied();
+        for (v, base) in self.readable() {
+            if last_wanted.is_none_or(|w| v > w) {
+                break;
+            }
+            let continues = matches!(&state, Some((b, at, _)) if *b == base && *at + 1 == v);
+            if !continues {
+                let files = match base {
+                    Base::Checkpoint(c) => checkpoint_adds(c)?,
+                    Base::Start => BTreeMap::new(),
+                };
+                state = Some((base, v, files));
+                if base == Base::Start {
+                    // Version 0's own entry applies to the empty table.
+                    let (_, _, files) = state.as_mut().expect("set above");
+                    apply(files, self.entries.get(&v));
+                }
+            } else {
+                let (_, at, files) = state.as_mut().expect("continues");
+                *at = v;
+                apply(files, self.entries.get(&v));
+            }
+            if versions.contains(&v) {
+                out.insert(v, state.as_ref().expect("set above").2.clone());
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn apply(files: &mut BTreeMap<String, u64>, actions: Option<&FileActions>) {
+    let Some(a) = actions else { return };
+    for p in &a.removed {
+        files.remove(p);
+    }
+    for (p, size) in &a.added {
+        files.insert(p.clone(), *size);
+    }
+}
+
+/// The data files a checkpoint file lists as active (its `add` actions), with their sizes. Names
+/// outside the layout are refused.
+pub fn checkpoint_adds(path: &Path) -> Result<BTreeMap<String, u64>, OplogError> {
+    let bad = |reason: String| OplogError::Corrupt { path: path.to_path_buf(), reason };
+    super::datafile::check_parquet_file(path)?;
+    let file = std::fs::File::open(path).map_err(|e| OplogError::Io { path: path.to_path_buf(), source: e })?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| OplogError::parquet(path, e))?;
+    let schema = builder.parquet_schema();
+    let leaf = |want: &[&str]| (0..schema.num_columns()).find(|&i| schema.column(i).path().parts() == want);
+    let (Some(p), Some(s)) = (leaf(&["add", "path"]), leaf(&["add", "size"])) else {
+        return Err(bad("a checkpoint without add.path and add.size".into()));
+    };
+    let mask = ProjectionMask::leaves(schema, [p, s]);
+    let reader = builder.with_projection(mask).build().map_err(|e| OplogError::parquet(path, e))?;
+    let mut out = BTreeMap::new();
+    for batch in reader {
+        let batch = batch.map_err(|e| OplogError::arrow(path, e))?;
+        let add =
+            batch.column(0).as_any().downcast_ref::<StructArray>().ok_or_else(|| bad("add is not a struct".into()))?;
+        let paths = add
+            .column_by_name("path")
+            .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+            .ok_or_else(|| bad("add.path is not a string".into()))?;
+        let sizes = add
+            .column_by_name("size")
+            .and_then(|c| c.as_any().downcast_ref::<Int64Array>())
+            .ok_or_else(|| bad("add.size is not an int64".into()))?;
+        for r in 0..add.len() {
+            if add.is_null(r) || paths.is_null(r) {
+                continue;
+            }
+            let name = super::history::percent_decode(paths.value(r));
+            PondFile::data(&name)
+                .map_err(|e| bad(format!("the checkpoint names a data file outside the table: {e}")))?;
+            let size = u64::try_from(sizes.value(r)).map_err(|_| bad(format!("{name} has a negative size")))?;
+            out.insert(name, size);
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn adds(names: &[&str]) -> FileActions {
+        FileActions { added: names.iter().map(|n| (n.to_string(), 1)).collect(), removed: Vec::new() }
+    }
+
+    #[test]
+    fn a_pruned_log_is_runs_from_checkpoints() {
+        // Versions 2, 7..9 kept, with checkpoints at 2 and 7 (what prune leaves for keep {2, 7, 8, 9}).
+        let entries = [2, 7, 8, 9].into_iter().map(|v| (v, adds(&[&format!("v{v}.parquet")]))).collect();
+        let view = LogView::from_parts(entries, [2, 7].into());
+        assert_eq!(
+            view.readable(),
+            vec![
+                (2, Base::Checkpoint(2)),
+                (7, Base::Checkpoint(7)),
+                (8, Base::Checkpoint(7)),
+                (9, Base::Checkpoint(7))
+            ]
+        );
+        let mut ck = |c: u64| Ok([(format!("ck{c}.parquet"), 1)].into_iter().collect());
+        let active = view.active_files(&[2, 9].into(), &mut ck).expect("replay");
+        assert_eq!(active[&2].keys().collect::<Vec<_>>(), ["ck2.parquet"]);
+        assert_eq!(active[&9].keys().collect::<Vec<_>>(), ["ck7.parquet", "v8.parquet", "v9.parquet"]);
+    }
+
+    #[test]
+    fn a_gap_makes_the_versions_after_it_unreadable_until_a_checkpoint() {
+        let entries = [0, 1, 3, 4, 5].into_iter().map(|v| (v, adds(&[]))).collect();
+        let view = LogView::from_parts(entries, [4].into());
+        assert_eq!(
+            view.readable(),
+            vec![(0, Base::Start), (1, Base::Start), (4, Base::Checkpoint(4)), (5, Base::Checkpoint(4))]
+        );
+        assert_eq!(view.oldest_readable(), Some(0));
+        // A checkpoint inside a run is derived data: the run's versions replay from its start.
+        let whole = LogView::from_parts((0..6).map(|v| (v, adds(&[]))).collect(), [3].into());
+        assert!(whole.readable().iter().all(|(_, b)| *b == Base::Start));
+    }
+}
