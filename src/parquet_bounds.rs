@@ -27,8 +27,8 @@
 //! check the footer alone at open ([`check_footer`]) and each page before parquet reads it
 //! ([`check_page`], at the offset the offset index gives), instead of walking every page at open.
 
-use std::fs::File;
-use std::os::unix::fs::FileExt;
+use bytes::Bytes;
+use parquet::file::reader::ChunkReader;
 
 use parquet::basic::Compression;
 use parquet::file::metadata::{PageIndexPolicy, ParquetMetaData, ParquetMetaDataReader};
@@ -105,21 +105,26 @@ const MAGIC: &[u8; 4] = b"PAR1";
 
 /// Check the parquet file `file` against `limits` (see the module doc) and return its metadata,
 /// decoded once it is known to be safe to decode, with the page index when the file has one.
-pub fn check_parquet(file: &File, limits: &ParquetLimits) -> Result<ParquetMetaData, ParquetBoundsError> {
+pub fn check_parquet<R: ChunkReader>(file: &R, limits: &ParquetLimits) -> Result<ParquetMetaData, ParquetBoundsError> {
     check(file, limits, Pages::Walk)
 }
 
 /// [`check_parquet`] without the walk of every page header: for a reader that opens a large file
 /// often and reads few of its pages, and checks each with [`check_page`] before parquet reads it.
 /// The offset index is then not compared with the pages (nothing has walked them).
-pub fn check_footer(file: &File, limits: &ParquetLimits) -> Result<ParquetMetaData, ParquetBoundsError> {
+pub fn check_footer<R: ChunkReader>(file: &R, limits: &ParquetLimits) -> Result<ParquetMetaData, ParquetBoundsError> {
     check(file, limits, Pages::Skip)
 }
 
 /// Check the header of the page at `offset` of a file whose footer [`check_footer`] passed: its
 /// sizes within `limits`, the page ending by `chunk_end` (the end of its column chunk). Returns
 /// the page's size, header included (what the offset index records for it).
-pub fn check_page(file: &File, offset: u64, chunk_end: u64, limits: &ParquetLimits) -> Result<u64, ParquetBoundsError> {
+pub fn check_page<R: ChunkReader>(
+    file: &R,
+    offset: u64,
+    chunk_end: u64,
+    limits: &ParquetLimits,
+) -> Result<u64, ParquetBoundsError> {
     let page = |reason| ParquetBoundsError::Page { offset, reason };
     if offset >= chunk_end {
         return Err(page("it starts past the end of its column chunk".into()));
@@ -134,16 +139,18 @@ enum Pages {
     Skip,
 }
 
-fn check(file: &File, limits: &ParquetLimits, pages: Pages) -> Result<ParquetMetaData, ParquetBoundsError> {
-    let len = file.metadata()?.len();
+fn check<R: ChunkReader>(
+    file: &R,
+    limits: &ParquetLimits,
+    pages: Pages,
+) -> Result<ParquetMetaData, ParquetBoundsError> {
+    let len = file.len();
     if len < 12 {
         return Err(ParquetBoundsError::NotParquet("shorter than a parquet file's magic and footer length"));
     }
-    let mut head = [0u8; 4];
-    file.read_exact_at(&mut head, 0)?;
-    let mut tail = [0u8; 8];
-    file.read_exact_at(&mut tail, len - 8)?;
-    if &head != MAGIC || &tail[4..] != MAGIC {
+    let head = read(file, 0, 4)?;
+    let tail = read(file, len - 8, 8)?;
+    if head[..] != MAGIC[..] || tail[4..] != MAGIC[..] {
         return Err(ParquetBoundsError::NotParquet("no PAR1 magic at both ends (or an encrypted footer)"));
     }
     let footer_len = u64::from(u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]));
@@ -153,8 +160,7 @@ fn check(file: &File, limits: &ParquetLimits, pages: Pages) -> Result<ParquetMet
     let Some(footer_start) = len.checked_sub(8 + footer_len).filter(|s| *s >= 4) else {
         return Err(ParquetBoundsError::NotParquet("its footer claims more bytes than the file holds"));
     };
-    let mut footer = vec![0u8; footer_len as usize];
-    file.read_exact_at(&mut footer, footer_start)?;
+    let footer = read(file, footer_start, footer_len)?;
     check_schema_shape(&footer, limits)?;
     let md =
         ParquetMetaDataReader::decode_metadata(&footer).map_err(|e| ParquetBoundsError::BadFooter(e.to_string()))?;
@@ -228,10 +234,31 @@ fn check(file: &File, limits: &ParquetLimits, pages: Pages) -> Result<ParquetMet
     Ok(md)
 }
 
+/// `len` bytes of `file` at `pos` (a length this module chose or bounded, never one a file claims
+/// unchecked), all of them.
+fn read<R: ChunkReader>(file: &R, pos: u64, len: u64) -> Result<Bytes, ParquetBoundsError> {
+    let bytes = file.get_bytes(pos, len as usize).map_err(|e| match e {
+        parquet::errors::ParquetError::External(e) => match e.downcast::<std::io::Error>() {
+            Ok(io) => ParquetBoundsError::Io(*io),
+            Err(e) => ParquetBoundsError::Io(std::io::Error::other(e)),
+        },
+        e => ParquetBoundsError::Io(std::io::Error::other(e)),
+    })?;
+    if (bytes.len() as u64) < len {
+        return Err(ParquetBoundsError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+    }
+    Ok(bytes)
+}
+
 /// Walk the page headers of the column chunk at `start` (`size` bytes): each page within the
 /// limits, the pages filling the chunk exactly. Returns the data pages' (offset, size with header),
 /// which an offset index must name.
-fn walk_pages(file: &File, start: u64, size: u64, limits: &ParquetLimits) -> Result<Vec<(u64, u64)>, String> {
+fn walk_pages<R: ChunkReader>(
+    file: &R,
+    start: u64,
+    size: u64,
+    limits: &ParquetLimits,
+) -> Result<Vec<(u64, u64)>, String> {
     let end = start + size;
     let mut pos = start;
     let mut data_pages = Vec::new();
@@ -247,11 +274,10 @@ fn walk_pages(file: &File, start: u64, size: u64, limits: &ParquetLimits) -> Res
 }
 
 /// Read and parse the page header at `pos` (reading no further than `end`), with its length.
-fn read_page_header(file: &File, pos: u64, end: u64) -> Result<(PageHeader, u64), String> {
+fn read_page_header<R: ChunkReader>(file: &R, pos: u64, end: u64) -> Result<(PageHeader, u64), String> {
     let mut want = HEADER_PROBE.min(end - pos);
     loop {
-        let mut buf = vec![0u8; want as usize];
-        file.read_exact_at(&mut buf, pos).map_err(|e| e.to_string())?;
+        let buf = read(file, pos, want).map_err(|e| e.to_string())?;
         let mut t = Thrift::new(&buf);
         match page_header(&mut t) {
             Ok(h) => return Ok((h, t.pos as u64)),
@@ -542,6 +568,8 @@ impl<'a> Thrift<'a> {
 
 #[cfg(test)]
 mod tests {
+    use std::fs::File;
+
     use super::*;
     use crate::oplog::datafile::{DATA_FILE_LIMITS, write_data_file};
     use crate::oplog::schema::OplogRow;
