@@ -31,7 +31,7 @@ use bytes::Bytes;
 use parquet::file::reader::ChunkReader;
 
 use parquet::basic::Compression;
-use parquet::file::metadata::{PageIndexPolicy, ParquetMetaData, ParquetMetaDataReader};
+use parquet::file::metadata::{ColumnChunkMetaData, PageIndexPolicy, ParquetMetaData, ParquetMetaDataReader};
 
 /// Codecs a parquet file may be allowed to use (those pond's build of parquet decodes).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -131,6 +131,26 @@ pub fn check_page<R: ChunkReader>(
     }
     let (header, header_len) = read_page_header(file, offset, chunk_end).map_err(page)?;
     page_size(&header, offset, header_len, chunk_end, limits).map_err(page)
+}
+
+/// Check every page header of the column chunk `column` of a file whose footer [`check_footer`]
+/// passed (the chunk is known to lie inside the file): for a column the reader is about to decode
+/// whole.
+pub fn check_column_pages<R: ChunkReader>(
+    file: &R,
+    column: &ColumnChunkMetaData,
+    limits: &ParquetLimits,
+) -> Result<(), ParquetBoundsError> {
+    let start = column.dictionary_page_offset().unwrap_or(column.data_page_offset());
+    let (Ok(start), Ok(size)) = (u64::try_from(start), u64::try_from(column.compressed_size())) else {
+        return Err(ParquetBoundsError::Page { offset: 0, reason: "a negative column chunk offset or size".into() });
+    };
+    if start.checked_add(size).is_none_or(|end| end > file.len()) {
+        return Err(ParquetBoundsError::Page { offset: start, reason: "its column chunk lies outside the file".into() });
+    }
+    walk_pages(file, start, size, limits)
+        .map(drop)
+        .map_err(|reason| ParquetBoundsError::Page { offset: start, reason })
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]

@@ -2150,6 +2150,40 @@ fn a_page_inflating_to_two_gib_is_refused_before_it_is_decoded() {
     );
 }
 
+#[test]
+fn a_large_object_with_a_page_inflating_to_two_gib_is_refused_before_it_is_decoded() {
+    // The same bomb in place of every large object: the store checks a file's footer and the pages
+    // parquet will decode before it reads an object's chunk hashes.
+    let b = base();
+    let dir = tempfile::tempdir().expect("dir");
+    let pond = dir.path().join("pond");
+    copy_tree(&b.pond, &pond);
+    let bomb = Crafted { claim_uncompressed: Some(i32::MAX), zstd_bomb: true, ..Crafted::default() };
+    let objects: Vec<PathBuf> = std::fs::read_dir(pond.join("_large_files"))
+        .expect("the store")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "parquet"))
+        .collect();
+    assert!(!objects.is_empty(), "the base pond has large objects");
+    for object in &objects {
+        std::fs::write(object, parquet_file(&bomb)).expect("replace the object");
+    }
+    let expect = format!("claims {} bytes stored and {} decoded", zstd_zeros(i32::MAX as u64).len(), i32::MAX);
+    let verify = run_pond_within(&[os("verify"), os(&pond)], dir.path(), 1 << 30);
+    assert_eq!(judge(&verify, true), Ok(Verdict::Damage), "verify: {}", verify.stderr);
+    assert!(String::from_utf8_lossy(&verify.stdout).contains(&expect), "verify says why: {:?}", verify.stdout);
+    let mut refused = 0;
+    for file in &b.files {
+        let cat = run_pond_within(&[os("cat"), os(&pond), os(file)], dir.path(), 1 << 30);
+        match judge(&cat, false) {
+            Ok(Verdict::Ok) => {}
+            Ok(Verdict::Error) if cat.stderr.contains(&expect) => refused += 1,
+            other => panic!("pond cat {file}: {other:?}: {}", cat.stderr),
+        }
+    }
+    assert!(refused > 0, "some file of the base pond is large, and reading it is refused");
+}
+
 // ---------------------------------------------------------------------------------------------------
 // Directories that do not form a tree (issue 12, item 4)
 

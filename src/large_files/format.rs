@@ -26,7 +26,8 @@
 //! the page. The 4 bytes before them are the PLAIN length prefix, checked as a sanity test.
 //!
 //! Pages of pond's own making are small, but a file from a remote is hostile until checked: before
-//! any column is decoded, [`check_claims`] bounds what the footer claims (page sizes, codecs).
+//! any column is decoded, its footer and the pages parquet will decode are checked against
+//! [`STORE_LIMITS`] (see [`crate::parquet_bounds`]).
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -48,7 +49,7 @@ use parquet::basic::{Compression, Encoding, ZstdLevel};
 use parquet::column::page::{CompressedPage, Page, PageWriteSpec, PageWriter};
 use parquet::errors::ParquetError;
 use parquet::file::metadata::{
-    ColumnChunkMetaData, FileMetaData, KeyValue, OffsetIndexBuilder, PageIndexPolicy, ParquetMetaData,
+    ColumnChunkMetaData, FileMetaData, KeyValue, OffsetIndexBuilder, ParquetMetaData,
     ParquetMetaDataBuilder, ParquetMetaDataWriter, RowGroupMetaData,
 };
 use parquet::file::page_index::offset_index::OffsetIndexMetaData;
@@ -63,6 +64,7 @@ use super::hash::{Blake3Hash, Sha256Digest, chunk_count, chunk_len};
 use super::write_behind::WriteBehind;
 use crate::config::CHUNK_SIZE;
 use crate::layout::PondFile;
+use crate::parquet_bounds::{Codec, ParquetBoundsError, ParquetLimits, check_column_pages, check_footer};
 
 /// `pond.format` of a self-contained object (written before chunk-level storage).
 pub const FORMAT_FULL: &str = "1";
@@ -459,6 +461,13 @@ fn value_offsets(meta: &ParquetMetaData, lens: &[u64]) -> Result<Vec<u64>, Strin
     for (rg, (group, columns)) in meta.row_groups().iter().zip(index).enumerate() {
         let pages = columns.get(COL_DATA).ok_or_else(|| format!("row group {rg}: no data column index"))?;
         let rows = u64::try_from(group.num_rows()).map_err(|_| format!("row group {rg}: negative rows"))?;
+        let data = group.columns().get(COL_DATA).ok_or_else(|| format!("row group {rg}: no data column"))?;
+        let chunk_start = u64::try_from(data.dictionary_page_offset().unwrap_or(data.data_page_offset()))
+            .map_err(|_| format!("row group {rg}: data column at a negative offset"))?;
+        let chunk_end = u64::try_from(data.compressed_size())
+            .ok()
+            .and_then(|size| chunk_start.checked_add(size))
+            .ok_or_else(|| format!("row group {rg}: data column size"))?;
         if pages.page_locations().len() as u64 != rows {
             return Err(format!("row group {rg}: {} data pages for {rows} chunks", pages.page_locations().len()));
         }
@@ -472,6 +481,9 @@ fn value_offsets(meta: &ParquetMetaData, lens: &[u64]) -> Result<Vec<u64>, Strin
             let size =
                 u64::try_from(page.compressed_page_size).map_err(|_| format!("row group {rg}: page {k} size"))?;
             let end = start.checked_add(size).ok_or("page past u64")?;
+            if start < chunk_start || end > chunk_end {
+                return Err(format!("row group {rg}: page {k} lies outside its column chunk"));
+            }
             if size < len + LEN_PREFIX {
                 return Err(format!("row group {rg}: page {k} ({size} bytes) cannot hold a {len}-byte chunk"));
             }
@@ -652,13 +664,41 @@ fn guarded<T>(path: &Path, what: &str, f: impl FnOnce() -> Result<T, StoreError>
         .unwrap_or_else(|_| Err(StoreError::malformed(path, format!("parquet panicked while {what}"))))
 }
 
+/// What a store file (object of either format, or pack) may claim before parquet decodes any of
+/// it (see [`crate::parquet_bounds`]). A flat schema of at most 5 columns; pages of `index` and
+/// `hash` of packs and format 1 hold one value, a manifest's pages are cut at parquet's default 1 MiB
+/// (8 MiB leaves room for other writers' settings); a pack's or format 1's row group (256 chunks at
+/// most) has a small page index. A format 1 footer is about 1 KB per 256 chunks: 64 MiB is an
+/// object of over 4 TiB. Chunk data pages are never decoded by parquet (see the module doc), so
+/// their headers are not walked.
+const STORE_LIMITS: ParquetLimits = ParquetLimits {
+    max_footer: 64 << 20,
+    max_schema_depth: 0,
+    max_schema_elements: 1 + MANIFEST_COLUMNS.len(),
+    max_page_uncompressed: 8 << 20,
+    max_page_compressed: 8 << 20,
+    max_page_index: 1 << 20,
+    codecs: &[Codec::Uncompressed, Codec::Zstd],
+};
+
+/// Checks a store file's footer and the pages of every column parquet will decode (all but a
+/// chunk `data` column) against [`STORE_LIMITS`], then hands the checked metadata to arrow.
 fn load_metadata<R: ChunkReader + 'static>(file: &R, path: &Path) -> Result<ArrowReaderMetadata, StoreError> {
+    let bounds = |e: ParquetBoundsError| StoreError::malformed(path, e.to_string());
+    let md = check_footer(file, &STORE_LIMITS).map_err(bounds)?;
+    for group in md.row_groups() {
+        for column in group.columns() {
+            if column.column_path().string() != CHUNK_COLUMNS[COL_DATA] {
+                check_column_pages(file, column, &STORE_LIMITS).map_err(bounds)?;
+            }
+        }
+    }
+    if md.offset_index().is_none() && md.num_row_groups() > 0 {
+        return Err(StoreError::malformed(path, "no page index"));
+    }
     // An embedded arrow schema is ignored (its flatbuffer decoder is not hardened).
-    let options =
-        ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Required).with_skip_arrow_metadata(true);
-    let meta = ArrowReaderMetadata::load(file, options).map_err(|e| StoreError::parquet(path, e))?;
-    check_claims(meta.metadata(), file.len()).map_err(|reason| StoreError::malformed(path, reason))?;
-    Ok(meta)
+    let options = ArrowReaderOptions::new().with_skip_arrow_metadata(true);
+    ArrowReaderMetadata::try_new(Arc::new(md), options).map_err(|e| StoreError::parquet(path, e))
 }
 
 /// Opens the object file `file` (named `self_name` in the layout), checking its format and metadata
@@ -742,50 +782,6 @@ fn total_rows(pq: &ParquetMetaData, path: &Path) -> Result<u64, StoreError> {
     }
     Ok(total)
 }
-
-/// Bounds what a file's footer claims before any of its pages is decoded: every column chunk and
-/// page inside the file, no page claiming to decompress to more than [`MAX_PAGE_BYTES`], codecs
-/// pond writes only. (Parquet would otherwise allocate what a page header claims, and assert on
-/// negative offsets rather than return an error.)
-pub(crate) fn check_claims(pq: &ParquetMetaData, file_len: u64) -> Result<(), String> {
-    let within = |start: i64, len: i64| {
-        u64::try_from(start)
-            .is_ok_and(|s| u64::try_from(len).is_ok_and(|l| s.checked_add(l).is_some_and(|e| e <= file_len)))
-    };
-    for (rg, group) in pq.row_groups().iter().enumerate() {
-        for col in group.columns() {
-            let start = col.dictionary_page_offset().unwrap_or(col.data_page_offset());
-            if !within(start, col.compressed_size()) {
-                return Err(format!("row group {rg}: {} lies outside the file", col.column_path()));
-            }
-            if !matches!(col.compression(), Compression::UNCOMPRESSED | Compression::ZSTD(_) | Compression::SNAPPY) {
-                return Err(format!("row group {rg}: {} uses codec {:?}", col.column_path(), col.compression()));
-            }
-            // A column chunk decompresses to at most this: bounds every page in it.
-            if u64::try_from(col.uncompressed_size()).map_or(true, |n| n > MAX_COLUMN_CHUNK_BYTES) {
-                return Err(format!(
-                    "row group {rg}: {} claims {} bytes uncompressed",
-                    col.column_path(),
-                    col.uncompressed_size()
-                ));
-            }
-        }
-    }
-    if let Some(index) = pq.offset_index() {
-        for (rg, columns) in index.iter().enumerate() {
-            for (c, pages) in columns.iter().enumerate() {
-                if !pages.page_locations().iter().all(|p| within(p.offset, p.compressed_page_size.into())) {
-                    return Err(format!("row group {rg}: a page of column {c} lies outside the file"));
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
-/// The most a column chunk of a pond store file decompresses to: a pack's row group of data
-/// (64 chunks of 64 KiB plus page headers) or a manifest's 65,536 hashes fit with room to spare.
-pub const MAX_COLUMN_CHUNK_BYTES: u64 = 64 << 20;
 
 fn check_schema(meta: &ArrowReaderMetadata, want: &SchemaRef, path: &Path) -> Result<(), StoreError> {
     let got = meta.schema();

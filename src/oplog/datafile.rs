@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -81,7 +82,14 @@ pub fn write_data_file(root: &Path, name: &str, rows: &[OplogRow]) -> Result<u64
         .build();
     let written = (|| {
         let io = |e: std::io::Error| OplogError::Io { path: path.clone(), source: e };
-        let file = File::create(&path).map_err(io)?;
+        // A new name, never a link followed, readable by the pond's owner only (as the pond's root).
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+            .map_err(io)?;
         let mut w =
             ArrowWriter::try_new(file, batch.schema(), Some(props)).map_err(|e| OplogError::parquet(&path, e))?;
         w.write(&batch).map_err(|e| OplogError::parquet(&path, e))?;
