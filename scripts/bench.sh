@@ -25,6 +25,9 @@
 # - After every step the daemon is given time to finish what the step left (commits): its CPU
 #   (utime + stime of the daemon and its threads, /proc/PID/stat) is read before the step and after
 #   that, and reported per GiB written and read.
+# - During every step, the CPU that other processes used (the machine's user+system time minus the
+#   step's processes, the daemon and kernel threads) is recorded; a figure where it passed 10% of
+#   the machine is marked `+` in the table (`*`: the quiet wait before it timed out).
 # - ROUNDS (default 3, at least 3 for a result) of everything; each figure min/median/max.
 #
 # Groups (ONLY): seq (dd, cp, cold read, fio), tar, rsync, tree (find, ls -lR, rm -rf), latency,
@@ -117,15 +120,19 @@ tck=$(getconf CLK_TCK)
 
 # The state every record carries: the round, the target's place in the round's order, and what the
 # quiet wait before the step found (JSON from bench_quiet.py).
-round=0 place=0 quiet_json=null settle_json=null
+round=0 place=0 quiet_json=null settle_json=null beside_json=null
 daemon_pid=
 # record WORKLOAD TARGET METRIC VALUE [BYTES]
 record() {
-    printf '{"workload":"%s","target":"%s","metric":"%s","value":%s,"bytes":%s,"round":%s,"place":%s,"quiet":%s,"settle":%s}\n' \
-        "$1" "$2" "$3" "$4" "${5:-null}" "$round" "$place" "$quiet_json" "$settle_json" >>"$records"
+    printf '{"workload":"%s","target":"%s","metric":"%s","value":%s,"bytes":%s,"round":%s,"place":%s,"quiet":%s,"settle":%s,"beside":%s}\n' \
+        "$1" "$2" "$3" "$4" "${5:-null}" "$round" "$place" "$quiet_json" "$settle_json" "$beside_json" >>"$records"
     local mark=""
     [[ $quiet_json == *'"ok": false'* ]] && mark="  (after a quiet timeout)"
     [[ $settle_json == *'"ok": false'* ]] && mark+="  (the daemon did not settle)"
+    if [[ $beside_json == *'"busy": true'* ]]; then
+        local other=${beside_json#*other_cpu_s\": }
+        mark+="  (other processes used ${other%%,*} CPU-s meanwhile)"
+    fi
     log "  $(printf '%-26s %-12s %12s %s' "$1" "$2" "$4" "$3")$mark"
 }
 daemon_ticks() { # utime + stime of the target's daemon (all its threads), 0 without one
@@ -137,6 +144,34 @@ daemon_ticks() { # utime + stime of the target's daemon (all its threads), 0 wit
     echo $((${12} + ${13}))
 }
 drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
+# cpu_snapshot: sets snap (ticks): the machine's user+nice+system, all kernel threads' (writeback,
+# journal, reclaim: work a step causes), and this shell's own with its waited-for children (every
+# step's processes). Called in this shell, not a subshell, so that its children are this shell's.
+cpu_snapshot() {
+    local line r f u n sy ks=0
+    read -r _ u n sy _ </proc/stat
+    for f in /proc/[0-9]*/stat; do
+        read -r line 2>/dev/null <"$f" || continue
+        r=${line##*) }
+        set -- $r
+        [[ $2 == 2 ]] && ks=$((ks + ${12} + ${13}))
+    done
+    read -r line <"/proc/$$/stat"
+    r=${line##*) }
+    set -- $r
+    snap=($((u + n + sy)) "$ks" $((${12} + ${13} + ${14} + ${15})))
+}
+# beside S0... S1... SPAN DAEMON_TICKS: beside_json for a step: CPU seconds that neither the step's
+# processes, nor the daemon, nor kernel threads used during it (other processes on the machine);
+# "busy" when that is over 10% of the machine's capacity for the step's span (and over 0.05 s).
+beside() {
+    local b0=$1 k0=$2 o0=$3 b1=$4 k1=$5 o1=$6 span=$7 dt=$8
+    beside_json=$(awk -v b="$((b1 - b0))" -v k="$((k1 - k0))" -v o="$((o1 - o0))" -v d="$dt" -v t="$tck" \
+        -v span="$span" -v n="$(nproc)" 'BEGIN {
+            other = (b - k - o - d) / t; if (other < 0) other = 0
+            printf "{\"other_cpu_s\": %.2f, \"kernel_threads_s\": %.2f, \"span_s\": %.2f, \"busy\": %s}",
+                other, k / t, span, (other > 0.1 * span * n && other > 0.05 ? "true" : "false") }')
+}
 # quiet WHAT: wait (bounded) for a quiet machine; sets quiet_json for the next records.
 quiet() {
     local pids=()
@@ -165,6 +200,8 @@ measure() {
     [[ $prep == cold ]] && echo 3 >/proc/sys/vm/drop_caches
     quiet "before $w on $t"
     c0=$(daemon_ticks)
+    cpu_snapshot
+    local snap0=("${snap[@]}")
     s=$EPOCHREALTIME
     if [[ $metric == seconds ]]; then
         "$@" >/dev/null
@@ -175,6 +212,8 @@ measure() {
     fi
     settle "$w"
     c1=$(daemon_ticks)
+    cpu_snapshot
+    beside "${snap0[@]}" "${snap[@]}" "$(since "$s")" $((c1 - c0))
     record "$w" "$t" "$metric" "$v" "$b"
     [[ -z $daemon_pid ]] || record "$w" "$t" daemon_cpu_s "$(awk -v a="$c0" -v b="$c1" -v t="$tck" 'BEGIN { printf "%.2f", (b - a) / t }')" "$b"
 }
@@ -374,10 +413,10 @@ store_bytes() { # the target's stored bytes: pond's store without _pond/, or the
     if [[ $1 == pond ]]; then du_bytes "$run/pond"; else du -sb "$run/native" | cut -f1; fi
 }
 record_value() { # record_value WORKLOAD TARGET METRIC VALUE [BYTES]: a figure that is not timed
-    local q=$quiet_json s=$settle_json
-    quiet_json=null settle_json=null
+    local q=$quiet_json s=$settle_json o=$beside_json
+    quiet_json=null settle_json=null beside_json=null
     record "$@"
-    quiet_json=$q settle_json=$s
+    quiet_json=$q settle_json=$s beside_json=$o
 }
 appends() { # appends FILE SOURCE: HIST_APPENDS appends of 1 MiB, each its own open/append/close; prints their seconds
     python3 - "$1" "$2" "$HIST_FILE_MIB" "$HIST_APPENDS" <<'PY'

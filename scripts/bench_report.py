@@ -7,7 +7,8 @@ baseline's, from the medians (time: baseline seconds / pond seconds; IOPS: pond 
 1.0 means as fast and higher is better; the chart's whiskers span the same ratio taken round by
 round (each round ran the targets one after the other). Goals are issue 13's (targets against the
 passthrough and native, daemon CPU) and issue 15's (the history group); pond-only figures keep
-issue 6's. A figure whose quiet wait timed out before any of its rounds is marked with `*`.
+issue 6's. A figure is marked `*` when a quiet wait before one of its rounds timed out and `+`
+when other processes used more than 10% of the CPU during one of its rounds.
 """
 
 import json
@@ -94,6 +95,12 @@ def main():
     def timeouts(rs):
         return sum(1 for r in rs if isinstance(r.get("quiet"), dict) and not r["quiet"].get("ok", True))
 
+    def crowded(rs):
+        return sum(1 for r in rs if isinstance(r.get("beside"), dict) and r["beside"].get("busy"))
+
+    def marks(rs):
+        return ("*" if timeouts(rs) else "") + ("+" if crowded(rs) else "")
+
     rows, lines = [], []
     rounds = meta["rounds"]
     lines.append(f"pond benchmark, commit {meta['commit']}, {meta['cpus']} cores, {rounds} rounds; "
@@ -130,12 +137,13 @@ def main():
             goal_out.append(dict(baseline=base, kind=kind, value=value, met=ok))
             texts.append(f"{text} {'met' if ok else 'MISSED'}")
         n_to = sum(timeouts(get(w, t, metric)) for t in st)
+        n_cr = sum(crowded(get(w, t, metric)) for t in st)
         unit = {"seconds": "s", "iops": "IOPS", "us": "us"}[metric]
         rows.append(dict(group="targets", workload=w, label=label, unit=unit, figures=st,
                          ratio_to_passthrough=ratios["passthrough"], ratio_to_native=ratios["native"],
                          ratio_span_passthrough=spans["passthrough"], ratio_span_native=spans["native"],
-                         goals=goal_out, quiet_timeouts=n_to))
-        star = "*" if n_to else ""
+                         goals=goal_out, quiet_timeouts=n_to, crowded_rounds=n_cr))
+        star = ("*" if n_to else "") + ("+" if n_cr else "")
         lines.append(w_fmt.format(f"{label} ({unit}){star}", mmm(st["native"]), mmm(st["passthrough"]), mmm(st["pond"]),
                                   f"{ratios['passthrough']:.2f}", f"{ratios['native']:.2f}", "; ".join(texts)))
 
@@ -159,7 +167,7 @@ def main():
         lines += ["", f"{'daemon CPU (utime+stime), s per GiB':<52} {'passthrough':>22} {'pond':>22}  goal"] + cpu_lines
 
     # --- history -----------------------------------------------------------------------------------
-    hist = history(by, sizes, rows, timeouts)
+    hist = history(by, sizes, rows, marks)
     if hist:
         lines += [""] + hist
 
@@ -174,7 +182,7 @@ def main():
         ok = st["median"] < goal if goal is not None else None
         rows.append(dict(group="pond", workload=w, label=label, unit=rs[0]["metric"], figures={"pond": st},
                          goal=goal, goal_met=ok))
-        star = "*" if timeouts(rs) else ""
+        star = marks(rs)
         g = "" if goal is None else f"< {goal} {'met' if ok else 'MISSED'}"
         alone.append(f"{label + star:<58} {mmm(st):>24}  {g}")
     for w, (label, goal) in PEERS.items():
@@ -195,10 +203,17 @@ def main():
     if alone:
         lines += ["", "pond alone (min/median/max)"] + alone
 
-    n_to = sum(timeouts(rs) for (w, t, m), rs in by.items() if m != "daemon_cpu_s")
+    figures = [rs for (w, t, m), rs in by.items() if m != "daemon_cpu_s"]
+    n_to = sum(timeouts(rs) for rs in figures)
+    n_cr = sum(crowded(rs) for rs in figures)
+    if n_to or n_cr:
+        lines.append("")
     if n_to:
-        lines += ["", f"* {n_to} figure(s) followed a quiet wait that timed out (QUIET_TIMEOUT {meta['quiet']['timeout_s']} s): "
-                      "the machine was not idle; see each record's 'quiet' in the JSON"]
+        lines.append(f"* {n_to} measurement(s) followed a quiet wait that timed out (QUIET_TIMEOUT {meta['quiet']['timeout_s']} s): "
+                     "the machine was not idle before them; see each record's 'quiet' in the JSON")
+    if n_cr:
+        lines.append(f"+ {n_cr} measurement(s) ran while other processes used more than 10% of the CPU: "
+                     "see each record's 'beside' in the JSON")
     if "elapsed_s" in meta:
         lines += ["", f"workloads took {meta['elapsed_s'] / 60:.1f} min"]
 
@@ -217,7 +232,7 @@ def main():
         print(f"\nresults: {out_dir}/bench-{stamp}.json, {out_dir}/latest.json")
 
 
-def history(by, sizes, rows, timeouts):
+def history(by, sizes, rows, marks):
     """Issue 15's history group: pond against the native directory, each figure with its target."""
 
     def st(w, t, m):
@@ -229,7 +244,7 @@ def history(by, sizes, rows, timeouts):
     out = [f"{'history (issue 15), min/median/max':<58} {'native':>26} {'pond':>26}  target"]
 
     def line(key, label, nat, pond, target, met, unit):
-        star = "*" if met is not None and pond and timeouts(pond[1]) else ""
+        star = marks(pond[1] + (nat[1] if nat else [])) if pond else ""
         out.append(f"{label + star:<58} {(mmm(nat[0], 1 / unit) if nat and nat[0] else ''):>26} "
                    f"{(mmm(pond[0], 1 / unit) if pond and pond[0] else ''):>26}  "
                    f"{target} {'not run' if met is None else 'met' if met else 'MISSED'}")
