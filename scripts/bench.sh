@@ -90,10 +90,12 @@ inputs=$work/inputs
 records=$work/records.jsonl
 : >"$records"
 mounts=() daemons=()
+# is_mounted DIR: in the mount table, even when its FUSE daemon is gone (mountpoint(1) fails there)
+is_mounted() { grep -qF " $1 " /proc/self/mountinfo; }
 cleanup() {
     local m p
     for m in "${mounts[@]}"; do
-        mountpoint -q "$m" 2>/dev/null || continue
+        is_mounted "$m" || continue
         timeout 120 "$pond" umount "$m" 2>/dev/null || fusermount3 -u "$m" 2>/dev/null || umount -l "$m" || true
     done
     for p in "${daemons[@]}"; do # a daemon this script started and still serving under BENCH_DIR, by pid
@@ -101,10 +103,17 @@ cleanup() {
         log "bench.sh: stopping daemon $p, still running after its unmount"
         kill "$p" 2>/dev/null || true
     done
-    if mountpoint -q "$inputs" 2>/dev/null; then umount "$inputs" || umount -l "$inputs" || true; fi
+    if is_mounted "$inputs"; then umount "$inputs" || umount -l "$inputs" || true; fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+# Mounts a killed earlier run left behind (rm -rf must never walk into a live or dead FUSE mount).
+for m in "$run/pt" "$run/pond-mnt" "$inputs"; do
+    if is_mounted "$m"; then
+        echo "bench.sh: unmounting $m, left by an earlier run" >&2
+        fusermount3 -u "$m" 2>/dev/null || umount "$m" 2>/dev/null || umount -l "$m"
+    fi
+done
 
 # --- helpers -------------------------------------------------------------------------------------
 log() { printf '%s\n' "$*" >&2; }
@@ -243,7 +252,8 @@ mount_target() {
         "$pond" init "$run/pond" >/dev/null
         mounts+=("$run/pond-mnt")
         "$pond" mount "$run/pond" "$run/pond-mnt"
-        daemon_pid=$(pgrep -fx -- "$pond mount $run/pond $run/pond-mnt")
+        daemon_pid=$(pgrep -fx -- "$pond mount $run/pond $run/pond-mnt" | head -1)
+        [[ -n $daemon_pid ]] || { log "bench.sh: no daemon found for $run/pond-mnt"; exit 1; }
         daemons+=("$daemon_pid")
         dir[$t]=$run/pond-mnt
         ;;
@@ -331,7 +341,6 @@ if ((${#staged[@]})); then
         exit 1
     fi
     mkdir -p "$inputs"
-    mountpoint -q "$inputs" && umount "$inputs"
     mount -t tmpfs -o size=$((need_kb))k,mode=0755 bench-inputs "$inputs"
     log "staging inputs on a tmpfs ($((need_kb >> 10)) MiB): ${staged[*]}"
     for f in "${staged[@]}"; do cp -a "$work/data/$f" "$inputs/"; done
