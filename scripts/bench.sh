@@ -6,9 +6,10 @@
 # side by side and each goal met or missed, writes results/bench-<time>.json (+ results/latest.json)
 # and draws results/bench.png.
 #
-#   scripts/bench.sh                  # the default run: about 25 minutes on 2 cores once its inputs
-#                                     # and the 100,000-file pond are cached in BENCH_DIR (the first
-#                                     # run makes them: about 5 minutes more)
+#   scripts/bench.sh                  # the default run: about 20 minutes on 2 cores (estimated; it
+#                                     # prints what it took) once its inputs and the 100,000-file
+#                                     # pond are cached in BENCH_DIR (the first run makes them:
+#                                     # about 5 minutes more)
 #   ONLY="seq tar" scripts/bench.sh   # some groups only
 #   SEQ_MIB=64 ROUNDS=1 QUIET_TIMEOUT=5 ONLY=history scripts/bench.sh   # a quick check that it works
 #
