@@ -91,6 +91,7 @@ inputs=$work/inputs
 records=$work/records.jsonl
 : >"$records"
 mounts=() daemons=()
+log() { printf '%s\n' "$*" >&2; }
 # is_mounted DIR: in the mount table, even when its FUSE daemon is gone (mountpoint(1) fails there)
 is_mounted() { grep -qF " $1 " /proc/self/mountinfo; }
 cleanup() {
@@ -111,13 +112,12 @@ trap 'exit 130' INT TERM
 # Mounts a killed earlier run left behind (rm -rf must never walk into a live or dead FUSE mount).
 for m in "$run/pt" "$run/pond-mnt" "$inputs"; do
     if is_mounted "$m"; then
-        echo "bench.sh: unmounting $m, left by an earlier run" >&2
+        log "bench.sh: unmounting $m, left by an earlier run"
         fusermount3 -u "$m" 2>/dev/null || umount "$m" 2>/dev/null || umount -l "$m"
     fi
 done
 
 # --- helpers -------------------------------------------------------------------------------------
-log() { printf '%s\n' "$*" >&2; }
 since() { printf '%.6f' "$(echo "$EPOCHREALTIME - $1" | bc)"; }
 wait_mounted() {
     local i
