@@ -12,6 +12,7 @@
 //!   _large_files/packs/<id>.parquet                chunk data objects point into (see large_files)
 //!   _large_files/.tmp/                             objects being written (never part of the layout)
 //!   _pond/                                         the writer's private area: lock, spill files, log
+//!   _pond.lock                                     on a remote only: who changes it now (replica::lock)
 //! ```
 //!
 //! Every name that comes from outside (a remote's listing, a path in a log entry) is parsed into a
@@ -44,6 +45,10 @@ pub const WORK_LOG: &str = "mount.log";
 pub const WORK_CONTROL_SOCKET: &str = "control.sock";
 /// Under [`WORK_DIR`]: one lock per mountpoint served.
 pub const WORK_MOUNTS_DIR: &str = "mounts";
+/// At a remote's top level: the lease of whoever changes the remote now (`replica::lock`).
+pub const REMOTE_LOCK: &str = "_pond.lock";
+/// The remote lock is a line of JSON: far below this.
+pub const MAX_REMOTE_LOCK_SIZE: u64 = 64 << 10;
 /// The checkpoint hint in [`LOG_DIR`].
 pub const LAST_CHECKPOINT: &str = "_last_checkpoint";
 /// `_last_checkpoint` is a line of JSON naming a version (Delta may add a schema): far below this.
@@ -58,7 +63,8 @@ const PARQUET: &str = ".parquet";
 
 /// What a pond's layout holds, for messages that refuse a name outside it.
 pub const LAYOUT_SUMMARY: &str = "_delta_log/<version>.json, checkpoints, _last_checkpoint, top-level \
-     <name>.parquet data files, _large_files/<blake3>.parquet and _large_files/packs/<blake3>.parquet";
+     <name>.parquet data files, _large_files/<blake3>.parquet and _large_files/packs/<blake3>.parquet, and \
+     a remote's _pond.lock";
 
 /// A name that is not part of a pond's layout.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -80,12 +86,15 @@ pub enum PondFile {
     Checkpoint(u64),
     /// `_delta_log/_last_checkpoint`: the one mutable file (a hint to the newest checkpoint).
     LastCheckpoint,
+    /// `_pond.lock`, on a remote only: the lease of whoever changes the remote now.
+    RemoteLock,
 }
 
 impl PondFile {
     /// Parse a slash-separated name relative to the root; anything outside the layout is refused.
     pub fn parse(name: &str) -> Result<PondFile, NotInLayout> {
         let parsed = match name.split_once('/') {
+            None if name == REMOTE_LOCK => Some(PondFile::RemoteLock),
             None => data_file_name(name).map(|n| PondFile::Data(n.to_string())),
             Some((LOG_DIR, file)) => {
                 if file == LAST_CHECKPOINT {
@@ -123,6 +132,7 @@ impl PondFile {
             PondFile::Log(v) => format!("{LOG_DIR}/{}", log_entry_name(*v)),
             PondFile::Checkpoint(v) => format!("{LOG_DIR}/{}", checkpoint_name(*v)),
             PondFile::LastCheckpoint => format!("{LOG_DIR}/{LAST_CHECKPOINT}"),
+            PondFile::RemoteLock => REMOTE_LOCK.to_string(),
         }
     }
 
@@ -140,6 +150,7 @@ impl PondFile {
             PondFile::Log(_) => Some(MAX_LOG_ENTRY_SIZE),
             PondFile::Checkpoint(_) => Some(MAX_CHECKPOINT_SIZE),
             PondFile::LastCheckpoint => Some(MAX_LAST_CHECKPOINT_SIZE),
+            PondFile::RemoteLock => Some(MAX_REMOTE_LOCK_SIZE),
             PondFile::Object(_) | PondFile::Pack(_) | PondFile::Data(_) => None,
         }
     }

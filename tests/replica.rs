@@ -32,7 +32,7 @@ fn push(root: &Path, remote: &Path) -> Transfer {
 }
 
 /// Files on a directory remote with their sizes; `name#N` (what a killed upload leaves in
-/// object_store's local staging) excluded.
+/// object_store's local staging) and the remote's lease (`_pond.lock`) excluded.
 fn remote_files(dir: &Path) -> BTreeMap<String, u64> {
     let mut out = BTreeMap::new();
     let mut stack = vec![dir.to_path_buf()];
@@ -41,7 +41,7 @@ fn remote_files(dir: &Path) -> BTreeMap<String, u64> {
             let e = e.unwrap();
             if e.file_type().unwrap().is_dir() {
                 stack.push(e.path());
-            } else if !e.file_name().to_string_lossy().contains('#') {
+            } else if !e.file_name().to_string_lossy().contains('#') && e.file_name() != "_pond.lock" {
                 let rel = e.path().strip_prefix(dir).unwrap().to_string_lossy().into_owned();
                 out.insert(rel, e.metadata().unwrap().len());
             }

@@ -56,6 +56,8 @@ enum Kind {
     Log,
     Checkpoint,
     Hint,
+    /// The remote's lease (`_pond.lock`), which replicate takes for each pass.
+    Lock,
 }
 
 impl Kind {
@@ -67,6 +69,7 @@ impl Kind {
             PondFile::Log(_) => Kind::Log,
             PondFile::Checkpoint(_) => Kind::Checkpoint,
             PondFile::LastCheckpoint => Kind::Hint,
+            PondFile::RemoteLock => Kind::Lock,
         }
     }
 }
@@ -273,6 +276,9 @@ impl FaultyStore {
     /// An upload of `name` starts: count it, check what it may rely on, pick its fault.
     fn begin(&self, name: &str, multipart: bool) -> Option<Fault> {
         let file = match PondFile::parse(name) {
+            // The remote's lease is not the pond's data: it passes untouched and uncounted (the
+            // plans here fault uploads of the pond's files).
+            Ok(PondFile::RemoteLock) => return None,
             Ok(f) => f,
             Err(_) => {
                 lock(&self.state).tally.foreign.push(name.to_string());
@@ -761,6 +767,9 @@ impl Rig {
                 continue;
             }
             let file = PondFile::parse(name).unwrap_or_else(|e| panic!("{when}: {e}"));
+            if file == PondFile::RemoteLock {
+                continue; // a lease, not the pond's: a run that failed may leave it (the next breaks it)
+            }
             let local = self.root.join(name);
             if same_file(path, &local) {
                 continue;

@@ -46,13 +46,16 @@ pub fn verify(target: &str) -> anyhow::Result<ExitCode> {
 }
 
 pub fn prune(target: &str, rules: &Rules, dry_run: bool) -> anyhow::Result<ExitCode> {
+    if super::sync::is_url(target) {
+        return super::sync::prune(target, rules, dry_run);
+    }
     let report = prune_pond(Path::new(target), rules, dry_run)?;
     print_prune(&report);
     Ok(ExitCode::SUCCESS)
 }
 
 /// What prune removed (or would), one line per file, then a summary.
-fn print_prune(r: &PruneReport) {
+pub(super) fn print_prune(r: &PruneReport) {
     let (verb, freed) = if r.dry_run { ("would remove", "would free") } else { ("removed", "freed") };
     match r.compacted {
         Some(v) => println!("compacted the latest version into one data file (version {v})"),

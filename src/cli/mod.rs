@@ -93,8 +93,12 @@ pub enum Command {
     ///
     /// Safe beside a live read-write mount (its daemon does the pruning between two commits) and
     /// beside replicate and restore. Prints what it removes and the bytes freed.
+    ///
+    /// Given a replica's URL (s3://bucket/prefix or file:///path), prunes the replica where it
+    /// lies, holding the remote's lock so no replicate pass runs meanwhile; it does not compact
+    /// first (a new version on the replica would be one the pond does not have).
     Prune {
-        /// A pond directory (a replica's URL: see `pond prune --help`).
+        /// A pond directory, or a replica's URL (s3://bucket/prefix, file:///path).
         #[arg(value_name = "POND|URL")]
         pond: String,
         /// Keep the newest N versions.

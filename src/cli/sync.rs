@@ -113,6 +113,10 @@ impl Progress for Bar {
     fn idle(&self, version: u64) {
         self.bar.set_message(format!("at version {version}, waiting for commits"));
     }
+
+    fn waiting(&self, holder: &str) {
+        self.bar.suspend(|| eprintln!("waiting for the remote's lock, held by {holder}"));
+    }
 }
 
 /// `34.5 MiB`.
@@ -157,6 +161,19 @@ pub fn replicate(pond: &Path, url: &str, follow: bool) -> anyhow::Result<ExitCod
         rate(t.sent_bytes, started.elapsed())
     );
     Ok(if report.interrupted && !follow { ExitCode::from(INTERRUPTED) } else { ExitCode::SUCCESS })
+}
+
+/// `pond prune URL`: prune a replica where it lies (see `replica::prune`).
+pub fn prune(url: &str, rules: &pond::audit::prune::Rules, dry_run: bool) -> anyhow::Result<ExitCode> {
+    let rt = runtime()?;
+    let stop = stop_on_signals(&rt)?;
+    let remote = Remote::open(url, &aws_settings(), false)?;
+    let bar = Bar::new();
+    let result = rt.block_on(replica::prune_remote(&remote, rules, dry_run, bar.clone(), &stop));
+    bar.finish();
+    let report = result.with_context(|| format!("pruning {url}"))?;
+    super::maintain::print_prune(&report);
+    Ok(ExitCode::SUCCESS)
 }
 
 pub fn restore(url: &str, pond: &Path, version: Option<u64>) -> anyhow::Result<ExitCode> {

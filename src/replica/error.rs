@@ -78,6 +78,16 @@ pub enum ReplicaError {
     #[error(transparent)]
     Oplog(#[from] OplogError),
 
+    /// `pond prune URL`: no rule, a version to keep that is not there, or what the kept versions
+    /// need cannot be known.
+    #[error(transparent)]
+    Prune(#[from] crate::audit::prune::PruneError),
+
+    /// The remote's lease was taken by another while this run held it (it could not renew it in
+    /// time): the run stops before changing anything more.
+    #[error("{url}: lost the remote's lock (it expired while this run could not renew it); nothing more was changed, run again")]
+    LockLost { url: String },
+
     #[error("{0} is not empty: restore makes a new pond and never writes over existing files")]
     TargetNotEmpty(PathBuf),
 

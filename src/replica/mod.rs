@@ -55,6 +55,8 @@
 
 pub mod error;
 pub mod local_dir;
+pub mod lock;
+pub mod prune;
 pub mod remote;
 pub mod restore;
 
@@ -72,6 +74,8 @@ use crate::oplog::history;
 use crate::oplog::log::{self, Base, LogView};
 use crate::oplog::{OplogError, check_is_pond, datafile};
 pub use error::ReplicaError;
+pub use lock::RemoteLock;
+pub use prune::prune_remote;
 pub use remote::{Listing, Remote};
 pub use restore::{RestoreReport, restore, verify_remote};
 
@@ -92,6 +96,8 @@ pub trait Progress: Send + Sync {
     fn file_done(&self) {}
     /// `--follow` is at `version` and waits for the next commit.
     fn idle(&self, _version: u64) {}
+    /// Another holds the remote's lock (`holder` says who): waiting for it.
+    fn waiting(&self, _holder: &str) {}
 }
 
 /// A [`Progress`] that shows nothing.
@@ -176,6 +182,10 @@ struct Replicator<'a> {
     log: LogView,
     /// The readable versions the current pass planned with.
     planned: BTreeSet<u64>,
+    /// The remote was checked to be this pond's replica (see [`Replicator::check_remote`]).
+    checked: bool,
+    /// The remote's lock, held during a pass.
+    lock: Option<RemoteLock>,
     /// Data files known to be on the remote (with their objects).
     shipped_data: BTreeSet<String>,
     /// The latest version whose log entry is on the remote.
@@ -215,6 +225,8 @@ impl<'a> Replicator<'a> {
             remote_hint: None,
             log: LogView::default(),
             planned: BTreeSet::new(),
+            checked: false,
+            lock: None,
             shipped_data: BTreeSet::new(),
             shipped: None,
             totals: Transfer::default(),
@@ -314,9 +326,16 @@ impl<'a> Replicator<'a> {
                 return Err(diverged(format!("its version {v} is not this pond's version {v}")));
             }
         }
-        if let Some(&listed) = listing.files.get(&PondFile::LastCheckpoint) {
-            self.remote_hint = Some(self.remote.get_bytes(&PondFile::LastCheckpoint, listed).await?);
-        }
+        Ok(())
+    }
+
+    /// `_last_checkpoint` as the remote has it now.
+    async fn read_remote_hint(&mut self) -> Result<(), ReplicaError> {
+        let listing = self.listing.as_ref().expect("listed");
+        self.remote_hint = match listing.files.get(&PondFile::LastCheckpoint) {
+            Some(&listed) => Some(self.remote.get_bytes(&PondFile::LastCheckpoint, listed).await?),
+            None => None,
+        };
         Ok(())
     }
 
@@ -366,25 +385,43 @@ impl<'a> Replicator<'a> {
 
     /// Ship every version committed now. Returns false when the stop flag ended it.
     async fn pass(&mut self, stop: &AtomicBool) -> Result<bool, ReplicaError> {
+        let progress = self.progress.clone();
+        let lock = RemoteLock::acquire(self.remote, "replicate", stop, &|holder| progress.waiting(holder)).await?;
+        self.lock = Some(lock);
+        let result = self.pass_locked(stop).await;
+        let released = match self.lock.take() {
+            Some(lock) => lock.release().await,
+            None => Ok(()),
+        };
+        let shipped = result?;
+        released?;
+        Ok(shipped)
+    }
+
+    /// Fails when this pass's hold on the remote's lock was lost.
+    fn check_lock(&self) -> Result<(), ReplicaError> {
+        self.lock.as_ref().map_or(Ok(()), RemoteLock::check)
+    }
+
+    /// One pass, holding the remote's lock: list it (a prune may have changed it since the last
+    /// pass), plan, ship.
+    async fn pass_locked(&mut self, stop: &AtomicBool) -> Result<bool, ReplicaError> {
         self.log.refresh(&self.root)?;
         let readable = self.log.readable();
         let Some(&(version, _)) = readable.last() else {
             return Err(corrupt(self.root.join(crate::layout::LOG_DIR), "no readable version".into()));
         };
         self.planned = readable.iter().map(|(v, _)| *v).collect();
-        if self.listing.is_none() {
-            self.listing = Some(self.remote.list().await?);
-            let checked = async {
-                self.forget_torn_log_entries().await?;
-                self.check_remote(version).await
-            };
-            if let Err(e) = checked.await {
-                self.listing = None; // checked again by the next attempt
-                return Err(e);
-            }
-            let remote = self.listing.as_ref().expect("listed above").view().readable();
-            self.shipped = remote.last().map(|(v, _)| *v);
+        self.listing = Some(self.remote.list().await?);
+        self.shipped_data.clear();
+        self.forget_torn_log_entries().await?;
+        if !self.checked {
+            self.check_remote(version).await?;
+            self.checked = true;
         }
+        self.read_remote_hint().await?;
+        let remote = self.listing.as_ref().expect("listed above").view().readable();
+        self.shipped = remote.last().map(|(v, _)| *v);
         let first = self.passes == 0;
         self.passes += 1;
         let listing = self.listing.as_ref().expect("listed above");
@@ -511,6 +548,7 @@ impl<'a> Replicator<'a> {
             self.remote.sync().await?;
         }
         // One at a time, in order: a reader must never see version N+1 before N.
+        self.check_lock()?;
         let sent_log = !new_log.is_empty();
         if !self.send(new_log, 1, stop).await? {
             return Ok(false);

@@ -282,20 +282,7 @@ impl Remote {
     /// tells it by its size anyway) and the upload reported as failed.
     pub async fn confirm(&self, file: &PondFile, size: u64) -> Result<(), ReplicaError> {
         let location = Self::location(file);
-        let landed = match &self.local {
-            // The file itself, not what a link there would lead to.
-            Some(dir) => match std::fs::symlink_metadata(file.local_path(dir)) {
-                Ok(m) if m.is_file() => Some(m.len()),
-                Ok(_) => return Err(ReplicaError::NotRegular { path: file.name(), what: "not a regular file".into() }),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-                Err(e) => return Err(ReplicaError::io(file.local_path(dir), e)),
-            },
-            None => match self.store.head(&location).await {
-                Ok(meta) => Some(meta.size),
-                Err(object_store::Error::NotFound { .. }) => None,
-                Err(e) => return Err(e.into()),
-            },
-        };
+        let landed = self.size_of(file).await?;
         if landed == Some(size) {
             return Ok(());
         }
@@ -324,6 +311,77 @@ impl Remote {
             }
         }
         self.confirm(file, size).await
+    }
+
+    /// The size of `file` on the remote, None when it is not there.
+    pub async fn size_of(&self, file: &PondFile) -> Result<Option<u64>, ReplicaError> {
+        match &self.local {
+            // The file itself, not what a link there would lead to.
+            Some(dir) => match std::fs::symlink_metadata(file.local_path(dir)) {
+                Ok(m) if m.is_file() => Ok(Some(m.len())),
+                Ok(_) => Err(ReplicaError::NotRegular { path: file.name(), what: "not a regular file".into() }),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(ReplicaError::io(file.local_path(dir), e)),
+            },
+            None => match self.store.head(&Self::location(file)).await {
+                Ok(meta) => Ok(Some(meta.size)),
+                Err(object_store::Error::NotFound { .. }) => Ok(None),
+                Err(e) => Err(e.into()),
+            },
+        }
+    }
+
+    /// Create `file` holding `data` unless it exists, atomically (a reader sees all of it or
+    /// nothing, and of two creators exactly one succeeds). Returns false when it existed.
+    pub async fn put_if_absent(&self, file: &PondFile, data: Bytes) -> Result<bool, ReplicaError> {
+        let Some(dir) = &self.local else {
+            let opts = object_store::PutOptions { mode: object_store::PutMode::Create, ..Default::default() };
+            return match self.store.put_opts(&Self::location(file), data.into(), opts).await {
+                Ok(_) => Ok(true),
+                Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => Ok(false),
+                Err(e) => Err(e.into()),
+            };
+        };
+        static STAGED: AtomicU64 = AtomicU64::new(0);
+        let name = file.name();
+        let (parent, base) = name.rsplit_once('/').map_or((String::new(), name.clone()), |(p, b)| (p.into(), b.into()));
+        let staging = format!("{base}#{}{:06}", std::process::id(), STAGED.fetch_add(1, Ordering::Relaxed));
+        let root = dir.clone();
+        blocking(move || {
+            let parent = local_dir::open_dir(&root, &parent, true)?;
+            let mut out = local_dir::create_file_in(&parent, &staging)?;
+            let written = std::io::Write::write_all(&mut out, &data).and_then(|()| out.sync_all());
+            let linked = written.and_then(|()| {
+                nix::unistd::linkat(&parent, staging.as_str(), &parent, base.as_str(), nix::fcntl::AtFlags::empty())
+                    .map_err(std::io::Error::from)
+            });
+            let _ = nix::unistd::unlinkat(&parent, staging.as_str(), nix::unistd::UnlinkatFlags::NoRemoveDir);
+            match linked {
+                Ok(()) => Ok(true),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+                Err(e) => Err(e),
+            }
+        })
+        .await
+        .map_err(|e| local_error(dir, file, e))
+    }
+
+    /// Remove `file`; one already gone is not an error.
+    pub async fn remove(&self, file: &PondFile) -> Result<(), ReplicaError> {
+        match &self.local {
+            Some(dir) => {
+                let (d, name) = (dir.clone(), file.name());
+                match blocking(move || local_dir::remove_file(&d, &name)).await {
+                    Ok(()) => Ok(()),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                    Err(e) => Err(local_error(dir, file, e)),
+                }
+            }
+            None => match self.store.delete(&Self::location(file)).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                Err(e) => Err(e.into()),
+            },
+        }
     }
 
     /// The content of `file`, which the listing gave as `listed` bytes: refused if that is more

@@ -57,6 +57,30 @@ pub async fn restore(
     stop: &AtomicBool,
 ) -> Result<RestoreReport, ReplicaError> {
     check_target(target)?;
+    let mut attempt = 1;
+    loop {
+        match restore_once(remote, target, version, progress.clone(), stop).await {
+            // A prune of the remote (it takes no lock from readers) removed a file this restore
+            // had listed: list again and start over, the version asked may still be there.
+            Err(ReplicaError::Missing(name)) if attempt < RESTORE_ATTEMPTS => {
+                tracing::info!("{name} went from the remote while restoring (a prune?); starting again");
+                attempt += 1;
+            }
+            result => return result,
+        }
+    }
+}
+
+/// Restores that met a file gone from the remote, before restore gives up.
+const RESTORE_ATTEMPTS: u32 = 3;
+
+async fn restore_once(
+    remote: &Remote,
+    target: &Path,
+    version: Option<u64>,
+    progress: Arc<dyn Progress>,
+    stop: &AtomicBool,
+) -> Result<RestoreReport, ReplicaError> {
     let staging = Staging::create(target)?;
     let fetched = fetch(remote, staging.path(), Scope::Version(version), true, &progress, stop).await?;
     progress.begin("verifying", 0, 0);
@@ -208,6 +232,28 @@ struct Fetcher<'a> {
     strict: bool,
     progress: &'a Arc<dyn Progress>,
     fetched: Fetched,
+}
+
+/// Download `files` of `remote` (as `listing` lists them) into `dest`, stopping at the first
+/// problem: what `pond prune URL` fetches of a remote to plan with.
+pub(super) async fn download(
+    remote: &Remote,
+    dest: &Path,
+    listing: &Listing,
+    what: &str,
+    files: Vec<PondFile>,
+    progress: &Arc<dyn Progress>,
+    stop: &AtomicBool,
+) -> Result<(), ReplicaError> {
+    let mut f = Fetcher {
+        remote,
+        dest,
+        listing: listing.clone(),
+        strict: true,
+        progress,
+        fetched: Fetched { version: 0, files: 0, bytes: 0, damage: Vec::new() },
+    };
+    f.get_all(what, files, stop).await
 }
 
 /// Which versions of a replica [`fetch`] brings.
