@@ -249,9 +249,14 @@ mod tests {
     #[test]
     fn a_lease_is_broken_when_it_expired_or_its_process_on_this_boot_is_gone() {
         let now = now_ms();
-        let me = std::process::id();
-        assert!(!lease(now + 60_000, boot_id(), me).holder_gone(now), "mine, live");
-        assert!(lease(now - 1, boot_id(), me).holder_gone(now), "expired");
+        let parent = std::os::unix::process::parent_id();
+        assert!(!lease(now + 60_000, boot_id(), parent).holder_gone(now), "a live process's");
+        assert!(lease(now - 1, boot_id(), parent).holder_gone(now), "expired");
+        let mine = lease(now + 60_000, boot_id(), std::process::id());
+        assert!(mine.holder_gone(now), "this process's, held no more");
+        held_here().insert(mine.owner.clone());
+        assert!(!mine.holder_gone(now), "this process's, held");
+        held_here().remove(&mine.owner);
         assert!(lease(now + 60_000, boot_id(), u32::MAX - 1).holder_gone(now), "a dead pid on this boot");
         assert!(!lease(now + 60_000, "another-boot".into(), u32::MAX - 1).holder_gone(now), "another machine's");
     }
