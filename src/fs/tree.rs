@@ -77,6 +77,7 @@ impl Inode {
             ctime_ns: ctime,
             nlink: d.nlink,
             rdev: d.rdev,
+            volatile: false,
         }
     }
 }
