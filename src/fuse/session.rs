@@ -27,7 +27,7 @@ use nix::fcntl::OFlag;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
 
-use super::PondFuse;
+use super::{KernelCache, PondFuse};
 use crate::fs::PondFs;
 
 /// Event-loop threads: a slow commit, fsync or long read must not stall `ls`.
@@ -56,10 +56,31 @@ pub fn mount_options(read_only: bool, allow_other: bool) -> Config {
     cfg
 }
 
+/// [`mount_options`] for a replica's view (always read-only), `noexec` when asked.
+pub fn replica_mount_options(allow_other: bool, noexec: bool) -> Config {
+    let mut cfg = mount_options(true, allow_other);
+    if noexec {
+        cfg.mount_options.push(MountOption::NoExec);
+    }
+    cfg
+}
+
 /// Mount `fs` (the pond at `pond`) on `mountpoint` and serve it until it is unmounted, by
 /// `umount`/`fusermount -u` or by SIGTERM/SIGINT/SIGHUP. Returns after the core has committed
 /// everything released; the error, if any, is the session's or else the final commit's.
-pub fn serve(fs: Arc<PondFs>, pond: &Path, mountpoint: &Path, mut cfg: Config) -> io::Result<()> {
+pub fn serve(fs: Arc<PondFs>, pond: &Path, mountpoint: &Path, cfg: Config) -> io::Result<()> {
+    serve_notifying(fs, pond, mountpoint, cfg, |_| {})
+}
+
+/// [`serve`], handing `on_mounted` the session's [`KernelCache`] once mounted, for a view that
+/// moves to new versions while mounted (a replica's): it tells the kernel what went stale.
+pub fn serve_notifying(
+    fs: Arc<PondFs>,
+    pond: &Path,
+    mountpoint: &Path,
+    mut cfg: Config,
+    on_mounted: impl FnOnce(KernelCache),
+) -> io::Result<()> {
     if !cfg.mount_options.iter().any(|o| matches!(o, MountOption::FSName(_))) {
         cfg.mount_options.push(MountOption::FSName(pond.display().to_string()));
     }
@@ -68,6 +89,7 @@ pub fn serve(fs: Arc<PondFs>, pond: &Path, mountpoint: &Path, mut cfg: Config) -
     let signals = SignalHandlers::install()?;
     let mut session = Session::new(PondFuse::new(fs.clone()), &mountpoint, &cfg)?;
     let watcher = signals.as_ref().map(|s| s.watch(session.unmount_callable(), mountpoint.clone())).transpose()?;
+    on_mounted(KernelCache::new(session.notifier()));
     tracing::info!(pond = %pond.display(), mountpoint = %mountpoint.display(), "mounted");
     let served = session.run();
     if let Some(w) = watcher {
