@@ -7,4 +7,5 @@ pub mod fuse;
 pub mod large_files;
 pub mod layout;
 pub mod oplog;
+pub mod remote_mount;
 pub mod replica;

@@ -1,0 +1,378 @@
+//! [`RemoteBlobs`]: the large-file store's [`BlobSource`] for a replica — byte ranges of its objects
+//! and packs, fetched on first read and kept in the [`ChunkCache`]. It only moves bytes: which
+//! ranges hold a chunk, and whether they are right, is decided by the store's `ObjectReader`, which
+//! drops a cached range that fails its hash ([`Blob::forget_range`]) and reads it again.
+//!
+//! Round trips: opening an object fetches its end ([`OBJECT_END`], a whole manifest for files up to
+//! about 1.5 GiB) in one request, or the whole object in one more when it is small enough
+//! ([`WHOLE_OBJECT`]); a pack is opened without a request; a chunk read is one ranged GET of the
+//! chunk's bytes. So a 4 KiB read of a file never read costs two round trips.
+//!
+//! Read-ahead: the reader announces the chunks a sequential read will want ([`Blob::prefetch`]);
+//! those neither cached nor already coming are fetched together, neighbours in one request of up
+//! to [`SPAN`] bytes, at most [`SPANS_IN_FLIGHT`] at once. A read of a chunk on its way waits for
+//! it rather than asking again.
+
+use std::collections::HashMap;
+use std::io;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::Semaphore;
+
+use super::cache::{ChunkCache, Key};
+use super::error::FetchError;
+use super::fetch::Fetcher;
+use crate::large_files::{Blob, BlobSource, StoreError};
+use crate::layout::PondFile;
+
+/// Bytes fetched from the end of an object when it is opened: a manifest holds about 40 bytes per
+/// 64 KiB chunk, so this is all of it for files up to about 1.5 GiB, and the footer otherwise.
+pub const OBJECT_END: u64 = 1 << 20;
+/// An object at most this long is kept whole once opened (one more request past [`OBJECT_END`]).
+pub const WHOLE_OBJECT: u64 = 16 << 20;
+/// The most one read-ahead request asks for.
+pub const SPAN: u64 = 4 << 20;
+/// Read-ahead requests in flight at once, per mount.
+pub const SPANS_IN_FLIGHT: usize = 4;
+/// Neighbouring chunks this close (page headers between them) are fetched in one request.
+const GAP: u64 = 4096;
+
+/// An object's end as cached: `[total length: u64 LE][start: u64 LE][bytes]`.
+const END_HEADER: usize = 16;
+
+/// A range on its way from the remote (read-ahead), waited for by reads that want it.
+#[derive(Default)]
+struct Coming {
+    done: Mutex<Option<Result<Bytes, FetchError>>>,
+    ready: Condvar,
+}
+
+impl Coming {
+    fn finish(&self, result: Result<Bytes, FetchError>) {
+        *self.done.lock().unwrap_or_else(|p| p.into_inner()) = Some(result);
+        self.ready.notify_all();
+    }
+
+    /// The range, once here; `None` when `deadline` passes first.
+    fn wait(&self, deadline: Instant) -> Option<Result<Bytes, FetchError>> {
+        let mut done = self.done.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(result) = done.as_ref() {
+                return Some(result.clone());
+            }
+            let left = deadline.checked_duration_since(Instant::now())?;
+            done = self.ready.wait_timeout(done, left).unwrap_or_else(|p| p.into_inner()).0;
+        }
+    }
+}
+
+type ComingKey = (PondFile, u64, u64);
+
+struct Shared {
+    fetcher: Arc<Fetcher>,
+    cache: Arc<ChunkCache>,
+    coming: Mutex<HashMap<ComingKey, Arc<Coming>>>,
+    spans: Arc<Semaphore>,
+    /// Chunk-range requests made for reads (not read-ahead), for tests and the benchmark.
+    demand_fetches: AtomicU64,
+}
+
+impl Shared {
+    fn coming(&self) -> MutexGuard<'_, HashMap<ComingKey, Arc<Coming>>> {
+        self.coming.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The objects and packs of one replica, read lazily through a disk cache.
+#[derive(Clone)]
+pub struct RemoteBlobs {
+    shared: Arc<Shared>,
+}
+
+impl RemoteBlobs {
+    pub fn new(fetcher: Arc<Fetcher>, cache: Arc<ChunkCache>) -> RemoteBlobs {
+        RemoteBlobs {
+            shared: Arc::new(Shared {
+                fetcher,
+                cache,
+                coming: Mutex::default(),
+                spans: Arc::new(Semaphore::new(SPANS_IN_FLIGHT)),
+                demand_fetches: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// Chunk ranges fetched because a read wanted them now (read-ahead not counted).
+    pub fn demand_fetches(&self) -> u64 {
+        self.shared.demand_fetches.load(Ordering::Relaxed)
+    }
+
+    fn describe_name(&self, file: &PondFile) -> String {
+        format!("{}/{}", self.shared.fetcher.url(), file.name())
+    }
+
+    /// The end of object `file`: from the cache, or fetched (whole when small).
+    fn object_end(&self, file: &PondFile) -> Result<End, StoreError> {
+        let key = Key::end(file).ok_or_else(|| StoreError::InvalidInput(format!("{file} is not an object")))?;
+        if let Some(cached) = self.shared.cache.get(&key)
+            && let Some(end) = End::decode(cached)
+        {
+            return Ok(end);
+        }
+        let fetcher = &self.shared.fetcher;
+        let deadline = fetcher.deadline();
+        let fail = |e: FetchError| match e {
+            FetchError::NotFound => StoreError::Missing(file.clone()),
+            e => StoreError::io(self.describe_name(file), e.into_io("fetching the end of an object")),
+        };
+        let suffix = fetcher.block_on(fetcher.get_suffix(file, OBJECT_END, deadline)).map_err(fail)?;
+        let mut end = End {
+            total: suffix.total,
+            start: suffix.total.saturating_sub(suffix.bytes.len() as u64),
+            bytes: suffix.bytes,
+        };
+        if end.start > 0 && end.total <= WHOLE_OBJECT {
+            let front = fetcher.block_on(fetcher.get_range(file, 0..end.start, deadline)).map_err(fail)?;
+            let mut whole = BytesMut::with_capacity(end.total as usize);
+            whole.extend_from_slice(&front);
+            whole.extend_from_slice(&end.bytes);
+            end = End { total: end.total, start: 0, bytes: whole.freeze() };
+        }
+        if end.start + end.bytes.len() as u64 != end.total {
+            return Err(StoreError::io(
+                self.describe_name(file),
+                io::Error::new(io::ErrorKind::UnexpectedEof, "the remote returned a short end of the object"),
+            ));
+        }
+        self.shared.cache.put(&key, &end.encode());
+        Ok(end)
+    }
+}
+
+/// The last bytes of an object (all of them when `start` is 0) and its length.
+#[derive(Clone, Debug)]
+struct End {
+    total: u64,
+    start: u64,
+    bytes: Bytes,
+}
+
+impl End {
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(END_HEADER + self.bytes.len());
+        out.extend_from_slice(&self.total.to_le_bytes());
+        out.extend_from_slice(&self.start.to_le_bytes());
+        out.extend_from_slice(&self.bytes);
+        out
+    }
+
+    /// A cached end, if it is one (a damaged entry is fetched again; what it holds is checked by
+    /// the store anyway).
+    fn decode(cached: Bytes) -> Option<End> {
+        let total = u64::from_le_bytes(cached.get(0..8)?.try_into().ok()?);
+        let start = u64::from_le_bytes(cached.get(8..16)?.try_into().ok()?);
+        let bytes = cached.slice(END_HEADER..);
+        (start.checked_add(bytes.len() as u64) == Some(total)).then_some(End { total, start, bytes })
+    }
+
+    /// The range, when it lies inside these bytes.
+    fn slice(&self, offset: u64, len: u64) -> Option<Bytes> {
+        let from = offset.checked_sub(self.start)?;
+        let to = from.checked_add(len)?;
+        (to <= self.bytes.len() as u64).then(|| self.bytes.slice(from as usize..to as usize))
+    }
+}
+
+impl BlobSource for RemoteBlobs {
+    fn open(&self, file: &PondFile) -> Result<Arc<dyn Blob>, StoreError> {
+        let end = match file {
+            PondFile::Object(_) => Some(self.object_end(file)?),
+            PondFile::Pack(_) => None,
+            other => return Err(StoreError::InvalidInput(format!("{other} is not part of the large-file store"))),
+        };
+        let len = OnceLock::new();
+        if let Some(end) = &end {
+            let _ = len.set(end.total);
+        }
+        Ok(Arc::new(RemoteBlob { file: file.clone(), blobs: self.clone(), len, end: Mutex::new(end) }))
+    }
+
+    fn describe(&self, file: &PondFile) -> PathBuf {
+        PathBuf::from(self.describe_name(file))
+    }
+
+    fn forget(&self, file: &PondFile) -> bool {
+        Key::end(file).is_some_and(|key| self.shared.cache.remove(&key))
+    }
+
+    fn reads_ahead(&self) -> bool {
+        true
+    }
+}
+
+/// One object or pack of the replica.
+struct RemoteBlob {
+    file: PondFile,
+    blobs: RemoteBlobs,
+    /// Known at open for an object; asked of the remote for a pack only if someone wants it.
+    len: OnceLock<u64>,
+    /// An object's end, fetched at open (`None` for a pack, or once forgotten).
+    end: Mutex<Option<End>>,
+}
+
+impl RemoteBlob {
+    fn shared(&self) -> &Shared {
+        &self.blobs.shared
+    }
+
+    fn io(&self, e: FetchError) -> io::Error {
+        e.into_io(&self.blobs.describe_name(&self.file))
+    }
+}
+
+impl Blob for RemoteBlob {
+    fn len(&self) -> u64 {
+        *self.len.get_or_init(|| {
+            let fetcher = &self.shared().fetcher;
+            match fetcher.block_on(fetcher.get_suffix(&self.file, 1, fetcher.deadline())) {
+                Ok(s) => s.total,
+                Err(e) => {
+                    tracing::warn!(file = %self.file, "could not learn the length of a remote file: {e}");
+                    0
+                }
+            }
+        })
+    }
+
+    fn read_range(&self, offset: u64, len: u64) -> io::Result<Bytes> {
+        if let Some(bytes) =
+            self.end.lock().unwrap_or_else(|p| p.into_inner()).as_ref().and_then(|e| e.slice(offset, len))
+        {
+            return Ok(bytes);
+        }
+        let shared = self.shared();
+        let deadline = shared.fetcher.deadline();
+        let coming = shared.coming().get(&(self.file.clone(), offset, len)).cloned();
+        if let Some(coming) = coming
+            && let Some(Ok(bytes)) = coming.wait(deadline)
+        {
+            return Ok(bytes);
+        }
+        let key = Key::range(&self.file, offset, len);
+        if let Some(bytes) = key.as_ref().and_then(|k| shared.cache.get(k)) {
+            return Ok(bytes);
+        }
+        shared.demand_fetches.fetch_add(1, Ordering::Relaxed);
+        let fetcher = &shared.fetcher;
+        let bytes = fetcher
+            .block_on(fetcher.get_range(&self.file, offset..offset.saturating_add(len), deadline))
+            .map_err(|e| self.io(e))?;
+        if let Some(key) = &key {
+            shared.cache.put(key, &bytes);
+        }
+        Ok(bytes)
+    }
+
+    fn forget_range(&self, offset: u64, len: u64) -> bool {
+        let mut end = self.end.lock().unwrap_or_else(|p| p.into_inner());
+        if end.as_ref().is_some_and(|e| e.slice(offset, len).is_some()) {
+            *end = None;
+            self.blobs.forget(&self.file);
+            return true;
+        }
+        drop(end);
+        Key::range(&self.file, offset, len).is_some_and(|key| self.shared().cache.remove(&key))
+    }
+
+    fn prefetch(&self, ranges: &[(u64, u64)]) {
+        let shared = self.blobs.shared.clone();
+        // What is neither in the object's end, cached, nor on its way: claimed as coming.
+        let mut wanted: Vec<(u64, u64, Arc<Coming>)> = Vec::new();
+        {
+            let end = self.end.lock().unwrap_or_else(|p| p.into_inner());
+            let mut coming = shared.coming();
+            for &(offset, len) in ranges {
+                let in_end = end.as_ref().is_some_and(|e| e.slice(offset, len).is_some());
+                let cached = Key::range(&self.file, offset, len).is_some_and(|k| shared.cache.contains(&k));
+                let key = (self.file.clone(), offset, len);
+                if in_end || cached || coming.contains_key(&key) {
+                    continue;
+                }
+                let c = Arc::new(Coming::default());
+                coming.insert(key, c.clone());
+                wanted.push((offset, len, c));
+            }
+        }
+        for span in spans(wanted) {
+            let (shared, file) = (shared.clone(), self.file.clone());
+            shared.fetcher.clone().spawn(async move { fetch_span(shared, file, span).await });
+        }
+    }
+}
+
+/// Ranges (ascending) grouped into requests: neighbours at most [`GAP`] apart, at most [`SPAN`]
+/// bytes each.
+fn spans(ranges: Vec<(u64, u64, Arc<Coming>)>) -> Vec<Vec<(u64, u64, Arc<Coming>)>> {
+    let mut out: Vec<Vec<(u64, u64, Arc<Coming>)>> = Vec::new();
+    for r in ranges {
+        let joins = out.last().is_some_and(|span| {
+            let (first, last) = (&span[0], &span[span.len() - 1]);
+            let end = last.0 + last.1;
+            r.0 >= end && r.0 - end <= GAP && r.0 + r.1 - first.0 <= SPAN
+        });
+        if joins {
+            out.last_mut().expect("checked above").push(r);
+        } else {
+            out.push(vec![r]);
+        }
+    }
+    out
+}
+
+/// Fetches one span, caches each range of it, and hands each to the reads waiting for it.
+async fn fetch_span(shared: Arc<Shared>, file: PondFile, span: Vec<(u64, u64, Arc<Coming>)>) {
+    let permit = shared.spans.clone().acquire_owned().await;
+    let (start, end) = (span[0].0, span[span.len() - 1].0 + span[span.len() - 1].1);
+    let fetched = shared.fetcher.get_range(&file, start..end, shared.fetcher.deadline()).await;
+    drop(permit);
+    if let Err(e) = &fetched {
+        tracing::debug!(%file, start, end, "read-ahead failed (the read fetches it itself): {e}");
+    }
+    for (offset, len, coming) in span {
+        let result = fetched.clone().map(|all| all.slice((offset - start) as usize..(offset - start + len) as usize));
+        if let (Ok(bytes), Some(key)) = (&result, Key::range(&file, offset, len)) {
+            shared.cache.put(&key, bytes);
+        }
+        shared.coming().remove(&(file.clone(), offset, len));
+        coming.finish(result);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn neighbouring_ranges_share_a_request_and_distant_ones_do_not() {
+        let c = || Arc::new(Coming::default());
+        let ranges = vec![(100, 50, c()), (160, 50, c()), (10_000, 50, c()), (10_050, SPAN, c())];
+        let got: Vec<Vec<u64>> = spans(ranges).iter().map(|s| s.iter().map(|r| r.0).collect()).collect();
+        assert_eq!(got, vec![vec![100, 160], vec![10_000], vec![10_050]]);
+    }
+
+    #[test]
+    fn an_object_end_survives_the_cache_round_trip_and_a_damaged_one_is_refused() {
+        let end = End { total: 10, start: 6, bytes: Bytes::from_static(b"wxyz") };
+        let back = End::decode(Bytes::from(end.encode())).unwrap();
+        assert_eq!(back.slice(7, 2).as_deref(), Some(&b"xy"[..]));
+        assert_eq!(back.slice(5, 2), None, "before the end's start");
+        assert_eq!(back.slice(8, 3), None, "past the object's end");
+        let mut bad = end.encode();
+        bad[0] = 99;
+        assert!(End::decode(Bytes::from(bad)).is_none());
+    }
+}
