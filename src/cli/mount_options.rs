@@ -15,7 +15,7 @@ pub struct MountOptions {
 }
 
 /// Options mount(8), fstab and systemd pass that mean nothing to pond.
-const IGNORED: &[&str] = &[
+pub(super) const IGNORED: &[&str] = &[
     "defaults",
     "rw",
     "dev",
@@ -56,7 +56,7 @@ const IGNORED: &[&str] = &[
 ];
 
 /// Prefixes of ignored `key` or `key=value` options (`x-systemd.automount`, `comment=...`).
-const IGNORED_PREFIXES: &[&str] =
+pub(super) const IGNORED_PREFIXES: &[&str] =
     &["x-", "comment=", "context=", "fscontext=", "defcontext=", "rootcontext=", "helper=", "uhelper="];
 
 pub fn parse(options: &[String]) -> Result<MountOptions, String> {
