@@ -30,6 +30,8 @@ mod old_format;
 mod prune;
 /// Property test: random operations through the mount vs a native directory, with remounts.
 mod reftest;
+/// A replica mounted straight from S3 or a directory: lazy reads, refresh, tampering, a failing server.
+mod remote_mount;
 /// Replication: replicate/restore/verify URL over a directory and S3, resume, tampering, --follow.
 mod replica;
 /// A failing remote: replicate through a store that refuses, breaks, truncates and delays uploads.

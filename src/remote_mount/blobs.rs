@@ -41,8 +41,10 @@ pub const SPANS_IN_FLIGHT: usize = 4;
 /// Neighbouring chunks this close (page headers between them) are fetched in one request.
 const GAP: u64 = 4096;
 
-/// An object's end as cached: `[total length: u64 LE][start: u64 LE][bytes]`.
-const END_HEADER: usize = 16;
+/// An object's end as cached: `[total length: u64 LE][start: u64 LE][BLAKE3 of bytes][bytes]`. The
+/// hash is the entry's own check: a manifest's chunk hashes are authenticated by the object's name,
+/// but not where it says the chunks are, and a damaged entry must be fetched again, not believed.
+const END_HEADER: usize = 48;
 
 /// A range on its way from the remote (read-ahead), waited for by reads that want it.
 #[derive(Default)]
@@ -118,10 +120,11 @@ impl RemoteBlobs {
     /// The end of object `file`: from the cache, or fetched (whole when small).
     fn object_end(&self, file: &PondFile) -> Result<End, StoreError> {
         let key = Key::end(file).ok_or_else(|| StoreError::InvalidInput(format!("{file} is not an object")))?;
-        if let Some(cached) = self.shared.cache.get(&key)
-            && let Some(end) = End::decode(cached)
-        {
-            return Ok(end);
+        if let Some(cached) = self.shared.cache.get(&key) {
+            match End::decode(cached) {
+                Some(end) => return Ok(end),
+                None => tracing::warn!(object = %file, "a cached manifest is damaged; fetching it again"),
+            }
         }
         let fetcher = &self.shared.fetcher;
         let deadline = fetcher.deadline();
@@ -166,17 +169,19 @@ impl End {
         let mut out = Vec::with_capacity(END_HEADER + self.bytes.len());
         out.extend_from_slice(&self.total.to_le_bytes());
         out.extend_from_slice(&self.start.to_le_bytes());
+        out.extend_from_slice(blake3::hash(&self.bytes).as_bytes());
         out.extend_from_slice(&self.bytes);
         out
     }
 
-    /// A cached end, if it is one (a damaged entry is fetched again; what it holds is checked by
-    /// the store anyway).
+    /// A cached end, if it is one and whole (a damaged entry is fetched again).
     fn decode(cached: Bytes) -> Option<End> {
         let total = u64::from_le_bytes(cached.get(0..8)?.try_into().ok()?);
         let start = u64::from_le_bytes(cached.get(8..16)?.try_into().ok()?);
+        let hash = cached.get(16..END_HEADER)?;
         let bytes = cached.slice(END_HEADER..);
-        (start.checked_add(bytes.len() as u64) == Some(total)).then_some(End { total, start, bytes })
+        let whole = start.checked_add(bytes.len() as u64) == Some(total) && blake3::hash(&bytes).as_bytes() == hash;
+        whole.then_some(End { total, start, bytes })
     }
 
     /// The range, when it lies inside these bytes.
@@ -371,8 +376,10 @@ mod tests {
         assert_eq!(back.slice(7, 2).as_deref(), Some(&b"xy"[..]));
         assert_eq!(back.slice(5, 2), None, "before the end's start");
         assert_eq!(back.slice(8, 3), None, "past the object's end");
-        let mut bad = end.encode();
-        bad[0] = 99;
-        assert!(End::decode(Bytes::from(bad)).is_none());
+        for at in [0, END_HEADER + 1] {
+            let mut bad = end.encode();
+            bad[at] ^= 1;
+            assert!(End::decode(Bytes::from(bad)).is_none(), "a flipped byte at {at} is noticed");
+        }
     }
 }
