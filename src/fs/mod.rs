@@ -275,8 +275,11 @@ impl PondFs {
             }
             Content::Large { hash, .. } => {
                 let r = self.store.open(&hash)?;
-                // Committed content: new versions may point at its chunks.
-                self.store.remember(&r);
+                // Committed content: new versions may point at its chunks (nothing is written
+                // read-only: no need to learn them).
+                if self.committer.is_some() {
+                    self.store.remember(&r);
+                }
                 let len = r.size();
                 (ContentReader::Large(Arc::new(r)), len)
             }

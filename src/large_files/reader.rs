@@ -37,10 +37,10 @@ pub type VerifiedChunks = std::collections::HashSet<(ChunkLoc, [u8; 32])>;
 /// Verified chunks an open reader keeps (4 × 64 KiB).
 const CACHED_CHUNKS: usize = 4;
 /// Read-ahead of a source that wants it: the first window past a sequential read (chunks), doubled
-/// while reading stays sequential up to the largest (16 MiB: a few wide requests in flight keep a
-/// link with tens of milliseconds of latency busy).
+/// while reading stays sequential up to the largest (48 MiB: topped up half at a time, which keeps
+/// several wide requests in flight on a link with tens of milliseconds of latency).
 const READ_AHEAD_FIRST: u64 = 8;
-const READ_AHEAD_MAX: u64 = 256;
+const READ_AHEAD_MAX: u64 = 768;
 /// A read starting this many chunks behind the furthest one read still counts as sequential (the
 /// kernel's read-ahead requests arrive on several threads, not quite in order).
 const READ_AHEAD_SLACK: u64 = 32;
@@ -406,8 +406,10 @@ impl ObjectReader {
     }
 
     /// For a source that reads ahead: announce the chunks a read of `len` bytes at `offset` touches
-    /// (so several in one place come in one request), and while reading is sequential, a growing
-    /// window past them. Chunks already announced are not announced again.
+    /// (so several in one place come in one request), and while reading is sequential, a window
+    /// past them that doubles up to [`READ_AHEAD_MAX`]. The window is topped up only once less
+    /// than half of it is left ahead of the read, so what is announced comes in wide requests
+    /// rather than a chunk or two per read. Chunks already announced are not announced again.
     fn plan_read(&self, offset: u64, len: u64) {
         if len == 0 || offset >= self.size || !self.source.reads_ahead() {
             return;
@@ -417,15 +419,22 @@ impl ObjectReader {
         let chunks = self.chunk_count();
         let (from, to) = {
             let mut a = self.ahead.lock().unwrap_or_else(|p| p.into_inner());
-            let sequential = first == a.next || (first < a.hinted && first + READ_AHEAD_SLACK >= a.next);
-            a.window = if sequential { (a.window * 2).clamp(READ_AHEAD_FIRST, READ_AHEAD_MAX) } else { 0 };
-            a.next = a.next.max(last + 1);
-            if !sequential {
+            // Again over what was just read (a re-read, or a read-ahead request arriving late):
+            // nothing new to announce, and no reason to start over.
+            if last < a.next && first + READ_AHEAD_SLACK >= a.next {
+                return;
+            }
+            let sequential = first <= a.hinted && first + READ_AHEAD_SLACK >= a.next;
+            if sequential {
+                a.window = (a.window * 2).clamp(READ_AHEAD_FIRST, READ_AHEAD_MAX);
+                a.next = a.next.max(last + 1);
+            } else {
+                a.window = 0;
                 a.next = last + 1;
                 a.hinted = first;
             }
             let from = a.hinted.max(first);
-            let to = (last + 1 + a.window).min(chunks);
+            let to = if a.hinted >= last + 1 + a.window / 2 { from } else { (last + 1 + a.window).min(chunks) };
             a.hinted = a.hinted.max(to);
             (from, to)
         };

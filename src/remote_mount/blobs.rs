@@ -11,7 +11,8 @@
 //! Read-ahead: the reader announces the chunks a sequential read will want ([`Blob::prefetch`]);
 //! those neither cached nor already coming are fetched together, neighbours in one request of up
 //! to [`SPAN`] bytes, at most [`SPANS_IN_FLIGHT`] at once. A read of a chunk on its way waits for
-//! it rather than asking again.
+//! it rather than asking again; a chunk that arrived before its read is handed over from memory
+//! (kept until read, [`READY`] bytes at most), and written to the cache off the request threads.
 
 use std::collections::HashMap;
 use std::io;
@@ -23,7 +24,7 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 use tokio::sync::Semaphore;
 
-use super::cache::{ChunkCache, Key};
+use super::cache::{ChunkCache, FileKey};
 use super::error::FetchError;
 use super::fetch::Fetcher;
 use crate::large_files::{Blob, BlobSource, StoreError};
@@ -34,12 +35,19 @@ use crate::layout::PondFile;
 pub const OBJECT_END: u64 = 1 << 20;
 /// An object at most this long is kept whole once opened (one more request past [`OBJECT_END`]).
 pub const WHOLE_OBJECT: u64 = 16 << 20;
-/// The most one read-ahead request asks for.
-pub const SPAN: u64 = 4 << 20;
-/// Read-ahead requests in flight at once, per mount.
-pub const SPANS_IN_FLIGHT: usize = 4;
-/// Neighbouring chunks this close (page headers between them) are fetched in one request.
-const GAP: u64 = 4096;
+/// The most one read-ahead request asks for: wide enough that a request's fixed cost (a round trip,
+/// the server's own overhead per request) is small beside its transfer.
+pub const SPAN: u64 = 8 << 20;
+/// Read-ahead requests in flight at once, per mount: what overlaps the round trips. With [`SPAN`],
+/// the most read-ahead holds in memory (48 MiB) before it is in the cache.
+pub const SPANS_IN_FLIGHT: usize = 6;
+/// Read-ahead bytes kept in memory until their read takes them (beyond, the oldest are left to
+/// the disk cache).
+pub const READY: u64 = 64 << 20;
+/// Neighbouring chunks this close are fetched in one request: between two chunks of a pack lie a
+/// page header, and between two row groups the other columns of the next (about 3 KiB); a few KiB
+/// more in a request costs far less than another request.
+const GAP: u64 = 64 << 10;
 
 /// An object's end as cached: `[total length: u64 LE][start: u64 LE][BLAKE3 of bytes][bytes]`. The
 /// hash is the entry's own check: a manifest's chunk hashes are authenticated by the object's name,
@@ -74,10 +82,43 @@ impl Coming {
 
 type ComingKey = (PondFile, u64, u64);
 
+/// Read-ahead chunks that arrived before their reads, oldest first.
+#[derive(Default)]
+struct Ready {
+    chunks: HashMap<ComingKey, Bytes>,
+    order: std::collections::VecDeque<ComingKey>,
+    bytes: u64,
+}
+
+impl Ready {
+    fn take(&mut self, key: &ComingKey) -> Option<Bytes> {
+        let bytes = self.chunks.remove(key)?;
+        self.bytes -= bytes.len() as u64;
+        Some(bytes)
+    }
+
+    fn keep(&mut self, key: ComingKey, bytes: Bytes) {
+        self.bytes += bytes.len() as u64;
+        if let Some(old) = self.chunks.insert(key.clone(), bytes) {
+            self.bytes -= old.len() as u64;
+        }
+        self.order.push_back(key);
+        while self.bytes > READY {
+            let Some(oldest) = self.order.pop_front() else { break };
+            self.take(&oldest);
+        }
+        // Keys of chunks taken stay in `order` until they reach the front: bound them too.
+        if self.order.len() > 4 * self.chunks.len() + 1024 {
+            self.order.retain(|k| self.chunks.contains_key(k));
+        }
+    }
+}
+
 struct Shared {
     fetcher: Arc<Fetcher>,
     cache: Arc<ChunkCache>,
     coming: Mutex<HashMap<ComingKey, Arc<Coming>>>,
+    ready: Mutex<Ready>,
     spans: Arc<Semaphore>,
     /// Chunk-range requests made for reads (not read-ahead), for tests and the benchmark.
     demand_fetches: AtomicU64,
@@ -102,6 +143,7 @@ impl RemoteBlobs {
                 fetcher,
                 cache,
                 coming: Mutex::default(),
+                ready: Mutex::default(),
                 spans: Arc::new(Semaphore::new(SPANS_IN_FLIGHT)),
                 demand_fetches: AtomicU64::new(0),
             }),
@@ -119,8 +161,8 @@ impl RemoteBlobs {
 
     /// The end of object `file`: from the cache, or fetched (whole when small).
     fn object_end(&self, file: &PondFile) -> Result<End, StoreError> {
-        let key = Key::end(file).ok_or_else(|| StoreError::InvalidInput(format!("{file} is not an object")))?;
-        if let Some(cached) = self.shared.cache.get(&key) {
+        let key = FileKey::of(file).ok_or_else(|| StoreError::InvalidInput(format!("{file} is not an object")))?;
+        if let Some(cached) = self.shared.cache.end(&key) {
             match End::decode(cached) {
                 Some(end) => return Ok(end),
                 None => tracing::warn!(object = %file, "a cached manifest is damaged; fetching it again"),
@@ -151,7 +193,7 @@ impl RemoteBlobs {
                 io::Error::new(io::ErrorKind::UnexpectedEof, "the remote returned a short end of the object"),
             ));
         }
-        self.shared.cache.put(&key, &end.encode());
+        self.shared.cache.put_end(&key, &end.encode());
         Ok(end)
     }
 }
@@ -203,7 +245,13 @@ impl BlobSource for RemoteBlobs {
         if let Some(end) = &end {
             let _ = len.set(end.total);
         }
-        Ok(Arc::new(RemoteBlob { file: file.clone(), blobs: self.clone(), len, end: Mutex::new(end) }))
+        Ok(Arc::new(RemoteBlob {
+            file: file.clone(),
+            key: FileKey::of(file),
+            blobs: self.clone(),
+            len,
+            end: Mutex::new(end),
+        }))
     }
 
     fn describe(&self, file: &PondFile) -> PathBuf {
@@ -211,7 +259,7 @@ impl BlobSource for RemoteBlobs {
     }
 
     fn forget(&self, file: &PondFile) -> bool {
-        Key::end(file).is_some_and(|key| self.shared.cache.remove(&key))
+        FileKey::of(file).is_some_and(|key| self.shared.cache.forget_end(&key))
     }
 
     fn reads_ahead(&self) -> bool {
@@ -222,6 +270,8 @@ impl BlobSource for RemoteBlobs {
 /// One object or pack of the replica.
 struct RemoteBlob {
     file: PondFile,
+    /// The cache's name for it (`None` cannot happen for an object or a pack).
+    key: Option<FileKey>,
     blobs: RemoteBlobs,
     /// Known at open for an object; asked of the remote for a pack only if someone wants it.
     len: OnceLock<u64>,
@@ -261,14 +311,19 @@ impl Blob for RemoteBlob {
         }
         let shared = self.shared();
         let deadline = shared.fetcher.deadline();
-        let coming = shared.coming().get(&(self.file.clone(), offset, len)).cloned();
+        let wanted = (self.file.clone(), offset, len);
+        if let Some(bytes) = shared.ready.lock().unwrap_or_else(|p| p.into_inner()).take(&wanted) {
+            return Ok(bytes);
+        }
+        let coming = shared.coming().get(&wanted).cloned();
         if let Some(coming) = coming
             && let Some(Ok(bytes)) = coming.wait(deadline)
         {
+            // Read now: no need to keep it for later.
+            shared.ready.lock().unwrap_or_else(|p| p.into_inner()).take(&wanted);
             return Ok(bytes);
         }
-        let key = Key::range(&self.file, offset, len);
-        if let Some(bytes) = key.as_ref().and_then(|k| shared.cache.get(k)) {
+        if let Some(bytes) = self.key.as_ref().and_then(|k| shared.cache.range(k, offset, len)) {
             return Ok(bytes);
         }
         shared.demand_fetches.fetch_add(1, Ordering::Relaxed);
@@ -276,13 +331,15 @@ impl Blob for RemoteBlob {
         let bytes = fetcher
             .block_on(fetcher.get_range(&self.file, offset..offset.saturating_add(len), deadline))
             .map_err(|e| self.io(e))?;
-        if let Some(key) = &key {
-            shared.cache.put(key, &bytes);
+        if let Some(key) = &self.key {
+            shared.cache.put(key, offset, &bytes, &[(offset, len)]);
         }
         Ok(bytes)
     }
 
     fn forget_range(&self, offset: u64, len: u64) -> bool {
+        let in_memory =
+            self.shared().ready.lock().unwrap_or_else(|p| p.into_inner()).take(&(self.file.clone(), offset, len));
         let mut end = self.end.lock().unwrap_or_else(|p| p.into_inner());
         if end.as_ref().is_some_and(|e| e.slice(offset, len).is_some()) {
             *end = None;
@@ -290,7 +347,8 @@ impl Blob for RemoteBlob {
             return true;
         }
         drop(end);
-        Key::range(&self.file, offset, len).is_some_and(|key| self.shared().cache.remove(&key))
+        let on_disk = self.key.as_ref().is_some_and(|k| self.shared().cache.forget_range(k, offset, len));
+        in_memory.is_some() || on_disk
     }
 
     fn prefetch(&self, ranges: &[(u64, u64)]) {
@@ -302,7 +360,7 @@ impl Blob for RemoteBlob {
             let mut coming = shared.coming();
             for &(offset, len) in ranges {
                 let in_end = end.as_ref().is_some_and(|e| e.slice(offset, len).is_some());
-                let cached = Key::range(&self.file, offset, len).is_some_and(|k| shared.cache.contains(&k));
+                let cached = self.key.as_ref().is_some_and(|k| shared.cache.contains(k, offset, len));
                 let key = (self.file.clone(), offset, len);
                 if in_end || cached || coming.contains_key(&key) {
                     continue;
@@ -313,47 +371,66 @@ impl Blob for RemoteBlob {
             }
         }
         for span in spans(wanted) {
-            let (shared, file) = (shared.clone(), self.file.clone());
-            shared.fetcher.clone().spawn(async move { fetch_span(shared, file, span).await });
+            let (shared, file, key) = (shared.clone(), self.file.clone(), self.key.clone());
+            shared.fetcher.clone().spawn(async move { fetch_span(shared, file, key, span).await });
         }
     }
 }
 
-/// Ranges (ascending) grouped into requests: neighbours at most [`GAP`] apart, at most [`SPAN`]
-/// bytes each.
-fn spans(ranges: Vec<(u64, u64, Arc<Coming>)>) -> Vec<Vec<(u64, u64, Arc<Coming>)>> {
-    let mut out: Vec<Vec<(u64, u64, Arc<Coming>)>> = Vec::new();
+type Wanted = (u64, u64, Arc<Coming>);
+
+/// Ranges (ascending) grouped into requests: runs of neighbours at most [`GAP`] apart, each run cut
+/// into the fewest requests of at most [`SPAN`] bytes, of about equal size (never a wide request
+/// followed by a one-chunk one).
+fn spans(ranges: Vec<Wanted>) -> Vec<Vec<Wanted>> {
+    let mut runs: Vec<Vec<Wanted>> = Vec::new();
     for r in ranges {
-        let joins = out.last().is_some_and(|span| {
-            let (first, last) = (&span[0], &span[span.len() - 1]);
-            let end = last.0 + last.1;
-            r.0 >= end && r.0 - end <= GAP && r.0 + r.1 - first.0 <= SPAN
+        let joins = runs.last().is_some_and(|run| {
+            let end = run[run.len() - 1].0 + run[run.len() - 1].1;
+            r.0 >= end && r.0 - end <= GAP
         });
-        if joins {
-            out.last_mut().expect("checked above").push(r);
-        } else {
-            out.push(vec![r]);
+        match runs.last_mut() {
+            Some(run) if joins => run.push(r),
+            _ => runs.push(vec![r]),
+        }
+    }
+    let mut out = Vec::new();
+    for run in runs {
+        let bytes = run[run.len() - 1].0 + run[run.len() - 1].1 - run[0].0;
+        let parts = bytes.div_ceil(SPAN).max(1) as usize;
+        let per = run.len().div_ceil(parts);
+        let mut run = run.into_iter().peekable();
+        while run.peek().is_some() {
+            out.push(run.by_ref().take(per).collect());
         }
     }
     out
 }
 
 /// Fetches one span, caches each range of it, and hands each to the reads waiting for it.
-async fn fetch_span(shared: Arc<Shared>, file: PondFile, span: Vec<(u64, u64, Arc<Coming>)>) {
+async fn fetch_span(shared: Arc<Shared>, file: PondFile, key: Option<FileKey>, span: Vec<Wanted>) {
     let permit = shared.spans.clone().acquire_owned().await;
     let (start, end) = (span[0].0, span[span.len() - 1].0 + span[span.len() - 1].1);
+    let began = std::time::Instant::now();
     let fetched = shared.fetcher.get_range(&file, start..end, shared.fetcher.deadline()).await;
     drop(permit);
+    tracing::debug!(%file, start, bytes = end - start, ms = began.elapsed().as_millis() as u64, "read ahead");
     if let Err(e) = &fetched {
         tracing::debug!(%file, start, end, "read-ahead failed (the read fetches it itself): {e}");
     }
+    let ranges: Vec<(u64, u64)> = span.iter().map(|(o, l, _)| (*o, *l)).collect();
     for (offset, len, coming) in span {
         let result = fetched.clone().map(|all| all.slice((offset - start) as usize..(offset - start + len) as usize));
-        if let (Ok(bytes), Some(key)) = (&result, Key::range(&file, offset, len)) {
-            shared.cache.put(&key, bytes);
+        if let Ok(bytes) = &result {
+            shared.ready.lock().unwrap_or_else(|p| p.into_inner()).keep((file.clone(), offset, len), bytes.clone());
         }
         shared.coming().remove(&(file.clone(), offset, len));
         coming.finish(result);
+    }
+    // To the disk cache off the runtime's threads (writes there wait for writeback now and then).
+    if let (Ok(all), Some(key)) = (fetched, key) {
+        let cache = shared.cache.clone();
+        drop(tokio::task::spawn_blocking(move || cache.put(&key, start, &all, &ranges)));
     }
 }
 
@@ -364,9 +441,14 @@ mod tests {
     #[test]
     fn neighbouring_ranges_share_a_request_and_distant_ones_do_not() {
         let c = || Arc::new(Coming::default());
-        let ranges = vec![(100, 50, c()), (160, 50, c()), (10_000, 50, c()), (10_050, SPAN, c())];
+        let ranges = vec![(100, 50, c()), (160, 50, c()), (10_000_000, 50, c())];
         let got: Vec<Vec<u64>> = spans(ranges).iter().map(|s| s.iter().map(|r| r.0).collect()).collect();
-        assert_eq!(got, vec![vec![100, 160], vec![10_000], vec![10_050]]);
+        assert_eq!(got, vec![vec![100, 160], vec![10_000_000]]);
+        // 130 chunks in a row, a little over two spans: three requests of 44, 44 and 42 chunks.
+        let chunk = SPAN / 64;
+        let run: Vec<Wanted> = (0..130).map(|i| (i * (chunk + 20), chunk, c())).collect();
+        let sizes: Vec<usize> = spans(run).iter().map(Vec::len).collect();
+        assert_eq!(sizes, vec![44, 44, 42]);
     }
 
     #[test]
