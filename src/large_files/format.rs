@@ -406,7 +406,7 @@ impl PreadFile {
 
 /// `len` bytes at `offset` of `file`, read straight into a new buffer (a chunk read is on every
 /// read's path: zero-filling the buffer first cost 4% of a sequential read's CPU).
-fn pread_exact(file: &File, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+pub(crate) fn pread_exact(file: &File, offset: u64, len: usize) -> io::Result<Vec<u8>> {
     use std::os::fd::AsRawFd;
     let mut buf: Vec<u8> = Vec::with_capacity(len);
     let mut done = 0;

@@ -37,13 +37,15 @@ pub const OBJECT_END: u64 = 1 << 20;
 pub const WHOLE_OBJECT: u64 = 16 << 20;
 /// The most one read-ahead request asks for: wide enough that a request's fixed cost (a round trip,
 /// the server's own overhead per request) is small beside its transfer.
-pub const SPAN: u64 = 8 << 20;
+pub const SPAN: u64 = 16 << 20;
 /// Read-ahead requests in flight at once, per mount: what overlaps the round trips. With [`SPAN`],
-/// the most read-ahead holds in memory (48 MiB) before it is in the cache.
-pub const SPANS_IN_FLIGHT: usize = 6;
+/// the most read-ahead holds in memory while fetching (48 MiB), besides [`READY`].
+pub const SPANS_IN_FLIGHT: usize = 3;
+/// Read-ahead writes to the disk cache queued at once (each holds its request's bytes).
+const WRITES_QUEUED: usize = 1;
 /// Read-ahead bytes kept in memory until their read takes them (beyond, the oldest are left to
 /// the disk cache).
-pub const READY: u64 = 64 << 20;
+pub const READY: u64 = 32 << 20;
 /// Neighbouring chunks this close are fetched in one request: between two chunks of a pack lie a
 /// page header, and between two row groups the other columns of the next (about 3 KiB); a few KiB
 /// more in a request costs far less than another request.
@@ -120,6 +122,8 @@ struct Shared {
     coming: Mutex<HashMap<ComingKey, Arc<Coming>>>,
     ready: Mutex<Ready>,
     spans: Arc<Semaphore>,
+    /// Read-ahead writes to the cache queued or under way.
+    writes: Arc<Semaphore>,
     /// Chunk-range requests made for reads (not read-ahead), for tests and the benchmark.
     demand_fetches: AtomicU64,
 }
@@ -145,6 +149,7 @@ impl RemoteBlobs {
                 coming: Mutex::default(),
                 ready: Mutex::default(),
                 spans: Arc::new(Semaphore::new(SPANS_IN_FLIGHT)),
+                writes: Arc::new(Semaphore::new(WRITES_QUEUED)),
                 demand_fetches: AtomicU64::new(0),
             }),
         }
@@ -413,7 +418,6 @@ async fn fetch_span(shared: Arc<Shared>, file: PondFile, key: Option<FileKey>, s
     let (start, end) = (span[0].0, span[span.len() - 1].0 + span[span.len() - 1].1);
     let began = std::time::Instant::now();
     let fetched = shared.fetcher.get_range(&file, start..end, shared.fetcher.deadline()).await;
-    drop(permit);
     tracing::debug!(%file, start, bytes = end - start, ms = began.elapsed().as_millis() as u64, "read ahead");
     if let Err(e) = &fetched {
         tracing::debug!(%file, start, end, "read-ahead failed (the read fetches it itself): {e}");
@@ -428,10 +432,19 @@ async fn fetch_span(shared: Arc<Shared>, file: PondFile, key: Option<FileKey>, s
         coming.finish(result);
     }
     // To the disk cache off the runtime's threads (writes there wait for writeback now and then).
+    // The request's place is given up only once its write is queued, and at most
+    // [`WRITES_QUEUED`] are: when the disk is slower than the link, read-ahead slows down rather
+    // than piling spans up in memory.
     if let (Ok(all), Some(key)) = (fetched, key) {
         let cache = shared.cache.clone();
-        drop(tokio::task::spawn_blocking(move || cache.put(&key, start, &all, &ranges)));
+        if let Ok(writing) = shared.writes.clone().acquire_owned().await {
+            drop(tokio::task::spawn_blocking(move || {
+                cache.put(&key, start, &all, &ranges);
+                drop(writing);
+            }));
+        }
     }
+    drop(permit);
 }
 
 #[cfg(test)]

@@ -238,10 +238,7 @@ impl ChunkCache {
         if !known && !on_disk(&f, offset, len) {
             return None;
         }
-        let mut buf = vec![0u8; usize::try_from(len).ok()?];
-        if f.read_exact_at(&mut buf, offset).is_err() {
-            return None;
-        }
+        let buf = crate::large_files::format::pread_exact(&f, offset, usize::try_from(len).ok()?).ok()?;
         if !known {
             self.index().insert(file, offset, offset + len, None);
         }

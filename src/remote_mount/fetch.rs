@@ -1,7 +1,9 @@
 //! [`Fetcher`]: requests to a replica's object store, each bounded in time. It owns the runtime the
 //! requests run on, retries what may pass (a refused connection, a server error, no answer) with
 //! backoff until the request's deadline (`-o timeout`), and gives up at once on what cannot
-//! (a missing object, a range past the end, refused credentials).
+//! (a missing object, a range past the end, refused credentials). One attempt may take a third of
+//! the request's time (at least [`MIN_ATTEMPT`]), so an attempt stuck on a dead connection leaves
+//! time for another.
 //!
 //! **A remote that went away.** Once a request has used up its whole deadline, the remote counts as
 //! down: later requests make one short attempt ([`DOWN_ATTEMPT`]) instead of waiting out the full
@@ -29,6 +31,10 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// While the remote is down, the one attempt a request makes is this long at most.
 pub const DOWN_ATTEMPT: Duration = Duration::from_secs(1);
+/// One attempt gets a third of the request's time, but at least this long (a wide read-ahead
+/// request on a slow link takes seconds): so a request stuck on a dead connection is tried again
+/// on a new one before the request's time is up.
+const MIN_ATTEMPT: Duration = Duration::from_secs(5);
 /// Worker threads of the request runtime: requests wait on the network, not the CPU.
 const WORKERS: usize = 2;
 
@@ -270,7 +276,8 @@ impl Fetcher {
                 self.down.store(true, Ordering::Relaxed);
                 return Err(FetchError::TimedOut(self.timeout, last));
             }
-            let attempt_ends = if was_down { deadline.min(now + DOWN_ATTEMPT) } else { deadline };
+            let attempt = if was_down { DOWN_ATTEMPT } else { (self.timeout / 3).max(MIN_ATTEMPT) };
+            let attempt_ends = deadline.min(now + attempt);
             self.requests.fetch_add(1, Ordering::Relaxed);
             match tokio::time::timeout_at(attempt_ends.into(), op()).await {
                 Ok(Ok(v)) => {
