@@ -442,7 +442,9 @@ impl ObjectReader {
         if to <= from || (to - from == 1 && from == first) {
             return;
         }
-        let mut by_file: Vec<(Arc<PondFile>, Vec<(u64, u64)>)> = Vec::new();
+        // The raw ranges to read, by the file holding them.
+        type Ranges = Vec<(u64, u64)>;
+        let mut by_file: Vec<(Arc<PondFile>, Ranges)> = Vec::new();
         for loc in &self.locs[from as usize..to as usize] {
             let range = format::raw_range(loc);
             match by_file.iter_mut().find(|(f, _)| *f == loc.file) {

@@ -399,7 +399,8 @@ impl ChunkCache {
     /// Fills the index from the directory (the extents of each file, oldest file first), then
     /// evicts if over budget.
     fn learn_directory(&self) {
-        let mut found: Vec<(std::time::SystemTime, FileKey, Vec<(u64, u64)>)> = Vec::new();
+        type Extents = Vec<(u64, u64)>;
+        let mut found: Vec<(std::time::SystemTime, FileKey, Extents)> = Vec::new();
         let Ok(dirs) = std::fs::read_dir(&self.dir) else { return };
         for dir in dirs.flatten() {
             let name = dir.file_name();
@@ -418,7 +419,7 @@ impl ChunkCache {
                 found.push((modified, key, extents));
             }
         }
-        found.sort_by(|a, b| a.0.cmp(&b.0));
+        found.sort_by_key(|f| f.0);
         {
             let mut index = self.index();
             let mut tick = 0;
