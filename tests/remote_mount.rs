@@ -570,3 +570,64 @@ fn a_pond_read_lazily_matches_its_file_when_opened_through_the_library() {
         assert_same_bytes(&read_file(&lazy, *ino), data, &format!("inode {ino} of {} bytes", data.len()));
     }
 }
+
+#[test]
+fn a_view_moves_to_a_new_version_and_says_what_changed_while_open_files_keep_theirs() {
+    use pond::fs::PageCache;
+    let (src, big) = sample_pond();
+    let remote = src.scratch("remote");
+    replicate(&src, s(&remote), &[]);
+    let work = src.scratch("work");
+    let view = open_replica(&file_url(&remote), &work, &[]);
+    let fs = view.open_view(view.sync(None).unwrap()).unwrap();
+    let big_ino = fs.lookup(ROOT_INO, b"big").unwrap().ino;
+    let small_ino = fs.lookup(ROOT_INO, b"small").unwrap().ino;
+    let old = fs.open_file(big_ino, libc::O_RDONLY).unwrap();
+    assert_eq!(fs.page_cache(old), PageCache::Keep);
+
+    // The writer replaces big (another size), removes small, adds a file; replicates again.
+    let new_big = pattern(3 * C + 1, 77);
+    {
+        let w = src.open();
+        let fh = w.open_file(big_ino, libc::O_WRONLY | libc::O_TRUNC).unwrap();
+        w.write(fh, 0, &new_big).unwrap();
+        w.release(fh).unwrap();
+        w.unlink(ROOT_INO, b"small").unwrap();
+        crate::common::write_file(&w, ROOT_INO, "added", b"added");
+        w.shutdown().unwrap();
+    }
+    replicate(&src, s(&remote), &[]);
+    let newer = view.sync_newer(fs.opened_version()).unwrap().expect("a newer version is there");
+    let changes = fs.advance_to(newer).unwrap();
+    assert_eq!(fs.opened_version(), newer);
+    assert!(changes.entries.contains(&(ROOT_INO, b"small".to_vec())), "a removed name: {changes:?}");
+    assert!(changes.inodes.contains(&(small_ino, true)), "a removed inode: {changes:?}");
+    assert!(
+        changes.inodes.contains(&(big_ino, false)),
+        "big changed while open through the cache: its attributes go, its pages stay for the old reader: {changes:?}"
+    );
+    assert_eq!(view.sync_newer(newer).unwrap(), None, "nothing newer yet");
+
+    // The file opened before reads the old version, size and bytes.
+    assert_eq!(fs.getattr_via(big_ino, Some(old)).unwrap().size, big.len() as u64);
+    assert!(fs.getattr_via(big_ino, Some(old)).unwrap().volatile, "the kernel must not cache either size");
+    let mut got = Vec::new();
+    while let Ok(piece) = fs.read(old, got.len() as u64, 1 << 20) {
+        if piece.is_empty() {
+            break;
+        }
+        got.extend_from_slice(&piece);
+    }
+    assert_same_bytes(&got, &big, "the file opened before the move");
+    // A new open reads the new version, around the old version's pages while the old handle lives.
+    assert_eq!(fs.getattr(big_ino).unwrap().size, new_big.len() as u64);
+    let new = fs.open_file(big_ino, libc::O_RDONLY).unwrap();
+    assert_eq!(fs.page_cache(new), PageCache::Bypass);
+    assert_same_bytes(&fs.read(new, 0, 1 << 20).unwrap(), &new_big, "a new open after the move");
+    fs.release(old).unwrap();
+    fs.release(new).unwrap();
+    let again = fs.open_file(big_ino, libc::O_RDONLY).unwrap();
+    assert_eq!(fs.page_cache(again), PageCache::Refill, "the old pages must go before the new ones are cached");
+    assert!(fs.lookup(ROOT_INO, b"small").is_err());
+    assert_eq!(read_file(&fs, fs.lookup(ROOT_INO, b"added").unwrap().ino), b"added");
+}

@@ -88,7 +88,7 @@ fn daemon(cfg: &ReplicaConfig, mountpoint: &Path, opts: &ReplicaMountOptions, re
     };
     let _ = std::env::set_current_dir("/");
     if let Some(dir) = log_path.parent() {
-        let _ = pond_dir(dir);
+        let _ = private_dir(dir);
     }
     let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path);
     if let (Ok(null), Ok(log)) = (std::fs::OpenOptions::new().read(true).write(true).open("/dev/null"), &log) {
@@ -120,7 +120,7 @@ fn daemon(cfg: &ReplicaConfig, mountpoint: &Path, opts: &ReplicaMountOptions, re
     }
 }
 
-fn pond_dir(dir: &Path) -> std::io::Result<()> {
+fn private_dir(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
 }
@@ -221,7 +221,7 @@ impl DaemonLock {
         let path = Self::path(mountpoint);
         let lock = path
             .parent()
-            .and_then(|d| pond_dir(d).ok())
+            .and_then(|d| private_dir(d).ok())
             .and_then(|_| std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).ok())
             .and_then(|f| nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock).ok());
         DaemonLock { _lock: lock }

@@ -216,7 +216,13 @@ impl Fetcher {
                 let local = |e: std::io::Error| object_store::Error::NotSupported {
                     source: format!("writing {}: {e}", dest.display()).into(),
                 };
-                let mut out = std::fs::File::create(dest).map_err(local)?;
+                // Readable by its owner only, as a pond's own files are.
+                let mut out = std::os::unix::fs::OpenOptionsExt::mode(
+                    std::fs::OpenOptions::new().write(true).create(true).truncate(true),
+                    0o600,
+                )
+                .open(dest)
+                .map_err(local)?;
                 let (mut hasher, mut written) = (blake3::Hasher::new(), 0u64);
                 let mut stream = got.into_stream();
                 while let Some(piece) = stream.next().await {
