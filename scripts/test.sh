@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Set up and run every pond test on a fresh machine of this kind (Debian, root, /dev/fuse):
-# installs the system tools the tests drive (fuse3, rsync, git, tar, attr, curl, systemd for
-# systemd-analyze and the fstab generator), a Python venv with
-# deltalake (an external Delta reader), starts a local S3-compatible server on 127.0.0.1 for the
+# installs the system tools the tests drive (fuse3, rsync, git, tar, attr, curl, strace for the
+# tests of durability order, systemd for systemd-analyze and the fstab generator), a Python venv
+# with deltalake (an external Delta reader), starts a local S3-compatible server on 127.0.0.1 for the
 # replica's S3 tests (scripts/s3-local.sh, stopped on exit), builds with --locked, checks rustfmt, runs clippy and
 # every test. Extra arguments go to `cargo test` (e.g. `scripts/test.sh replica`).
 set -euo pipefail
@@ -12,7 +12,7 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/pond-target}
 export CARGO_TERM_COLOR=never
 
 need=()
-for tool in fusermount3:fuse3 rsync:rsync git:git tar:tar setfattr:attr curl:curl systemd-analyze:systemd flock:util-linux setpriv:util-linux; do
+for tool in fusermount3:fuse3 rsync:rsync git:git tar:tar setfattr:attr curl:curl systemd-analyze:systemd flock:util-linux setpriv:util-linux strace:strace; do
     command -v "${tool%%:*}" >/dev/null || need+=("${tool#*:}")
 done
 if ((${#need[@]})); then

@@ -6,7 +6,6 @@
 //! directory, and the peer's uid (SO_PEERCRED) is checked again on every connection.
 
 use std::io::{self, BufRead, BufReader, Write};
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -19,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::audit::prune::{PruneReport, Rules};
 use crate::fs::PondFs;
 use crate::layout::{WORK_CONTROL_SOCKET, WORK_DIR};
+use crate::private_fs::PrivateDir;
 
 /// What a client asks.
 #[derive(Debug, Serialize, Deserialize)]
@@ -64,34 +64,24 @@ pub fn ask(root: &Path, request: &Request) -> Result<Response, ControlError> {
 pub struct ControlServer {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
-    path: PathBuf,
+    /// `_pond/`, where the socket is removed from at the end.
+    dir: PrivateDir,
 }
 
 impl ControlServer {
     /// Listens on the control socket of the pond `fs` writes (the caller holds its writer lock,
     /// so a socket file left there is a dead daemon's and is replaced).
     pub fn start(fs: Arc<PondFs>) -> io::Result<ControlServer> {
-        let path = socket_path(fs.root());
-        match std::fs::symlink_metadata(&path) {
-            Ok(m) if m.file_type().is_file() || m.is_dir() || m.file_type().is_symlink() => {
-                return Err(io::Error::new(
-                    io::ErrorKind::AlreadyExists,
-                    format!("{} exists and is not a socket", path.display()),
-                ));
-            }
-            Ok(_) => std::fs::remove_file(&path)?,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
-        }
-        let listener = UnixListener::bind(&path)?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        // Through `_pond/`'s descriptor (see `private_fs`): no link there is ever followed.
+        let dir = PrivateDir::ensure(fs.root(), WORK_DIR).map_err(io::Error::other)?;
+        let listener = dir.bind_socket(WORK_CONTROL_SOCKET).map_err(io::Error::other)?;
         listener.set_nonblocking(true)?;
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::Builder::new()
             .name("pond-control".into())
             .spawn(move || accept_loop(&listener, &fs, &flag))?;
-        Ok(ControlServer { stop, thread: Some(thread), path })
+        Ok(ControlServer { stop, thread: Some(thread), dir })
     }
 }
 
@@ -101,7 +91,7 @@ impl Drop for ControlServer {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        let _ = std::fs::remove_file(&self.path);
+        let _ = self.dir.remove_file(WORK_CONTROL_SOCKET);
     }
 }
 

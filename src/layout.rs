@@ -48,6 +48,12 @@ pub const WORK_MOUNTS_DIR: &str = "mounts";
 pub const LAST_CHECKPOINT: &str = "_last_checkpoint";
 /// `_last_checkpoint` is a line of JSON naming a version (Delta may add a schema): far below this.
 pub const MAX_LAST_CHECKPOINT_SIZE: u64 = 1 << 20;
+/// A log entry pond writes holds one commit's few actions (a compaction's: ten removes and an
+/// add), a few kilobytes: far below this. Entries are read whole into memory.
+pub const MAX_LOG_ENTRY_SIZE: u64 = 16 << 20;
+/// A checkpoint holds a row per active data file and per removal still remembered: a pond's is tens
+/// of kilobytes, and one of a million rows far below this.
+pub const MAX_CHECKPOINT_SIZE: u64 = 256 << 20;
 const PARQUET: &str = ".parquet";
 
 /// What a pond's layout holds, for messages that refuse a name outside it.
@@ -123,6 +129,19 @@ impl PondFile {
     /// Where this file lives under a local root.
     pub fn local_path(&self, root: &Path) -> PathBuf {
         root.join(self.name())
+    }
+
+    /// The most bytes a file of this kind may hold for pond to fetch it: log entries, checkpoints
+    /// and the hint are read whole (or decoded whole) and far smaller than their caps; objects and
+    /// data files are streamed to disk and checked against their hashes, bounded only by the
+    /// size listed for them.
+    pub fn max_size(&self) -> Option<u64> {
+        match self {
+            PondFile::Log(_) => Some(MAX_LOG_ENTRY_SIZE),
+            PondFile::Checkpoint(_) => Some(MAX_CHECKPOINT_SIZE),
+            PondFile::LastCheckpoint => Some(MAX_LAST_CHECKPOINT_SIZE),
+            PondFile::Object(_) | PondFile::Pack(_) | PondFile::Data(_) => None,
+        }
     }
 }
 

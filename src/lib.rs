@@ -7,5 +7,8 @@ pub mod fuse;
 pub mod large_files;
 pub mod layout;
 pub mod oplog;
+pub mod os_error;
+pub mod parquet_bounds;
+pub mod private_fs;
 pub mod remote_mount;
 pub mod replica;

@@ -1,5 +1,8 @@
 //! Crashes and damage (the SIGKILL loop is in crash_loop.rs): objects orphaned between write and
-//! commit, a corrupt chunk (EIO, never wrong bytes; named by verify), and bad input on the command line.
+//! commit, a corrupt chunk (EIO, never wrong bytes; named by verify), bad input on the command line,
+//! and what a power cut leaves of a checkpoint (opens fall back to the JSON log; fsync order).
+
+use std::path::Path;
 
 use pond::large_files::LargeFileStore;
 use pond::oplog::ROOT_INO;
@@ -127,4 +130,160 @@ fn bad_input_gets_a_one_line_error_and_exit_2_never_a_panic() {
     assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
     let v = crate::common::pond(&["verify", pond.path()]);
     assert_eq!(v.status.code(), Some(1), "verify reports a corrupt log entry as damage");
+}
+
+/// A pond with files `f0..f54`, one commit each: past its first checkpoint (version 49), with a
+/// `_last_checkpoint` naming it.
+fn pond_past_a_checkpoint() -> TestPond {
+    let pond = TestPond::new();
+    let fs = pond.open();
+    for i in 0..55 {
+        write_file(&fs, ROOT_INO, &format!("f{i}"), &pattern(100 + i, i as u64));
+        fs.sync_all().unwrap();
+    }
+    fs.shutdown().unwrap();
+    assert!(pond.root.join("_delta_log/00000000000000000049.checkpoint.parquet").exists());
+    assert!(pond.root.join("_delta_log/_last_checkpoint").exists());
+    pond
+}
+
+fn names_listed(out: &std::process::Output) -> usize {
+    String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.contains(" f")).count()
+}
+
+#[test]
+fn a_torn_checkpoint_or_hint_falls_back_to_the_json_log_and_every_open_works() {
+    let base = pond_past_a_checkpoint();
+    let checkpoint = "_delta_log/00000000000000000049.checkpoint.parquet";
+    let hint = "_delta_log/_last_checkpoint";
+    let full = std::fs::read(base.root.join(checkpoint)).unwrap();
+    // What a power cut leaves of a file written without fsync: nothing, or a part.
+    let damages: [(&str, &str, Option<Vec<u8>>); 5] = [
+        ("an empty checkpoint", checkpoint, Some(Vec::new())),
+        ("a checkpoint cut in half", checkpoint, Some(full[..full.len() / 2].to_vec())),
+        ("a hint naming a checkpoint that never landed", checkpoint, None),
+        ("an empty hint", hint, Some(Vec::new())),
+        ("a hint cut short", hint, Some(b"{\"version\":4".to_vec())),
+    ];
+    let at_50 = names_listed(&crate::common::pond(&["ls", base.path(), "--version", "50"]));
+    for (what, file, bytes) in damages {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("pond");
+        let copied = std::process::Command::new("cp").arg("-a").arg(&base.root).arg(&root).status().unwrap();
+        assert!(copied.success());
+        match bytes {
+            Some(b) => std::fs::write(root.join(file), b).unwrap(),
+            None => std::fs::remove_file(root.join(file)).unwrap(),
+        }
+        let p = root.to_str().unwrap();
+        let ls = crate::common::pond(&["ls", p]);
+        assert!(ls.status.success(), "{what}: pond ls opens: {}", crate::common::describe(&ls));
+        assert_eq!(names_listed(&ls), 55, "{what}: every file listed");
+        let old = crate::common::pond(&["ls", p, "--version", "50"]);
+        assert!(old.status.success(), "{what}: an older version opens: {}", crate::common::describe(&old));
+        assert_eq!(names_listed(&old), at_50, "{what}: version 50 as it was");
+        {
+            let m = Mounted::new(&root, &dir.path().join("mnt"), &["ro"]);
+            assert_eq!(std::fs::read_dir(m.path("")).unwrap().count(), 55, "{what}: a read-only mount lists");
+            assert_eq!(std::fs::read(m.path("f7")).unwrap(), pattern(107, 7), "{what}: and reads");
+        }
+        let verify = crate::common::pond(&["verify", p]);
+        if file == checkpoint && root.join(checkpoint).exists() {
+            assert_eq!(
+                verify.status.code(),
+                Some(1),
+                "{what}: verify reports it: {}",
+                crate::common::describe(&verify)
+            );
+            assert!(String::from_utf8_lossy(&verify.stdout).contains(checkpoint.trim_start_matches("_delta_log/")));
+        }
+        // A replica leaves out what does not read, and restores.
+        let remote = dir.path().join("remote");
+        let replicated = crate::common::pond(&["replicate", p, remote.to_str().unwrap()]);
+        assert!(replicated.status.success(), "{what}: replicate: {}", crate::common::describe(&replicated));
+        let restored = dir.path().join("restored");
+        let restore = crate::common::pond(&["restore", remote.to_str().unwrap(), restored.to_str().unwrap()]);
+        assert!(restore.status.success(), "{what}: restore: {}", crate::common::describe(&restore));
+        assert_eq!(names_listed(&crate::common::pond(&["ls", restored.to_str().unwrap()])), 55, "{what}: restored");
+        // A writer opens too, commits, and checkpoints again at once, so later opens need not replay.
+        let fs = pond::fs::PondFs::open(&root, pond::fs::FsOptions::default()).expect("a writer opens");
+        write_file(&fs, ROOT_INO, "after", b"written after the power cut");
+        fs.shutdown().unwrap();
+        let newest = pond::oplog::history::checkpoint_versions(&root).unwrap().last().copied();
+        assert!(newest > Some(49), "{what}: a fresh checkpoint after the first commit ({newest:?})");
+        let cat = crate::common::pond(&["cat", p, "after"]);
+        assert_eq!(cat.stdout, b"written after the power cut", "{what}: {}", crate::common::describe(&cat));
+    }
+}
+
+/// Set in the child run of the strace test: the directory to make a pond in.
+const STRACE_CHILD: &str = "POND_TEST_STRACE_CHILD";
+
+/// The fsync, rename and link calls of a pond made and committed past its first checkpoint, through the
+/// library, as `strace -f -y` logs them: the test `name` runs itself again under strace, and
+/// `in_child` says whether this is that run (then it has made the pond, and there is no trace).
+fn traced_commits(name: &str) -> Option<Vec<String>> {
+    if let Some(dir) = std::env::var_os(STRACE_CHILD) {
+        let root = Path::new(&dir).join("pond");
+        let rt = crate::common::runtime();
+        rt.block_on(async {
+            let mut oplog = pond::oplog::Oplog::create(&root, pond::config::Threshold::default()).await.unwrap();
+            for i in 0..50u64 {
+                let row = pond::oplog::schema::OplogRow::Dirent {
+                    parent: ROOT_INO,
+                    name: format!("n{i}").into_bytes(),
+                    seq: 100 + i,
+                    child: None,
+                };
+                let summary = pond::oplog::CommitSummary { operation: "test", files_changed: 0, bytes: 0 };
+                oplog.commit_batch(vec![row], summary).await.unwrap();
+            }
+        });
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("trace");
+    let out = std::process::Command::new("strace")
+        .args(["-f", "-qq", "-y", "-e", "trace=fsync,fdatasync,rename,renameat,renameat2,link,linkat", "-o"])
+        .arg(&trace)
+        .arg(std::env::current_exe().unwrap())
+        .args([name, "--exact", "--test-threads=1"])
+        .env(STRACE_CHILD, dir.path())
+        .output()
+        .expect("strace (apt-get install strace)");
+    assert!(out.status.success(), "the traced child: {}", crate::common::describe(&out));
+    Some(std::fs::read_to_string(&trace).unwrap().lines().map(str::to_string).collect())
+}
+
+#[test]
+fn the_first_log_entry_of_a_new_pond_is_fsynced_with_its_directory() {
+    let Some(lines) = traced_commits("crash::the_first_log_entry_of_a_new_pond_is_fsynced_with_its_directory") else {
+        return;
+    };
+    let first = lines.iter().position(|l| l.contains("fsync(") && l.contains("/00000000000000000000.json>"));
+    // Log entries land by a hard link (a rename that never replaces).
+    let second = lines.iter().position(|l| l.contains("link") && l.contains("/00000000000000000001.json\""));
+    assert!(first.is_some_and(|f| second.is_some_and(|s| f < s)), "version 0 fsynced before version 1 lands");
+    let dir = lines.iter().position(|l| l.contains("fsync(") && l.ends_with("/_delta_log>) = 0"));
+    assert!(dir.is_some_and(|d| second.is_some_and(|s| d < s)), "and its directory");
+}
+
+#[test]
+fn a_checkpoint_and_its_hint_are_each_fsynced_with_their_directory_before_the_next_is_written() {
+    let name = "crash::a_checkpoint_and_its_hint_are_each_fsynced_with_their_directory_before_the_next_is_written";
+    let Some(lines) = traced_commits(name) else { return };
+    let first = |what: &str, test: &dyn Fn(&str) -> bool| {
+        lines.iter().position(|l| test(l)).unwrap_or_else(|| panic!("no {what} in the trace"))
+    };
+    let checkpoint = "00000000000000000049.checkpoint.parquet";
+    let renamed = |name: &'static str| move |l: &str| l.contains("rename") && l.contains(&format!("/{name}\""));
+    let synced = |name: &'static str| move |l: &str| l.contains("fsync(") && l.contains(&format!("/{name}>"));
+    let landed = first("rename of the checkpoint into place", &renamed(checkpoint));
+    let durable = first("fsync of the checkpoint", &synced(checkpoint));
+    let hint_landed = first("rename of _last_checkpoint into place", &renamed("_last_checkpoint"));
+    let hint_durable = first("fsync of _last_checkpoint", &synced("_last_checkpoint"));
+    let dir_synced = |after: usize| lines[after..].iter().position(|l| synced("_delta_log")(l)).map(|i| i + after);
+    assert!(landed < durable, "the checkpoint is fsynced after it lands");
+    assert!(dir_synced(durable).is_some_and(|d| d < hint_landed), "then its directory, before the hint is written");
+    assert!(hint_landed < hint_durable && dir_synced(hint_durable).is_some(), "then the hint and the directory again");
 }

@@ -306,3 +306,56 @@ fn a_reader_with_cached_pages_sees_what_a_write_only_handle_writes() {
         assert_same_bytes(&std::fs::read(&path).unwrap(), &want, &format!("{name}: a new open"));
     }
 }
+
+/// `getxattr(name)` through the kernel: the value, or the errno.
+fn get_xattr(path: &std::path::Path, name: &str) -> Result<Vec<u8>, i32> {
+    use std::os::unix::ffi::OsStrExt;
+    let p = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    let n = std::ffi::CString::new(name).unwrap();
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: NUL-terminated strings and a buffer of the length given.
+    let len = unsafe { libc::getxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if len < 0 {
+        return Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0));
+    }
+    buf.truncate(len as usize);
+    Ok(buf)
+}
+
+#[test]
+fn ls_l_asks_the_daemon_for_acls_and_labels_once_per_mount_not_once_per_file() {
+    let pond = TestPond::new();
+    let mnt = pond.scratch("mnt");
+    let m = Mounted::new(&pond.root, &mnt, &[]);
+    std::fs::create_dir(m.path("d")).unwrap();
+    for i in 0..60 {
+        std::fs::write(m.path(&format!("d/f{i}")), b"x").unwrap();
+    }
+    set_xattr(&m.path("d/f7"), "user.kept", b"yes");
+    set_xattr(&m.path("d/f8"), "security.selinux", b"system_u:object_r:tmp_t:s0");
+    m.unmount();
+    let log = pond.scratch("logs").join("debug.log");
+    let log_opt = format!("log={}", log.display());
+    // The daemon logs each request at debug level (RUST_LOG, given to it alone).
+    let mount = std::process::Command::new(crate::common::pond_bin())
+        .args(["mount", pond.path(), mnt.to_str().unwrap(), "-o", &log_opt])
+        .env("RUST_LOG", "pond=debug")
+        .output()
+        .unwrap();
+    assert!(mount.status.success(), "mount: {}", crate::common::describe(&mount));
+    let m = Mounted { mountpoint: mnt.clone(), pond: pond.root.clone() };
+    let ls = std::process::Command::new("ls").arg("-lR").arg(&mnt).output().unwrap();
+    assert!(ls.status.success(), "ls -lR: {}", String::from_utf8_lossy(&ls.stderr));
+    // ACLs and unset labels are "not supported"; user attributes and set labels still read.
+    assert_eq!(get_xattr(&m.path("d/f1"), "system.posix_acl_access"), Err(libc::EOPNOTSUPP));
+    assert_eq!(get_xattr(&m.path("d/f1"), "security.selinux"), Err(libc::EOPNOTSUPP));
+    assert_eq!(get_xattr(&m.path("d/f8"), "security.selinux").unwrap(), b"system_u:object_r:tmp_t:s0");
+    assert_eq!(get_xattr(&m.path("d/f7"), "user.kept").unwrap(), b"yes");
+    assert_eq!(get_xattr(&m.path("d/f1"), "user.none"), Err(libc::ENODATA));
+    m.unmount();
+    let text = std::fs::read_to_string(&log).unwrap();
+    let asked = text.lines().filter(|l| l.contains("getxattr ino=")).count();
+    // Before: two per file listed (120 and more); now the first answers settle it for ls, and the
+    // five asked directly above.
+    assert!(asked <= 12, "ls -lR of 60 files asked the daemon {asked} getxattr questions");
+}

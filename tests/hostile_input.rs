@@ -49,7 +49,9 @@ use pond::layout::PondFile;
 use pond::oplog::datafile::{self, InlineReader};
 use pond::oplog::schema::{Content, OplogRow};
 use pond::oplog::{Oplog, ROOT_INO, history};
+use pond::parquet_bounds::check_parquet;
 
+use crate::common::parquet_craft::{Crafted, parquet_file, zstd_zeros};
 use crate::common::rng::Rng;
 use crate::common::sizes::{C, T};
 use crate::common::{ME, pattern, pond_bin, runtime, soak};
@@ -249,6 +251,9 @@ fn tree_digest(root: &Path) -> BTreeMap<String, String> {
                 walk(root, &path, out);
             } else if meta.file_type().is_symlink() {
                 out.insert(rel, format!("symlink {:?}", std::fs::read_link(&path).ok()));
+            } else if !meta.is_file() {
+                // A FIFO would block a read.
+                out.insert(rel, format!("special {:?}", meta.file_type()));
             } else {
                 let bytes = std::fs::read(&path).unwrap_or_default();
                 out.insert(rel, format!("{} bytes {}", bytes.len(), blake3::hash(&bytes)));
@@ -349,6 +354,37 @@ enum Mutation {
     Foreign {
         name: String,
     },
+    /// The file copied to the log entry of a far version: versions that do not follow one another.
+    FarVersion {
+        version: u64,
+    },
+    /// The file grown, sparse, to `len` bytes: past what a file of its kind may hold.
+    Sparse {
+        len: u64,
+    },
+    /// The file replaced by a parquet file that claims too much (see `common::parquet_craft`).
+    Crafted(Crafted),
+    /// The file (or directory) moved out of the remote, a symbolic link to it left in its place.
+    Link,
+    /// The file replaced by a FIFO (opening one for reading blocks).
+    Fifo,
+    /// Directory entries committed into the table that make its directories not a tree.
+    NotATree(NotATreeEdit),
+}
+
+/// A parquet file no honest writer writes, for a data file or a checkpoint to be replaced by.
+fn crafted(rng: &mut Rng) -> Crafted {
+    match rng.below(5) {
+        // Wider than any pond schema (and nested deeper than parquet's recursion survives).
+        0 => Crafted { depth: 100_000 + rng.below(100_000), no_row_group: true, ..Crafted::default() },
+        // Nested a little deeper than a pond file's schema may be.
+        1 => Crafted { depth: 5 + rng.below(30), ..Crafted::default() },
+        2 => {
+            Crafted { root_children: Some(i32::MAX - rng.below(1000) as i32), no_row_group: true, ..Crafted::default() }
+        }
+        3 => Crafted { claim_uncompressed: Some(i32::MAX), zstd_bomb: true, ..Crafted::default() },
+        _ => Crafted { claim_uncompressed: Some(i32::MAX - rng.below(1000) as i32), ..Crafted::default() },
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -811,6 +847,30 @@ fn apply(root: &Path, file: &Path, m: &Mutation) {
             let _ = std::fs::write(p, b"PAR1 not part of any pond PAR1");
             return;
         }
+        Mutation::FarVersion { version } => {
+            let _ = std::fs::copy(file, root.join(format!("_delta_log/{version:020}.json")));
+            return;
+        }
+        Mutation::Sparse { len } => {
+            let _ = std::fs::OpenOptions::new().write(true).open(file).and_then(|f| f.set_len(*len));
+            return;
+        }
+        Mutation::Crafted(c) => b = parquet_file(c),
+        Mutation::Link => {
+            // Outside: beside the pond or remote, in `outside/`, under the same relative name.
+            let rel = file.strip_prefix(root).expect("under root");
+            let away = root.parent().expect("a parent").join("outside").join(rel);
+            std::fs::create_dir_all(away.parent().expect("a parent")).expect("outside dir");
+            std::fs::rename(file, &away).expect("move out");
+            std::os::unix::fs::symlink(&away, file).expect("symlink");
+            return;
+        }
+        Mutation::Fifo => {
+            let _ = std::fs::remove_file(file);
+            nix::unistd::mkfifo(file, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("mkfifo");
+            return;
+        }
+        Mutation::NotATree(edit) => return break_the_tree(root, *edit),
     }
     std::fs::write(file, b).expect("write mutated file");
 }
@@ -850,6 +910,7 @@ fn mutate(rng: &mut Rng, root: &Path, kinds: &[FileKind], checkpoint: u64) -> Ve
             FileKind::LogEntry | FileKind::LastCheckpoint if rng.chance(75) => {
                 Mutation::Json(json_edit(rng, &std::fs::read_to_string(&file).unwrap_or_default()))
             }
+            FileKind::Data | FileKind::Checkpoint if rng.chance(10) => Mutation::Crafted(crafted(rng)),
             FileKind::Data | FileKind::Checkpoint if rng.chance(40) => {
                 value_mutation(rng, &file, &hashes).unwrap_or(Mutation::FlipBits { at: offset(rng, len), mask: 4 })
             }
@@ -873,6 +934,11 @@ struct Run {
 /// Run `pond args` with stdout and stderr in files under `scratch`, under the address-space limit,
 /// killed after [`CASE_TIMEOUT`] (then `status` is None).
 fn run_pond(args: &[OsString], scratch: &Path) -> Run {
+    run_pond_within(args, scratch, ADDRESS_SPACE)
+}
+
+/// [`run_pond`] under an address-space limit of `address_space` bytes.
+fn run_pond_within(args: &[OsString], scratch: &Path, address_space: u64) -> Run {
     let (out_path, err_path) = (scratch.join("stdout"), scratch.join("stderr"));
     // Temporary files (verify URL fetches into one) go here, so a leftover is seen.
     let tmp = scratch.join("tmp");
@@ -885,7 +951,7 @@ fn run_pond(args: &[OsString], scratch: &Path) -> Run {
         .stderr(std::fs::File::create(&err_path).expect("stderr file"));
     // SAFETY: only async-signal-safe calls (setrlimit) between fork and exec.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             let limit = |res, value: u64| {
                 let lim = libc::rlimit { rlim_cur: value, rlim_max: value };
                 if libc::setrlimit(res, &lim) != 0 {
@@ -893,7 +959,7 @@ fn run_pond(args: &[OsString], scratch: &Path) -> Run {
                 }
                 Ok(())
             };
-            limit(libc::RLIMIT_AS, ADDRESS_SPACE)?;
+            limit(libc::RLIMIT_AS, address_space)?;
             limit(libc::RLIMIT_CORE, 0)
         });
     }
@@ -1038,7 +1104,14 @@ fn local_case(tally: &mut Tally, target: &str, kinds: &[FileKind], seed: u64) {
     let pond = dir.path().join("pond");
     copy_tree(&b.pond, &pond);
     let mut rng = Rng::new(seed);
-    let mutations = mutate(&mut rng, &pond, kinds, b.checkpoint);
+    let mut mutations = Vec::new();
+    if kinds.contains(&FileKind::Data) && rng.chance(10) {
+        // First, while the table still opens: a version whose directories are not a tree.
+        let m = Mutation::NotATree(*rng.one_of(&NOT_A_TREE_EDITS));
+        apply(&pond, &pond, &m);
+        mutations.push(describe(&m));
+    }
+    mutations.extend(mutate(&mut rng, &pond, kinds, b.checkpoint));
     tally.cases += 1;
     tally.faults += mutations.len() as u64;
     let case = format!("[{target} seed={seed:#x}] {}", mutations.join("; "));
@@ -1111,7 +1184,47 @@ fn restore_case(tally: &mut Tally, seed: u64) {
         FileKind::Data,
         FileKind::Object,
     ];
-    let mut mutations = mutate(&mut rng, &remote, &kinds, b.checkpoint);
+    let mut mutations = Vec::new();
+    if rng.chance(8) {
+        // First, while the table still opens: a version whose directories are not a tree.
+        let m = Mutation::NotATree(*rng.one_of(&NOT_A_TREE_EDITS));
+        apply(&remote, &remote, &m);
+        mutations.push(describe(&m));
+    }
+    mutations.extend(mutate(&mut rng, &remote, &kinds, b.checkpoint));
+    // What a remote may lie about beyond its files' bytes (issue 12): versions that do not follow
+    // one another, sizes past a kind's cap, links out of it and FIFOs in it.
+    let rel = |p: &Path| p.strip_prefix(&remote).expect("under the remote").to_string_lossy().into_owned();
+    if rng.chance(8) {
+        let version = *rng.one_of(&[b.latest + 2, 10_000_000_000, u64::MAX]);
+        let m = Mutation::FarVersion { version };
+        let entry = rng.one_of(&files_of(&remote, FileKind::LogEntry)).clone();
+        apply(&remote, &entry, &m);
+        mutations.push(format!("{} <- {}", rel(&entry), describe(&m)));
+    }
+    if rng.chance(8) {
+        let (kind, cap) = *rng.one_of(&[
+            (FileKind::LogEntry, pond::layout::MAX_LOG_ENTRY_SIZE),
+            (FileKind::Checkpoint, pond::layout::MAX_CHECKPOINT_SIZE),
+        ]);
+        if let Some(file) = rng.pick(&files_of(&remote, kind)).cloned() {
+            let m = Mutation::Sparse { len: cap + 1 + rng.below(4096) as u64 };
+            apply(&remote, &file, &m);
+            mutations.push(format!("{} <- {}", rel(&file), describe(&m)));
+        }
+    }
+    if rng.chance(8) {
+        let m = if rng.chance(70) { Mutation::Link } else { Mutation::Fifo };
+        let kind = *rng.one_of(&kinds);
+        let mut targets: Vec<PathBuf> = files_of(&remote, kind);
+        if matches!(m, Mutation::Link) {
+            targets.extend([remote.join("_large_files"), remote.join("_delta_log")]);
+        }
+        if let Some(target) = rng.pick(&targets).cloned().filter(|t| t.exists()) {
+            apply(&remote, &target, &m);
+            mutations.push(format!("{} <- {}", rel(&target), describe(&m)));
+        }
+    }
     if rng.chance(5) {
         // A hint the size of a data file: read whole, so refused before it is read.
         let m = Mutation::Append { len: 2 << 20, seed: rng.next() };
@@ -1134,6 +1247,8 @@ fn restore_case(tally: &mut Tally, seed: u64) {
     tally.faults += mutations.len() as u64;
     let case = format!("[{part} seed={seed:#x}] {}", mutations.join("; "));
     let remote_before = tree_digest(&remote);
+    let outside = dir.path().join("outside");
+    let outside_before = tree_digest(&outside);
     let out = dir.path().join("out");
     std::fs::create_dir(&out).expect("out dir");
     let target = out.join("new");
@@ -1163,6 +1278,10 @@ fn restore_case(tally: &mut Tally, seed: u64) {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     top.sort();
+    top.retain(|n| n != "outside");
+    if tree_digest(&outside) != outside_before {
+        tally.failures.push(format!("{case}\n    written through a link, outside the remote"));
+    }
     let tmp_left = std::fs::read_dir(dir.path().join("tmp")).map(|d| d.count()).unwrap_or(0);
     if top != ["out", "remote", "stderr", "stdout", "tmp"] || tmp_left != 0 {
         tally.failures.push(format!("{case}\n    written beside the target: {top:?}, {tmp_left} entries in TMPDIR"));
@@ -1956,4 +2075,228 @@ fn absurd_attributes_show_or_fail_but_never_bring_the_daemon_down() {
         }
     }
     tally.finish(part);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Parquet files that claim more than any pond writes (issue 12, item 3)
+
+/// The active data files of the pond at `root`, relative to it.
+fn active_data_files(root: &Path) -> Vec<String> {
+    let oplog = runtime().block_on(Oplog::open(root, None)).expect("open the pond");
+    oplog.data_files().expect("data files").into_iter().map(|(p, _)| p.to_string()).collect()
+}
+
+#[test]
+fn a_crafted_parquet_file_within_bounds_passes_the_check_and_decodes() {
+    // The crafting is right: what the hostile cases below change is the only thing wrong with them.
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("ok.parquet");
+    std::fs::write(&path, parquet_file(&Crafted { depth: 3, ..Crafted::default() })).expect("write");
+    let file = std::fs::File::open(&path).expect("open");
+    check_parquet(&file, &datafile::DATA_FILE_LIMITS).expect("a small honest file passes");
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file).expect("parquet reads it").build().expect("reader");
+    let rows: usize = reader.map(|b| b.expect("batch").num_rows()).sum();
+    assert_eq!(rows, 3);
+}
+
+/// Replace the first active data file of a copy of the base pond by `crafted`, then run `ls`, `cat`
+/// and `verify` on it under `address_space`: each must end in a clear error naming `expect`.
+fn readers_refuse_a_crafted_data_file(crafted: &Crafted, address_space: u64, expect: &str) {
+    let b = base();
+    let dir = tempfile::tempdir().expect("dir");
+    let pond = dir.path().join("pond");
+    copy_tree(&b.pond, &pond);
+    let victim = active_data_files(&pond).remove(0);
+    std::fs::write(pond.join(&victim), parquet_file(crafted)).expect("replace the data file");
+    for (args, want) in [
+        (vec![os("ls"), os(&pond)], Verdict::Error),
+        (vec![os("cat"), os(&pond), os(&b.files[0])], Verdict::Error),
+        (vec![os("verify"), os(&pond)], Verdict::Damage),
+    ] {
+        let run = run_pond_within(&args, dir.path(), address_space);
+        let what = format!("pond {:?} with {victim} crafted as {crafted:?}", args[0]);
+        assert_eq!(judge(&run, true), Ok(want), "{what}: {}", run.stderr);
+        let said = format!("{}{}", run.stderr, String::from_utf8_lossy(&run.stdout));
+        assert!(said.contains(expect) && said.contains(&victim), "{what} names the file and why: {said}");
+    }
+}
+
+#[test]
+fn a_schema_nested_a_million_groups_deep_is_refused_before_parquet_builds_it() {
+    // parquet builds the schema tree by recursion, one frame per level: this overflows the stack.
+    // Refused for its width first (a million elements); within the width, for its depth.
+    let deep = Crafted { depth: 1_000_000, no_row_group: true, ..Crafted::default() };
+    readers_refuse_a_crafted_data_file(&deep, ADDRESS_SPACE, "its schema has 1000002 elements");
+    let deeper_than_pond = Crafted { depth: 50, ..Crafted::default() };
+    readers_refuse_a_crafted_data_file(&deeper_than_pond, ADDRESS_SPACE, "its schema nests groups 5 deep");
+}
+
+#[test]
+fn a_group_claiming_two_billion_children_is_refused_before_parquet_reserves_them() {
+    // parquet reserves a slot per claimed child before reading any: 16 GiB here.
+    let wide = Crafted { root_children: Some(i32::MAX), no_row_group: true, ..Crafted::default() };
+    readers_refuse_a_crafted_data_file(&wide, ADDRESS_SPACE, "a group claims more children than follow it");
+}
+
+#[test]
+fn a_page_inflating_to_two_gib_is_refused_before_it_is_decoded() {
+    // 64 KB of zstd that decodes to 2 GiB of zeros, exactly as its header claims: decoding it would
+    // need 2 GiB, so under a 1 GiB address space a reader that tries aborts.
+    let bomb = Crafted { claim_uncompressed: Some(i32::MAX), zstd_bomb: true, ..Crafted::default() };
+    readers_refuse_a_crafted_data_file(
+        &bomb,
+        1 << 30,
+        &format!("claims {} bytes stored and {} decoded", zstd_zeros(i32::MAX as u64).len(), i32::MAX),
+    );
+}
+
+#[test]
+fn a_large_object_with_a_page_inflating_to_two_gib_is_refused_before_it_is_decoded() {
+    // The same bomb in place of every large object: the store checks a file's footer and the pages
+    // parquet will decode before it reads an object's chunk hashes.
+    let b = base();
+    let dir = tempfile::tempdir().expect("dir");
+    let pond = dir.path().join("pond");
+    copy_tree(&b.pond, &pond);
+    let bomb = Crafted { claim_uncompressed: Some(i32::MAX), zstd_bomb: true, ..Crafted::default() };
+    let objects: Vec<PathBuf> = std::fs::read_dir(pond.join("_large_files"))
+        .expect("the store")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "parquet"))
+        .collect();
+    assert!(!objects.is_empty(), "the base pond has large objects");
+    for object in &objects {
+        std::fs::write(object, parquet_file(&bomb)).expect("replace the object");
+    }
+    let expect = format!("claims {} bytes stored and {} decoded", zstd_zeros(i32::MAX as u64).len(), i32::MAX);
+    let verify = run_pond_within(&[os("verify"), os(&pond)], dir.path(), 1 << 30);
+    assert_eq!(judge(&verify, true), Ok(Verdict::Damage), "verify: {}", verify.stderr);
+    assert!(String::from_utf8_lossy(&verify.stdout).contains(&expect), "verify says why: {:?}", verify.stdout);
+    let mut refused = 0;
+    for file in &b.files {
+        let cat = run_pond_within(&[os("cat"), os(&pond), os(file)], dir.path(), 1 << 30);
+        match judge(&cat, false) {
+            Ok(Verdict::Ok) => {}
+            Ok(Verdict::Error) if cat.stderr.contains(&expect) => refused += 1,
+            other => panic!("pond cat {file}: {other:?}: {}", cat.stderr),
+        }
+    }
+    assert!(refused > 0, "some file of the base pond is large, and reading it is refused");
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Directories that do not form a tree (issue 12, item 4)
+
+/// Ways to make a pond's directories not a tree, committed as directory entries straight into its
+/// table (what a forged or damaged replica could hold).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum NotATreeEdit {
+    /// `d` gets an entry naming `d`.
+    InsideItself,
+    /// A new directory `x` inside `d` gets an entry naming `d`: a mount's rename into `d` walked
+    /// `d`, `x`, `d`, ... for ever, holding the tree's lock.
+    ThroughAChild,
+    /// `d` gets an entry naming the root.
+    NamesTheRoot,
+    /// `d` leaves the root for a new directory `x` that sits inside `d`: reachable from nowhere.
+    Unreachable,
+}
+
+const NOT_A_TREE_EDITS: [NotATreeEdit; 4] =
+    [NotATreeEdit::InsideItself, NotATreeEdit::ThroughAChild, NotATreeEdit::NamesTheRoot, NotATreeEdit::Unreachable];
+
+/// Apply `edit` to the pond (or directory remote) at `root` as one new version.
+fn break_the_tree(root: &Path, edit: NotATreeEdit) {
+    use pond::oplog::CommitSummary;
+    runtime().block_on(async {
+        let mut oplog = Oplog::open(root, None).await.expect("open the table");
+        let loaded = oplog.load().expect("load its rows");
+        let d = loaded
+            .rows
+            .iter()
+            .find_map(|r| match r {
+                OplogRow::Dirent { parent: ROOT_INO, name, child: Some(c), .. } if name == b"d" => Some(*c),
+                _ => None,
+            })
+            .expect("directory d");
+        let d_data = loaded
+            .rows
+            .iter()
+            .find_map(|r| match r {
+                OplogRow::Node { ino, data: Some(data), .. } if *ino == d => Some(data.clone()),
+                _ => None,
+            })
+            .expect("d's node");
+        let mut seq = loaded.max_seq;
+        let mut next = || {
+            seq += 1;
+            seq
+        };
+        let entry = |parent: u64, name: &str, seq: u64, child: Option<u64>| OplogRow::Dirent {
+            parent,
+            name: name.as_bytes().to_vec(),
+            seq,
+            child,
+        };
+        let rows = match edit {
+            NotATreeEdit::InsideItself => vec![entry(d, "itself", next(), Some(d))],
+            NotATreeEdit::ThroughAChild => {
+                let x = loaded.max_ino + 1;
+                vec![
+                    OplogRow::Node { ino: x, seq: next(), data: Some(d_data) },
+                    entry(d, "x", next(), Some(x)),
+                    entry(x, "back", next(), Some(d)),
+                ]
+            }
+            NotATreeEdit::NamesTheRoot => vec![entry(d, "up", next(), Some(ROOT_INO))],
+            NotATreeEdit::Unreachable => {
+                let x = loaded.max_ino + 1;
+                vec![
+                    OplogRow::Node { ino: x, seq: next(), data: Some(d_data) },
+                    entry(ROOT_INO, "d", next(), None),
+                    entry(d, "x", next(), Some(x)),
+                    entry(x, "d", next(), Some(d)),
+                ]
+            }
+        };
+        let summary = CommitSummary { operation: "hostile", files_changed: 0, bytes: 0 };
+        oplog.commit_batch(rows, summary).await.expect("commit the edit");
+    });
+}
+
+#[test]
+fn directories_that_are_not_a_tree_are_refused_by_mount_ls_and_cat_and_named_by_verify() {
+    crate::common::require_fuse();
+    let b = base();
+    for edit in NOT_A_TREE_EDITS {
+        let dir = tempfile::tempdir().expect("dir");
+        let pond = dir.path().join("pond");
+        copy_tree(&b.pond, &pond);
+        break_the_tree(&pond, edit);
+        let p = os(&pond);
+        for args in [vec![os("ls"), p.clone()], vec![os("ls"), p.clone(), os("d")], vec![os("cat"), p.clone(), os("a")]]
+        {
+            let run = run_pond(&args, dir.path());
+            assert_eq!(judge(&run, false), Ok(Verdict::Error), "{edit:?}: pond {:?}: {}", args[0], run.stderr);
+            assert!(run.stderr.contains("do not form a tree"), "{edit:?}: says why: {}", run.stderr);
+        }
+        let run = run_pond(&[os("verify"), p.clone()], dir.path());
+        assert_eq!(judge(&run, true), Ok(Verdict::Damage), "{edit:?}: verify: {}", run.stderr);
+        assert!(String::from_utf8_lossy(&run.stdout).contains("not a tree"), "{edit:?}: verify names it");
+        // A mount is refused at once, read-write or not: nothing for a rename to go round in.
+        let mnt = dir.path().join("mnt");
+        std::fs::create_dir(&mnt).expect("mountpoint");
+        let _unmount = Unmount(mnt.clone());
+        for opts in [None, Some("ro")] {
+            let mut args = vec![os("mount"), p.clone(), os(&mnt)];
+            args.extend(opts.map(|o| [os("-o"), os(o)]).into_iter().flatten());
+            let run = run_pond(&args, dir.path());
+            assert_eq!(judge(&run, false), Ok(Verdict::Error), "{edit:?}: mount {opts:?}: {}", run.stderr);
+            assert!(!crate::common::is_mounted(&mnt), "{edit:?}: nothing mounted");
+        }
+        // The version before the edit still opens.
+        let before = os((b.latest).to_string());
+        let run = run_pond(&[os("ls"), p.clone(), os("--version"), before], dir.path());
+        assert_eq!(judge(&run, false), Ok(Verdict::Ok), "{edit:?}: the version before: {}", run.stderr);
+    }
 }

@@ -794,8 +794,8 @@ fn io_errors_come_back_from_the_writer_and_the_store() {
     assert!(w.is_lost(), "a failed store loses the unsaved changes");
     let source = std::io::Error::from_raw_os_error(libc::ENOSPC);
     let enospc = E::Io { path: "x".into(), source };
-    assert!(enospc.is_enospc() && enospc.raw_os_error() == Some(libc::ENOSPC));
-    assert!(!E::NotFound(b3(b"")).is_enospc());
+    assert!(pond::os_error::is_out_of_space(&enospc) && enospc.raw_os_error() == Some(libc::ENOSPC));
+    assert!(!pond::os_error::is_out_of_space(&E::NotFound(b3(b""))));
     let err = blocked.put_bytes(b"abc").expect_err("must fail");
     assert!(err.io_error().is_some(), "{err}");
 }

@@ -317,11 +317,14 @@ fn strings(v: &[&str]) -> Vec<String> {
 
 /// Every generic option mount.pond drops (and pond itself ignores), as mount(8), fstab and systemd
 /// pass them.
-const GENERIC: &str = "defaults,rw,dev,nodev,suid,nosuid,exec,noexec,auto,noauto,user,users,nouser,owner,group,\
-    _netdev,nofail,async,sync,dirsync,atime,noatime,relatime,norelatime,strictatime,nostrictatime,diratime,nodiratime,\
+const GENERIC: &str = "defaults,rw,auto,noauto,user,users,nouser,owner,group,\
+    _netdev,nofail,atime,noatime,relatime,norelatime,strictatime,nostrictatime,diratime,nodiratime,\
     lazytime,nolazytime,iversion,noiversion,mand,nomand,silent,loud,default_permissions,x-systemd.automount,\
     x-systemd.idle-timeout=1min,x-whatever,comment=systemd.x,context=x,fscontext=x,defcontext=x,rootcontext=x,\
     helper=pond,uhelper=pond";
+
+/// The options the kernel enforces: mount.pond passes them on, pond makes them take effect.
+const ENFORCED: &str = "exec,noexec,suid,nosuid,dev,nodev,async,sync,dirsync";
 
 #[test]
 fn helper_keeps_ponds_options_and_drops_the_generic_ones() {
@@ -348,6 +351,8 @@ fn helper_keeps_ponds_options_and_drops_the_generic_ones() {
         // ... unless sloppy.
         (&["P", "D", "-s", "-o", "treshold=1,allow_other"], &["mount", "P", "D", "-o", "allow_other"]),
         (&["P", "D", "-sv", "-o", "treshold=1"], &["mount", "P", "D"]),
+        // What the kernel enforces goes through, in order (the last of a pair wins in pond).
+        (&["P", "D", "-o", &format!("{generic},{ENFORCED}")], &["mount", "P", "D", "-o", ENFORCED]),
         // Glob characters in an option are not expanded.
         (&["P", "D", "-o", "log=/*"], &["mount", "P", "D", "-o", "log=/*"]),
     ];
@@ -938,6 +943,38 @@ fn daemon_detaches_and_logs_to_the_named_file() {
     assert!(reap_daemons(&pond.root, None, Duration::from_secs(10)), "a daemon did not exit after pond umount");
     let text = std::fs::read_to_string(pond.root.join("_pond/mount.log")).unwrap();
     assert!(text.contains("mounted"), "default log:\n{text}");
+}
+
+/// Every clean unmount used to log `WARN fuser::session: Failed to umount filesystem: Invalid
+/// argument`: fuser unmounted again what the kernel had unmounted (see `PondFuse::destroy`).
+#[test]
+fn a_clean_mount_write_and_unmount_log_no_warning() {
+    let pond = TestPond::new();
+    let dir = pond.scratch("mnt");
+    let log = pond.root.join("_pond/mount.log");
+    let routes: [(&str, &dyn Fn(i32)); 3] = [
+        ("pond umount", &|_| {
+            pond_ok(&["umount", s(&dir)]);
+        }),
+        ("umount", &|_| {
+            run_ok(Command::new("umount").arg(&dir));
+        }),
+        ("SIGTERM", &|pid| {
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM).unwrap();
+        }),
+    ];
+    for (route, unmount) in routes {
+        let _ = std::fs::remove_file(&log);
+        let _mounted = Mounted::new(&pond.root, &dir, &[]);
+        let pid = daemon_pid(&pond.root);
+        std::fs::write(dir.join("a"), route.as_bytes()).unwrap();
+        unmount(pid);
+        assert!(wait_for_exit(pid, Duration::from_secs(30)), "{route}: the daemon did not exit");
+        let text = std::fs::read_to_string(&log).unwrap();
+        let alarming: Vec<&str> = text.lines().filter(|l| l.contains(" WARN ") || l.contains(" ERROR ")).collect();
+        assert!(alarming.is_empty(), "{route}: a clean unmount logged\n{}", alarming.join("\n"));
+        assert!(text.contains("unmounted"), "{route}: log:\n{text}");
+    }
 }
 
 #[test]

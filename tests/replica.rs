@@ -673,3 +673,286 @@ os._exit(0)  # deltalake's runtime threads may abort a normal interpreter exit
     assert_eq!(got["files"], serde_json::json!(files));
     assert_eq!(got["rows"], serde_json::json!(rows));
 }
+
+// ---------------------------------------------------------------------------------------------------
+// A remote that lies, and copies that stay private (issue 12)
+
+/// A small pond replicated to `remote`; returns its latest version.
+fn pushed_pond(remote: &Path) -> (TestPond, u64) {
+    let src = TestPond::new();
+    {
+        let fs = src.open();
+        write_file(&fs, ROOT_INO, "small", b"small");
+        write_file(&fs, ROOT_INO, "large", &pattern(2 * C + 5, 8));
+        fs.shutdown().unwrap();
+    }
+    push(&src.root, remote);
+    let latest = latest_version(&src.root);
+    (src, latest)
+}
+
+#[test]
+fn restore_refuses_a_log_with_a_gap_before_allocating() {
+    let base = tempfile::tempdir().unwrap();
+    let remote = base.path().join("remote");
+    let (_src, latest) = pushed_pond(&remote);
+    let first = remote.join("_delta_log/00000000000000000000.json");
+    let target = base.path().join("restored");
+    // Two tiny files that once made restore allocate ~400 GB (and u64::MAX overflow): refused from
+    // the listing, before anything is fetched or allocated per version.
+    for far in [10_000_000_000u64, u64::MAX] {
+        let planted = remote.join(format!("_delta_log/{far:020}.json"));
+        std::fs::copy(&first, &planted).unwrap();
+        assert_restore_refused(s(&remote), &target, &format!("jumps from version {latest} to version {far}"));
+        let out = pond(&["verify", &format!("file://{}", s(&remote))]);
+        assert_eq!(out.status.code(), Some(2), "verify URL refuses it too: {}", crate::common::describe(&out));
+        assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("version {far}")));
+        std::fs::remove_file(&planted).unwrap();
+    }
+    // A gap inside the log, and a log that starts after version 0 with no checkpoint there.
+    let second = remote.join("_delta_log/00000000000000000001.json");
+    let kept = std::fs::read(&second).unwrap();
+    std::fs::remove_file(&second).unwrap();
+    assert_restore_refused(s(&remote), &target, "jumps from version 0 to version 2");
+    std::fs::remove_file(&first).unwrap();
+    assert_restore_refused(s(&remote), &target, "starts at version 2, which is neither version 0 nor a checkpoint's");
+    std::fs::write(&second, kept).unwrap();
+}
+
+#[test]
+fn a_log_may_start_at_a_checkpoint_but_nowhere_else() {
+    // A pruned pond's replica starts at a checkpoint: its span is checked from there.
+    let mut listing = replica::Listing::default();
+    for v in 50..=60 {
+        listing.files.insert(replica::PondFile::Log(v), 10);
+    }
+    assert!(matches!(listing.log_span(), Err(replica::ReplicaError::LogStart(50))));
+    listing.files.insert(replica::PondFile::Checkpoint(49), 10);
+    assert_eq!(listing.log_span().unwrap(), Some((50, 60)), "the entries right after a checkpoint");
+    listing.files.insert(replica::PondFile::Checkpoint(50), 10);
+    listing.files.insert(replica::PondFile::Log(62), 10);
+    assert!(matches!(listing.log_span(), Err(replica::ReplicaError::LogGap { before: 60, after: 62 })));
+    assert_eq!(replica::Listing::default().log_span().unwrap(), None);
+}
+
+#[test]
+fn a_log_entry_or_hint_listed_past_its_kind_s_cap_is_never_fetched() {
+    let base = tempfile::tempdir().unwrap();
+    let remote = base.path().join("remote");
+    let (_src, latest) = pushed_pond(&remote);
+    let target = base.path().join("restored");
+    // Sparse: the remote lists them huge, and a reader that fetched them would read it all.
+    for (file, cap) in [
+        (format!("_delta_log/{latest:020}.json"), pond::layout::MAX_LOG_ENTRY_SIZE),
+        ("_delta_log/_last_checkpoint".to_string(), pond::layout::MAX_LAST_CHECKPOINT_SIZE),
+    ] {
+        let path = remote.join(&file);
+        let kept = std::fs::read(&path).ok();
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(cap + 1)
+            .unwrap();
+        assert_restore_refused(
+            s(&remote),
+            &target,
+            &format!("the remote lists {file} at {} bytes, more than the {cap}", cap + 1),
+        );
+        let out = pond(&["verify", &format!("file://{}", s(&remote))]);
+        assert_eq!(out.status.code(), Some(1), "verify URL reports it: {}", crate::common::describe(&out));
+        assert!(String::from_utf8_lossy(&out.stdout).contains(&file), "{}", crate::common::describe(&out));
+        match kept {
+            Some(bytes) => std::fs::write(&path, bytes).unwrap(),
+            None => std::fs::remove_file(&path).unwrap(),
+        }
+    }
+}
+
+#[test]
+fn a_directory_remote_holding_a_link_is_refused_and_nothing_is_read_or_written_through_it() {
+    let base = tempfile::tempdir().unwrap();
+    let remote = base.path().join("remote");
+    let (src, _) = pushed_pond(&remote);
+    let target = base.path().join("restored");
+    let object = object_path(&remote, &pattern(2 * C + 5, 8));
+    let outside = base.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    // The link leads to the very bytes the remote should hold: followed, the restore would verify
+    // and succeed, having read a file outside the remote.
+    let elsewhere = outside.join("object.parquet");
+    std::fs::rename(&object, &elsewhere).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &object).unwrap();
+    let name = object.strip_prefix(&remote).unwrap().to_str().unwrap().to_string();
+    assert_restore_refused(s(&remote), &target, &format!("the remote holds {name}, a symbolic link"));
+    std::fs::remove_file(&object).unwrap();
+    std::fs::rename(&elsewhere, &object).unwrap();
+
+    // A linked directory: nothing read through it, and replicate writes nothing through it.
+    let large = remote.join("_large_files");
+    std::fs::rename(&large, outside.join("_large_files")).unwrap();
+    std::os::unix::fs::symlink(outside.join("_large_files"), &large).unwrap();
+    assert_restore_refused(s(&remote), &target, "the remote holds _large_files, a symbolic link");
+    let before = std::fs::read_dir(outside.join("_large_files")).unwrap().count();
+    {
+        let fs = src.open();
+        write_file(&fs, ROOT_INO, "more", &pattern(3 * C, 9));
+        fs.shutdown().unwrap();
+    }
+    let out = pond(&["replicate", src.path(), s(&remote)]);
+    assert_eq!(out.status.code(), Some(2), "replicate refuses it: {}", crate::common::describe(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("a symbolic link"), "{}", crate::common::describe(&out));
+    assert_eq!(std::fs::read_dir(outside.join("_large_files")).unwrap().count(), before, "nothing written through it");
+
+    // A FIFO where a file should be: refused by name, never opened (opening one would block).
+    std::fs::remove_file(&large).unwrap();
+    std::fs::rename(outside.join("_large_files"), &large).unwrap();
+    let entry = remote.join("_delta_log/00000000000000000001.json");
+    std::fs::remove_file(&entry).unwrap();
+    nix::unistd::mkfifo(&entry, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    assert_restore_refused(s(&remote), &target, "the remote holds _delta_log/00000000000000000001.json, a FIFO");
+}
+
+/// What `strace -f -e trace=rename,renameat,renameat2,syncfs` logged of `pond args`, run with umask
+/// 022: each line the syscall and its arguments.
+fn traced_pond(args: &[&str], dir: &Path) -> Vec<String> {
+    let trace = dir.join("trace");
+    let out = Command::new("strace")
+        .args(["-f", "-qq", "-e", "trace=rename,renameat,renameat2,syncfs", "-o"])
+        .arg(&trace)
+        .arg(pond_bin())
+        .args(args)
+        .output()
+        .expect("strace (apt-get install strace)");
+    assert!(out.status.success(), "pond {args:?} under strace: {}", crate::common::describe(&out));
+    std::fs::read_to_string(&trace).unwrap().lines().map(str::to_string).collect()
+}
+
+#[test]
+fn replicate_makes_objects_then_data_files_then_log_entries_durable_before_the_next_and_the_hint_last() {
+    // A power cut of a directory remote must never leave a data file whose objects are torn, nor a
+    // log entry whose data files are, nor a hint whose checkpoint is.
+    let src = TestPond::new();
+    {
+        let fs = src.open();
+        for i in 0..52 {
+            write_file(&fs, ROOT_INO, &format!("f{i}"), &pattern(if i % 10 == 0 { T + 1 + i } else { 10 }, i as u64));
+            fs.sync_all().unwrap();
+        }
+        fs.shutdown().unwrap();
+    }
+    let remote = src.dir.path().join("remote");
+    let trace = traced_pond(&["replicate", src.path(), s(&remote)], src.dir.path());
+    // Each rename into place (within its directory), by the kind of file it lands; syncfs as `sync`.
+    let mut steps: Vec<&str> = Vec::new();
+    for line in &trace {
+        let step = if line.contains("syncfs(") {
+            "sync"
+        } else if let Some(to) = line.rsplit(", \"").next().and_then(|t| t.split('"').next()) {
+            let name = to.rsplit('/').next().unwrap_or(to);
+            let stem = name.strip_suffix(".parquet").unwrap_or("");
+            if name == "_last_checkpoint" {
+                "hint"
+            } else if name.ends_with(".json") || name.contains(".checkpoint.") {
+                "log"
+            } else if stem.len() == 64 && stem.bytes().all(|b| b.is_ascii_hexdigit()) {
+                "object"
+            } else if name.starts_with("part-") {
+                "data"
+            } else {
+                continue;
+            }
+        } else {
+            continue;
+        };
+        if steps.last() != Some(&step) {
+            steps.push(step);
+        }
+    }
+    assert_eq!(steps, ["object", "sync", "data", "sync", "log", "sync", "hint", "sync"], "{}", trace.join("\n"));
+}
+
+/// Every directory under `root` (itself included) 0700 and every file 0600, or the first that is not.
+fn assert_private(root: &Path, what: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let mut stack = vec![root.to_path_buf()];
+    let mut files = 0;
+    while let Some(d) = stack.pop() {
+        let mode = std::fs::metadata(&d).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o700, "{what}: directory {} is {mode:o}", d.display());
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let meta = e.metadata().unwrap();
+            if meta.is_dir() {
+                stack.push(e.path());
+            } else {
+                files += 1;
+                let mode = meta.permissions().mode() & 0o7777;
+                assert_eq!(mode, 0o600, "{what}: file {} is {mode:o}", e.path().display());
+            }
+        }
+    }
+    assert!(files > 3, "{what}: there were files to check");
+}
+
+/// `pond args` run with umask 022 (what most shells have), as root.
+fn pond_with_umask_022(args: &[&str]) -> Output {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(pond_bin());
+    cmd.args(args);
+    // SAFETY: umask is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::umask(0o022);
+            Ok(())
+        });
+    }
+    cmd.output().expect("run pond")
+}
+
+#[test]
+fn a_directory_remote_and_a_restored_pond_are_private_whatever_the_umask() {
+    let src = rich_pond();
+    {
+        // Past the first checkpoint, so the remote holds one and `_last_checkpoint` too.
+        let fs = src.open();
+        for i in 0..50 {
+            write_file(&fs, ROOT_INO, &format!("n{i}"), b"n");
+            fs.sync_all().unwrap();
+        }
+        fs.shutdown().unwrap();
+    }
+    let base = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(base.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let remote = base.path().join("remote");
+    let out = pond_with_umask_022(&["replicate", src.path(), s(&remote)]);
+    assert!(out.status.success(), "{}", crate::common::describe(&out));
+    assert!(remote.join("_delta_log/_last_checkpoint").exists(), "the hint was replicated");
+    assert_private(&remote, "the remote");
+    // A fresh target, and a user's empty 0700 one (never swapped for a wider one).
+    let fresh = base.path().join("fresh");
+    let existing = base.path().join("existing");
+    std::fs::create_dir(&existing).unwrap();
+    std::fs::set_permissions(&existing, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    for target in [&fresh, &existing] {
+        let out = pond_with_umask_022(&["restore", s(&remote), s(target)]);
+        assert!(out.status.success(), "{}", crate::common::describe(&out));
+        assert_private(target, &format!("the pond restored to {}", target.display()));
+    }
+    // Another user reads none of it, though it can reach the directory they are in.
+    for file in [object_path(&remote, &pattern(5 * C + 123, 99)), object_path(&fresh, &pattern(5 * C + 123, 99))] {
+        let out = Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "cat"])
+            .arg(&file)
+            .output()
+            .expect("setpriv");
+        assert!(!out.status.success() && out.stdout.is_empty(), "uid 65534 read {}", file.display());
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
+            "{}",
+            crate::common::describe(&out)
+        );
+    }
+}

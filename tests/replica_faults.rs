@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::StreamExt;
 use futures::stream::BoxStream;
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::local::LocalFileSystem;
@@ -155,6 +156,11 @@ struct State {
     tally: Tally,
     /// Names whose next `head` fails (the connection dropped after a truncated put).
     fail_head: BTreeSet<String>,
+    /// Names whose reads do not end where the listing says: the file's bytes go on with this many
+    /// more (a remote that lies, or a body that never ends).
+    run_on: BTreeMap<String, u64>,
+    /// Bytes served by reads of `run_on` names.
+    served: u64,
 }
 
 /// An `ObjectStore` over another (a directory through object_store's `LocalFileSystem`, or an S3
@@ -230,8 +236,30 @@ impl FaultyStore {
                 plan: no_faults(),
                 tally: Tally::default(),
                 fail_head: BTreeSet::new(),
+                run_on: BTreeMap::new(),
+                served: 0,
             })),
         }
+    }
+
+    /// `got` as a stream that goes on past its end with `extra` bytes, in 1 MiB pieces, counting
+    /// what is actually taken from it.
+    fn running_on(&self, got: GetResult, extra: u64) -> GetResult {
+        const PIECE: u64 = 1 << 20;
+        let state = self.state.clone();
+        let count = move |piece: object_store::Result<Bytes>| {
+            if let Ok(b) = &piece {
+                lock(&state).served += b.len() as u64;
+            }
+            piece
+        };
+        let filler = futures::stream::iter(
+            (0..extra.div_ceil(PIECE)).map(move |i| Ok(Bytes::from(vec![b'x'; PIECE.min(extra - i * PIECE) as usize]))),
+        );
+        let meta = got.meta.clone();
+        let (range, attributes) = (got.range.clone(), got.attributes.clone());
+        let stream = got.into_stream().chain(filler).map(count).boxed();
+        GetResult { payload: object_store::GetResultPayload::Stream(stream), meta, range, attributes }
     }
 
     fn set_plan(&self, plan: Plan) {
@@ -421,7 +449,14 @@ impl ObjectStore for FaultyStore {
             if options.head && lock(&self.state).fail_head.remove(location.as_ref()) {
                 return Err(injected("connection lost", location.as_ref()));
             }
-            self.inner.get_opts(location, options).await
+            let extra = lock(&self.state).run_on.get(location.as_ref()).copied();
+            match extra {
+                Some(extra) if !options.head => {
+                    let got = self.inner.get_opts(location, options).await?;
+                    Ok(self.running_on(got, extra))
+                }
+                _ => self.inner.get_opts(location, options).await,
+            }
         })
     }
 
@@ -1209,4 +1244,51 @@ fn faults_against_an_s3_server_abort_broken_uploads_and_a_later_run_completes() 
     }
     outcome.faults = tally.injected.len() as u64;
     outcome.report();
+}
+
+#[test]
+fn a_remote_that_sends_more_than_it_listed_is_cut_off_at_the_listed_size() {
+    // Every read of the remote stops at the size its listing gave: what a read takes beyond that is
+    // at most one piece of the stream, however much the remote would send.
+    const RUN_ON: u64 = 256 << 20;
+    let pond = pond_with_history();
+    let dir = pond.dir.path().join("remote");
+    let plain = Remote::open(dir.to_str().expect("utf-8 path"), &[], true).expect("open the remote directory");
+    let stop = AtomicBool::new(false);
+    runtime().block_on(replica::replicate(&pond.root, &plain, Arc::new(Quiet), &stop, false)).expect("replicate");
+    let listing = runtime().block_on(plain.list()).expect("list");
+    let data = listing.files.keys().find(|f| matches!(f, PondFile::Data(_))).expect("a data file").clone();
+    let store = Arc::new(FaultyStore::new(&dir, &pond.root));
+    let lying = Remote::from_store(format!("lying {}", dir.display()), store.clone());
+    for (file, how) in [
+        (PondFile::Log(0), "replicate, comparing the first log entry"),
+        (PondFile::LastCheckpoint, "replicate, reading the remote's hint"),
+        (data.clone(), "restore, fetching a data file"),
+        (PondFile::Log(1), "restore, fetching a log entry"),
+    ] {
+        {
+            let mut st = lock(&store.state);
+            st.run_on = BTreeMap::from([(file.name(), RUN_ON)]);
+            st.served = 0;
+        }
+        let result = if how.starts_with("replicate") {
+            runtime().block_on(replica::replicate(&pond.root, &lying, Arc::new(Quiet), &stop, false)).map(|_| ())
+        } else {
+            let target = pond.dir.path().join("restored");
+            let restored = runtime().block_on(replica::restore(&lying, &target, None, Arc::new(Quiet), &stop));
+            assert!(!target.exists(), "{how}: nothing restored");
+            restored.map(|_| ())
+        };
+        let err = result.expect_err(&format!("{how}: a body longer than listed is refused"));
+        assert!(
+            matches!(&err, ReplicaError::Tampered { path, expected, .. } if *path == file.name() && expected.contains("as listed")),
+            "{how}: {err}"
+        );
+        let served = lock(&store.state).served;
+        assert!(
+            served <= listing.files[&file] + (1 << 20),
+            "{how}: {served} bytes taken of a {} byte file",
+            listing.files[&file]
+        );
+    }
 }

@@ -1,6 +1,8 @@
 //! `pond gc`: remove large-file objects and data files that no version of the log references
 //! (leftovers of a crash between an object's write and its commit), and temp files. Holds the
-//! single-writer lock, so it never races a mount's commit; refuses to act on a damaged log.
+//! single-writer lock, so it never races a mount's commit; refuses to act on a damaged log, or on
+//! a `_pond/tmp` that is a link (it empties that directory without following links, see
+//! `private_fs`: `pond gc` runs as root on ponds others may write into).
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -11,6 +13,7 @@ use crate::layout::PondFile;
 use crate::layout::{WORK_DIR, WORK_SPILL_DIR};
 use crate::oplog::OplogError;
 use crate::oplog::log::LogView;
+use crate::private_fs::{PrivateDir, PrivateFsError};
 
 use super::live;
 
@@ -33,6 +36,8 @@ pub enum GcError {
     Store(#[from] crate::large_files::error::StoreError),
     #[error("refusing to collect garbage: {0}")]
     Unsafe(String),
+    #[error("refusing to collect garbage: {0}")]
+    Private(#[from] PrivateFsError),
 }
 
 fn file_size(path: &Path) -> u64 {
@@ -42,6 +47,9 @@ fn file_size(path: &Path) -> u64 {
 pub fn collect_garbage(root: &Path, dry_run: bool) -> Result<GcReport, GcError> {
     crate::oplog::check_is_pond(root)?;
     let _lock = WriterLock::acquire(root)?;
+    // `_pond/tmp` is checked before anything is removed: a link there refuses the whole run.
+    let spill =
+        PrivateDir::open_existing(root, WORK_DIR)?.map(|work| work.open_dir(WORK_SPILL_DIR)).transpose()?.flatten();
     let log = LogView::read(root).map_err(|e| GcError::Unsafe(e.to_string()))?;
     let versions: BTreeSet<u64> = log.readable().into_iter().map(|(v, _)| v).collect();
     // Every data file the log names stays, readable version or not: gc never second-guesses history.
@@ -77,12 +85,8 @@ pub fn collect_garbage(root: &Path, dry_run: bool) -> Result<GcReport, GcError> 
     }
     if !dry_run {
         report.temp_files += store.clear_tmp()?;
-        if let Ok(dir) = std::fs::read_dir(root.join(WORK_DIR).join(WORK_SPILL_DIR)) {
-            for e in dir.flatten() {
-                if std::fs::remove_file(e.path()).is_ok() {
-                    report.temp_files += 1;
-                }
-            }
+        if let Some(spill) = spill {
+            report.temp_files += spill.empty()?;
         }
     }
     Ok(report)

@@ -17,10 +17,10 @@ use crate::large_files::LargeFileStore;
 use crate::large_files::format;
 use crate::large_files::hash::{Blake3Hash, Sha256Digest};
 use crate::large_files::reader::{BlobReader, VerifiedChunks};
-use crate::layout::PondFile;
+use crate::layout::{LOG_DIR, PondFile, any_checkpoint_version};
 use crate::oplog::log::LogView;
 use crate::oplog::schema::{Content, OplogRow};
-use crate::oplog::{Oplog, OplogError, check_is_pond, datafile};
+use crate::oplog::{Oplog, OplogError, check_is_pond, datafile, tree_shape};
 
 /// What `pond verify` found. Damage lines name the file, row, object or chunk.
 #[derive(Debug, Default)]
@@ -122,7 +122,31 @@ pub fn verify_pond(root: &Path) -> Result<VerifyReport, OplogError> {
         Err(e) => report.damage.push(format!("_large_files: {e}")),
     }
     check_checkpoints(root, &log, &mut report);
+    check_tree_shape(root, log.versions().last(), &mut report);
     Ok(report)
+}
+
+/// The directories at the latest version must form a tree (see [`tree_shape`]): the filesystem
+/// refuses to open a version where they do not. Older versions are checked when opened.
+fn check_tree_shape(root: &Path, latest: Option<u64>, report: &mut VerifyReport) {
+    // No latest version: the log did not replay, which is reported already.
+    let Some(latest) = latest else { return };
+    let checked = std::thread::scope(|s| {
+        s.spawn(|| {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let rows = rt.block_on(Oplog::open(root, Some(latest))).and_then(|mut oplog| oplog.load());
+            Ok::<_, std::io::Error>(rows.map(|loaded| tree_shape::check_tree(&loaded.rows)))
+        })
+        .join()
+    });
+    match checked {
+        Ok(Ok(Ok(Ok(())))) => {}
+        Ok(Ok(Ok(Err(e)))) => report.damage.push(format!("tree: at version {latest}, not a tree: {e}")),
+        // A table or data file that does not open is reported by the checks above.
+        Ok(Ok(Err(_))) => {}
+        Ok(Err(e)) => report.damage.push(format!("tree: cannot check the tree: {e}")),
+        Err(_) => report.damage.push("tree: checking the tree panicked".into()),
+    }
 }
 
 /// Every version present must open: from version 0 or from a checkpoint, with no entry missing
@@ -226,6 +250,7 @@ fn check_pack(store: &LargeFileStore, name: &Blake3Hash) -> Result<(), String> {
 /// forged one would show another tree without any hash noticing. Checked at every checkpoint's
 /// version and at the latest version.
 fn check_checkpoints(root: &Path, log: &LogView, report: &mut VerifyReport) {
+    check_checkpoint_files(root, report);
     // No entries: reported already.
     let Some(latest) = log.versions().last() else { return };
     let mut at: BTreeSet<u64> = log.checkpoints().collect();
@@ -286,6 +311,27 @@ fn check_checkpoints(root: &Path, log: &LogView, report: &mut VerifyReport) {
                 ));
             }
             Ok(_) => {}
+        }
+    }
+}
+
+/// Every checkpoint file must read: opening the pond hides one that does not (and reads the JSON
+/// log instead), so only this check sees it.
+fn check_checkpoint_files(root: &Path, report: &mut VerifyReport) {
+    let log = root.join(LOG_DIR);
+    let Ok(entries) = std::fs::read_dir(&log) else { return }; // reported by the log checks
+    let mut names: Vec<String> = entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().map(str::to_string))
+        .filter(|n| any_checkpoint_version(n).is_some())
+        .collect();
+    names.sort();
+    for name in names {
+        if let Err(e) = datafile::check_parquet_file(&log.join(&name)) {
+            report.damage.push(format!(
+                "log: checkpoint {name} does not read: {e} (a checkpoint only sums up the JSON log, which pond \
+                 reads instead: removing the file is safe)"
+            ));
         }
     }
 }

@@ -15,6 +15,8 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 pub fn init(pond: &Path, threshold: Option<u64>) -> anyhow::Result<ExitCode> {
     let threshold = threshold.map(Threshold).unwrap_or_default();
     let oplog = runtime()?.block_on(Oplog::create(pond, threshold))?;
+    // Whatever mode a directory that was there had: a pond is its owner's alone.
+    pond::private_fs::make_root_private(pond)?;
     println!("created pond {} (version {}, threshold {} bytes)", pond.display(), oplog.version(), threshold.0);
     Ok(ExitCode::SUCCESS)
 }

@@ -46,7 +46,8 @@ pub enum Command {
         #[arg(short = 'f', long)]
         foreground: bool,
         /// Comma-separated options. A pond: ro, rw, allow_other, threshold=BYTES, version=N,
-        /// log=FILE. A replica: ro, allow_other, noexec, cache=DIR, cache_size=BYTES,
+        /// log=FILE; noexec, nosuid, nodev, their opposites, sync, async and dirsync (they take
+        /// effect). A replica: ro, allow_other, noexec, cache=DIR, cache_size=BYTES,
         /// refresh=SECONDS, version=N, timeout=SECONDS, credentials=FILE, log=FILE. Both: mount(8)'s
         /// generic ones (ignored).
         #[arg(short = 'o', value_name = "OPTS")]

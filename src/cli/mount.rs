@@ -15,8 +15,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
+use std::os::unix::fs::OpenOptionsExt;
+
 use pond::fs::{FsError, FsOptions, PondFs};
+use pond::fuse::MountConfig;
 use pond::layout::{WORK_DIR, WORK_LOG, WORK_MOUNTS_DIR};
+use pond::private_fs::{FileAccess, PrivateDir, PrivateFsError};
 
 use super::mount_options::{self, MountOptions};
 
@@ -123,30 +127,34 @@ pub fn mount(pond: &Path, mountpoint: &Path, foreground: bool, options: &[String
 
 fn daemon(pond: &Path, mountpoint: &Path, opts: &MountOptions, report: OwnedFd) -> i32 {
     let _ = nix::unistd::setsid();
-    let log_path = opts.log.clone().unwrap_or_else(|| pond.join(WORK_DIR).join(WORK_LOG));
-    // Leave the caller's working directory, so the daemon does not keep its filesystem busy;
-    // a relative log= is the caller's, so resolve it first (pond and mountpoint already are).
-    let log_path = std::path::absolute(&log_path).unwrap_or(log_path);
+    let mut report = std::fs::File::from(report);
+    let log = match open_log(pond, opts) {
+        Ok(log) => log,
+        Err(e) => {
+            let _ = write!(report, "err {e:#}");
+            return 2;
+        }
+    };
+    // Leave the caller's working directory, so the daemon does not keep its filesystem busy
+    // (pond and mountpoint are absolute already, and so is the log, opened above).
     let _ = std::env::set_current_dir("/");
-    if let Some(dir) = log_path.parent() {
-        let _ = std::fs::create_dir_all(dir);
-    }
-    redirect_stdio(&log_path);
-    // pond's own events (mounted, unmounted, signals) and everyone's warnings; the Delta crates
-    // log kilobytes per commit at info, which would grow the log without bound. RUST_LOG overrides.
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,pond=info"));
-    if let Ok(file) = std::fs::OpenOptions::new().create(true).append(true).open(&log_path) {
+    if let Some(log) = log {
+        redirect_stdio(&log);
+        // pond's own events (mounted, unmounted, signals) and everyone's warnings; the Delta crates
+        // log kilobytes per commit at info, which would grow the log without bound. RUST_LOG overrides.
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,pond=info"));
         let _ = tracing_subscriber::fmt()
             .with_env_filter(filter)
             .with_ansi(false)
-            .with_writer(Arc::new(file))
+            .with_writer(Arc::new(log))
             // On a full disk the log cannot be written: the event is dropped (the default
             // reports it on stderr, which here is that same file, and eprintln! panics).
             .log_internal_errors(false)
             .try_init();
+    } else {
+        redirect_stdio_to_null();
     }
-    let mut report = std::fs::File::from(report);
     match serve(pond, mountpoint, opts, Some(&mut report)) {
         Ok(()) => 0,
         Err(e) => {
@@ -157,15 +165,57 @@ fn daemon(pond: &Path, mountpoint: &Path, opts: &MountOptions, report: OwnedFd) 
     }
 }
 
-fn redirect_stdio(log: &Path) {
-    let null = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null");
-    let logf = std::fs::OpenOptions::new().create(true).append(true).open(log);
-    if let (Ok(null), Ok(logf)) = (null, logf) {
+/// The daemon's log, 0600: `log=FILE` (its last component never a symlink), or `POND/_pond/mount.log`
+/// opened through the private `_pond/` (see `private_fs`). A log that cannot be opened because the
+/// pond or the directory is read-only is no reason not to mount (`None`: no log); a symlink, a
+/// FIFO or a hard link where the log should be is refused.
+fn open_log(pond: &Path, opts: &MountOptions) -> anyhow::Result<Option<std::fs::File>> {
+    let opened = match &opts.log {
+        Some(path) => {
+            let path = std::path::absolute(path).unwrap_or_else(|_| path.clone());
+            if let Some(dir) = path.parent() {
+                let _ = std::fs::create_dir_all(dir);
+            }
+            let opened = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                .open(&path);
+            match opened {
+                Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+                    bail!("log file {} is a symlink: give the file itself", path.display())
+                }
+                other => other.map_err(|source| PrivateFsError::Io { path: path.clone(), source }),
+            }
+        }
+        None => PrivateDir::ensure(pond, WORK_DIR).and_then(|dir| dir.open_file(WORK_LOG, FileAccess::Append)),
+    };
+    match opened {
+        Ok(file) => Ok(Some(file)),
+        Err(PrivateFsError::Io { .. }) => Ok(None),
+        Err(e) => Err(anyhow::Error::from(e).context("opening the daemon's log")),
+    }
+}
+
+fn redirect_stdio(log: &std::fs::File) {
+    if let Ok(null) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null") {
         // SAFETY: dup2 onto the standard descriptors of this (single-threaded) process.
         unsafe {
             libc::dup2(null.as_raw_fd(), 0);
-            libc::dup2(logf.as_raw_fd(), 1);
-            libc::dup2(logf.as_raw_fd(), 2);
+            libc::dup2(log.as_raw_fd(), 1);
+            libc::dup2(log.as_raw_fd(), 2);
+        }
+    }
+}
+
+fn redirect_stdio_to_null() {
+    if let Ok(null) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null") {
+        // SAFETY: dup2 onto the standard descriptors of this (single-threaded) process.
+        unsafe {
+            for fd in 0..=2 {
+                libc::dup2(null.as_raw_fd(), fd);
+            }
         }
     }
 }
@@ -179,7 +229,7 @@ fn serve(
 ) -> anyhow::Result<()> {
     // Held until this process exits, i.e. after the final commit: `pond umount` waits on it.
     let _alive = MountLock::acquire(pond, mountpoint);
-    let fs_opts = FsOptions { read_only: opts.read_only, version: opts.version, threshold: opts.threshold };
+    let fs_opts = FsOptions { read_only: opts.mount.read_only, version: opts.version, threshold: opts.threshold };
     let fs = match PondFs::open(pond, fs_opts) {
         Ok(fs) => Arc::new(fs),
         Err(FsError::Busy(lock)) => bail!(
@@ -209,8 +259,8 @@ fn serve(
     } else {
         Some(pond::control::ControlServer::start(fs.clone()).context("starting the control socket")?)
     };
-    let cfg = pond::fuse::session::mount_options(fs.is_read_only(), opts.allow_other);
-    let served = pond::fuse::session::serve(fs.clone(), pond, mountpoint, cfg);
+    let config = MountConfig { read_only: fs.is_read_only(), ..opts.mount.clone() };
+    let served = pond::fuse::serve(fs.clone(), pond, mountpoint, &config);
     drop(control);
     let shut = fs.shutdown();
     served.with_context(|| format!("serving {} on {}", pond.display(), mountpoint.display()))?;
@@ -258,28 +308,36 @@ struct MountLock {
 }
 
 impl MountLock {
-    fn path(pond: &Path, mountpoint: &Path) -> PathBuf {
+    /// The lock's file name in `_pond/mounts/`.
+    fn name(mountpoint: &Path) -> String {
         let escaped: String = mountpoint
             .to_string_lossy()
             .chars()
             .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' })
             .collect();
         let hash = blake3::hash(mountpoint.as_os_str().as_encoded_bytes()).to_hex();
-        pond.join(WORK_DIR).join(WORK_MOUNTS_DIR).join(format!("{escaped}-{}.lock", &hash[..16]))
+        format!("{escaped}-{}.lock", &hash[..16])
+    }
+
+    /// `_pond/mounts/`, never through a link; created when `create`.
+    fn dir(pond: &Path, create: bool) -> Option<PrivateDir> {
+        if create {
+            PrivateDir::ensure(pond, WORK_DIR).and_then(|work| work.ensure_dir(WORK_MOUNTS_DIR)).ok()
+        } else {
+            PrivateDir::open_existing(pond, WORK_DIR).ok()??.open_dir(WORK_MOUNTS_DIR).ok()?
+        }
     }
 
     fn acquire(pond: &Path, mountpoint: &Path) -> MountLock {
-        let path = Self::path(pond, mountpoint);
-        let lock = path
-            .parent()
-            .and_then(|d| std::fs::create_dir_all(d).ok())
-            .and_then(|_| std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).ok())
+        let lock = Self::dir(pond, true)
+            .and_then(|dir| dir.open_file(&Self::name(mountpoint), FileAccess::Lock).ok())
             .and_then(|f| nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock).ok());
         MountLock { _lock: lock }
     }
 
     fn is_held(pond: &Path, mountpoint: &Path) -> bool {
-        let Ok(f) = std::fs::OpenOptions::new().write(true).open(Self::path(pond, mountpoint)) else { return false };
+        let Some(dir) = Self::dir(pond, false) else { return false };
+        let Ok(f) = dir.open_file(&Self::name(mountpoint), FileAccess::ExistingLock) else { return false };
         matches!(
             nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock),
             Err((_, nix::errno::Errno::EWOULDBLOCK))

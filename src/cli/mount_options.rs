@@ -1,29 +1,28 @@
 //! `-o` strings to [`MountOptions`]. Each accepted option is listed with what it does; mount(8)'s
-//! generic options are accepted and ignored (they reach us from fstab and systemd); anything else is
-//! an error, so a typo such as `treshold=` is not silently dropped.
+//! generic options that mean nothing for a pond are accepted and ignored (they reach us from fstab
+//! and systemd); anything else is an error, so a typo such as `treshold=` is not silently dropped.
+//! Options that change what the kernel enforces (`noexec`, `nosuid`, `nodev` and their opposites,
+//! `sync`, `dirsync`) take effect; for each pair the last one given wins, as in mount(8).
 
 use std::path::PathBuf;
 
+use pond::fuse::{MountConfig, Synchronous};
+
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MountOptions {
-    pub read_only: bool,
-    pub allow_other: bool,
     pub threshold: Option<u64>,
     pub version: Option<u64>,
     /// Daemon log file (default: `POND/_pond/mount.log`).
     pub log: Option<PathBuf>,
+    /// `ro`, `allow_other`, `noexec`, `suid`, `dev`, `sync`, `dirsync`.
+    pub mount: MountConfig,
 }
 
-/// Options mount(8), fstab and systemd pass that mean nothing to pond.
+/// Options mount(8), fstab and systemd pass that mean nothing to pond: mount(8)'s own (who may
+/// mount, when, what to do when it fails), and the atime family (pond never updates atime on a
+/// read: it would make a commit, see README), `async` (the default) and the long-gone `mand`.
 pub(super) const IGNORED: &[&str] = &[
     "defaults",
-    "rw",
-    "dev",
-    "nodev",
-    "suid",
-    "nosuid",
-    "exec",
-    "noexec",
     "auto",
     "noauto",
     "user",
@@ -33,8 +32,6 @@ pub(super) const IGNORED: &[&str] = &[
     "group",
     "_netdev",
     "nofail",
-    "async",
-    "sync",
     "atime",
     "noatime",
     "relatime",
@@ -47,7 +44,6 @@ pub(super) const IGNORED: &[&str] = &[
     "silent",
     "loud",
     "default_permissions",
-    "dirsync",
     "nostrictatime",
     "iversion",
     "noiversion",
@@ -72,8 +68,16 @@ pub fn parse(options: &[String]) -> Result<MountOptions, String> {
                 .map_err(|_| format!("mount option {key}: {:?} is not a whole number", v.unwrap_or("")))
         };
         match key {
-            "ro" => out.read_only = true,
-            "allow_other" => out.allow_other = true,
+            "ro" | "rw" => out.mount.read_only = key == "ro",
+            "allow_other" => out.mount.allow_other = true,
+            "exec" | "noexec" => out.mount.noexec = key == "noexec",
+            "suid" | "nosuid" => out.mount.suid = key == "suid",
+            "dev" | "nodev" => out.mount.dev = key == "dev",
+            "async" => out.mount.synchronous = Synchronous::No,
+            "sync" => out.mount.synchronous = Synchronous::Everything,
+            // dirsync adds to sync's nothing, and never takes it back.
+            "dirsync" if out.mount.synchronous == Synchronous::No => out.mount.synchronous = Synchronous::Directories,
+            "dirsync" => {}
             "threshold" => {
                 let t = number(value)?;
                 if t > pond::oplog::MAX_THRESHOLD {
@@ -90,7 +94,8 @@ pub fn parse(options: &[String]) -> Result<MountOptions, String> {
             _ if IGNORED_PREFIXES.iter().any(|p| opt.starts_with(p)) => {}
             _ => {
                 return Err(format!(
-                    "unknown mount option {opt:?} (pond takes ro, allow_other, threshold=BYTES, version=N, log=FILE)"
+                    "unknown mount option {opt:?} (pond takes ro, allow_other, threshold=BYTES, version=N, log=FILE, \
+                     noexec, nosuid, nodev, sync, dirsync and their opposites)"
                 ));
             }
         }
@@ -108,12 +113,37 @@ mod tests {
             .unwrap();
         assert_eq!(
             o,
-            MountOptions { allow_other: true, threshold: Some(4096), version: Some(3), ..Default::default() }
+            MountOptions {
+                threshold: Some(4096),
+                version: Some(3),
+                mount: MountConfig { allow_other: true, ..Default::default() },
+                ..Default::default()
+            }
         );
         // The rest of what mount.pond drops, so pond run directly takes the same lines.
         let o =
-            parse(&["dirsync,nostrictatime,iversion,noiversion,mand,nomand,helper=pond,uhelper=pond".into()]).unwrap();
+            parse(&["nostrictatime,iversion,noiversion,mand,nomand,helper=pond,uhelper=pond,relatime".into()]).unwrap();
         assert_eq!(o, MountOptions::default());
+    }
+
+    #[test]
+    fn options_the_kernel_enforces_take_effect_and_the_last_of_a_pair_wins() {
+        let o = parse(&["noexec,suid,dev,sync".into()]).unwrap();
+        assert_eq!(
+            o.mount,
+            MountConfig {
+                noexec: true,
+                suid: true,
+                dev: true,
+                synchronous: Synchronous::Everything,
+                ..Default::default()
+            }
+        );
+        let o = parse(&["noexec,exec,suid,nosuid,dev,nodev,sync,async,ro,rw".into()]).unwrap();
+        assert_eq!(o.mount, MountConfig::default());
+        assert_eq!(parse(&["dirsync".into()]).unwrap().mount.synchronous, Synchronous::Directories);
+        assert_eq!(parse(&["sync,dirsync".into()]).unwrap().mount.synchronous, Synchronous::Everything);
+        assert_eq!(parse(&["dirsync,sync".into()]).unwrap().mount.synchronous, Synchronous::Everything);
     }
 
     #[test]

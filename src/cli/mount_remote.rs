@@ -162,9 +162,14 @@ fn serve(
         });
     }
     // The URL is the mount's source (`serve` names it after its path argument).
-    let fuse_cfg = pond::fuse::session::replica_mount_options(opts.allow_other, opts.noexec);
+    let mount = pond::fuse::MountConfig {
+        read_only: true,
+        allow_other: opts.allow_other,
+        noexec: opts.noexec,
+        ..Default::default()
+    };
     let refresher: Mutex<Option<Refresher>> = Mutex::new(None);
-    let served = pond::fuse::serve_notifying(fs.clone(), Path::new(url), mountpoint, fuse_cfg, |kernel| {
+    let served = pond::fuse::serve_notifying(fs.clone(), Path::new(url), mountpoint, &mount, |kernel| {
         let Some(period) = opts.refresh else { return };
         match Refresher::start(replica.clone(), fs.clone(), period, move |changes| kernel.invalidate(changes)) {
             Ok(r) => *refresher.lock().unwrap_or_else(|p| p.into_inner()) = Some(r),

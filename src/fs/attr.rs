@@ -36,6 +36,16 @@ pub struct Caller {
     pub gid: u32,
 }
 
+/// What Linux's rule for set-ID bits needs to know about whoever changes a file's content (a
+/// write, a truncation); see [`PondFs::remove_privs`](super::PondFs::remove_privs). Asked only
+/// when the file has a set-ID bit.
+pub trait Credentials {
+    /// The caller holds CAP_FSETID: it keeps a file's set-ID bits while changing it.
+    fn may_keep_setid(&self) -> bool;
+    /// The caller's filesystem GID or one of its supplementary groups is `gid`.
+    fn in_group(&self, gid: u32) -> bool;
+}
+
 /// A timestamp to set (utimens): the current time, or a given one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TimeSet {

@@ -6,6 +6,13 @@
 //! (`LargeFileStore::make_durable`), and calls `Oplog::commit_batch`. `fsync` asks for an immediate commit and
 //! waits until the generation it saw is committed, or fails with the commit's error. A failed commit
 //! puts its keys back and is retried with back-off. `shutdown` drains everything and joins the thread.
+//!
+//! A waiter need not hold a thread: [`Committer::when_committed`] takes a callback that the
+//! committer calls once the generation is committed (or its commit failed, or the committer
+//! stopped), so a thousand concurrent fsyncs are a thousand entries in a list, not a thousand
+//! blocked threads. A commit attempt that panics (tokio panics when it cannot start a thread) is a
+//! failed attempt like any other: retried, never a dead committer behind a mount that keeps
+//! accepting writes.
 
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -28,6 +35,17 @@ const SHUTDOWN_ATTEMPTS: u32 = 5;
 /// Work that needs the pond's writer to itself (prune), run by the committer between two commits.
 pub type Job = Box<dyn FnOnce(&mut Oplog, &tokio::runtime::Runtime) + Send>;
 
+/// Called once with the outcome of the commit it waits for.
+pub type Done = Box<dyn FnOnce(Result<(), FsError>) + Send>;
+
+/// A callback waiting for a generation to be committed.
+struct Waiter {
+    generation: u64,
+    /// Attempts started before it came: only a later attempt's failure is its answer.
+    attempts_before: u64,
+    done: Done,
+}
+
 #[derive(Default)]
 struct State {
     jobs: std::collections::VecDeque<Job>,
@@ -40,6 +58,27 @@ struct State {
     urgent: bool,
     stop: bool,
     stopped: bool,
+    waiters: Vec<Waiter>,
+}
+
+impl State {
+    /// The answer for a wait for `generation` that began after `attempts_before` attempts, once
+    /// there is one.
+    fn outcome(&self, generation: u64, attempts_before: u64) -> Option<Result<(), FsError>> {
+        if self.committed >= generation {
+            return Some(Ok(()));
+        }
+        if let Some(f) = &self.failed
+            && f.generation >= generation
+            && f.attempt > attempts_before
+        {
+            return Some(Err(clone_err(&f.error)));
+        }
+        if self.stopped {
+            return Some(Err(FsError::Io("the committer has stopped".into())));
+        }
+        None
+    }
 }
 
 struct Shared {
@@ -50,6 +89,25 @@ struct Shared {
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Wake the blocked and call the callbacks whose answer is known (outside the lock: a
+    /// callback replies to the kernel).
+    fn settle(&self, mut st: MutexGuard<'_, State>) {
+        self.cv.notify_all();
+        let mut ready = Vec::new();
+        let mut i = 0;
+        while i < st.waiters.len() {
+            let w = &st.waiters[i];
+            match st.outcome(w.generation, w.attempts_before) {
+                Some(result) => ready.push((st.waiters.swap_remove(i).done, result)),
+                None => i += 1,
+            }
+        }
+        drop(st);
+        for (done, result) in ready {
+            done(result);
+        }
     }
 
     /// Wait up to `wait`, or less if an fsync (urgent) or shutdown comes meanwhile.
@@ -89,20 +147,22 @@ fn clone_err(e: &FsError) -> FsError {
 }
 
 impl Committer {
+    /// Start the committer thread; failing to start it fails here, never later as an fsync that
+    /// waits forever.
     pub fn start(
         oplog: Oplog,
         tree: Arc<Mutex<Tree>>,
         inline: Arc<InlineReader>,
         store: LargeFileStore,
         rt: Arc<tokio::runtime::Runtime>,
-    ) -> Committer {
+    ) -> Result<Committer, FsError> {
         let shared = Arc::new(Shared { state: Mutex::new(State::default()), cv: Condvar::new() });
         let worker_shared = shared.clone();
         let thread = std::thread::Builder::new()
             .name("pond-committer".into())
             .spawn(move || run(oplog, tree, inline, store, rt, worker_shared))
-            .ok();
-        Committer { shared, thread: Mutex::new(thread) }
+            .map_err(|e| FsError::Io(format!("cannot start the committer thread: {e}")))?;
+        Ok(Committer { shared, thread: Mutex::new(Some(thread)) })
     }
 
     /// Something changed: commit it soon.
@@ -118,26 +178,37 @@ impl Committer {
     /// error of an attempt made after this call (an older failure may be out of date: the disk
     /// that was full may have room again).
     pub fn wait_for(&self, generation: u64) -> Result<(), FsError> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.when_committed(
+            generation,
+            Box::new(move |result| {
+                let _ = tx.send(result);
+            }),
+        );
+        rx.recv().unwrap_or_else(|_| Err(FsError::Io("the committer has stopped".into())))
+    }
+
+    /// Commit now, and call `done` once everything up to `generation` is committed, or with the
+    /// error of an attempt made after this call, or when the committer has stopped. `done` runs
+    /// here when the answer is known already, else on the committer's thread: it must not block.
+    pub fn when_committed(&self, generation: u64, done: Done) {
         let mut st = self.shared.lock();
         st.wake = true;
         st.urgent = true;
         let attempts_before = st.attempts;
-        self.shared.cv.notify_all();
-        loop {
-            if st.committed >= generation {
-                return Ok(());
-            }
-            if let Some(f) = &st.failed
-                && f.generation >= generation
-                && f.attempt > attempts_before
-            {
-                return Err(clone_err(&f.error));
-            }
-            if st.stopped {
-                return Err(FsError::Io("the committer has stopped".into()));
-            }
-            st = self.shared.cv.wait(st).unwrap_or_else(|p| p.into_inner());
+        if let Some(result) = st.outcome(generation, attempts_before) {
+            drop(st);
+            done(result);
+            return;
         }
+        st.waiters.push(Waiter { generation, attempts_before, done });
+        self.shared.cv.notify_all();
+    }
+
+    /// True once the committer thread has ended (after shutdown, or a panic outside a commit):
+    /// nothing changed from then on would ever be committed.
+    pub fn is_stopped(&self) -> bool {
+        self.shared.lock().stopped
     }
 
     /// Runs `job` in the committer thread, after committing what is pending and before the next
@@ -193,7 +264,7 @@ fn run(
         fn drop(&mut self) {
             let mut st = self.0.lock();
             st.stopped = true;
-            self.0.cv.notify_all();
+            self.0.settle(st);
         }
     }
     let _stopped = MarkStopped(shared.clone());
@@ -217,13 +288,11 @@ fn run(
             let jobs = {
                 let mut st = shared.lock();
                 st.committed = st.committed.max(cut.generation);
-                shared.cv.notify_all();
-                std::mem::take(&mut st.jobs)
+                let jobs = std::mem::take(&mut st.jobs);
+                shared.settle(st);
+                jobs
             };
-            // Exclusive work runs once everything released so far is committed.
-            for job in jobs {
-                job(&mut oplog, &rt);
-            }
+            run_jobs(jobs, &mut oplog, &rt);
             if stop {
                 return Ok(());
             }
@@ -241,18 +310,16 @@ fn run(
                 lock_tree(&tree).release_committed_bytes(&file, &rows);
                 let mut st = shared.lock();
                 st.committed = st.committed.max(generation);
-                shared.cv.notify_all();
                 let jobs = std::mem::take(&mut st.jobs);
-                drop(st);
-                // Exclusive work runs once everything released so far is committed.
-                for job in jobs {
-                    job(&mut oplog, &rt);
-                }
+                shared.settle(st);
+                run_jobs(jobs, &mut oplog, &rt);
                 commits += 1;
-                if commits.is_multiple_of(MAINTAIN_EVERY)
-                    && let Err(e) = rt.block_on(oplog.maintain())
-                {
-                    tracing::warn!("compaction failed (the pond stays correct, only slower): {e}");
+                if commits.is_multiple_of(MAINTAIN_EVERY) {
+                    let maintained =
+                        unwind_to_error(|| rt.block_on(oplog.maintain())).and_then(|r| r.map_err(FsError::from));
+                    if let Err(e) = maintained {
+                        tracing::warn!("compaction failed (the pond stays correct, only slower): {e}");
+                    }
                 }
             }
             Err((e, rows)) => {
@@ -262,7 +329,8 @@ fn run(
                 let mut st = shared.lock();
                 st.failed = Some(Failure { generation, attempt, error: e });
                 st.wake = true;
-                shared.cv.notify_all();
+                shared.settle(st);
+                let st = shared.lock();
                 if stop && failures >= SHUTDOWN_ATTEMPTS {
                     return Err(FsError::Io(format!(
                         "giving up after {failures} failed commits; uncommitted changes are lost"
@@ -277,6 +345,10 @@ fn run(
 
 type CommitFailure = (FsError, Vec<OplogRow>);
 
+/// One commit attempt; a panic in it (tokio's when it cannot start a thread, a library's on
+/// damaged bytes) is a failed attempt whose rows go back in the queue. Should the panic strike
+/// after the log entry landed, the retry commits the same rows again: the same keys at the same
+/// seq, which every reader takes as one.
 fn commit_cut(
     oplog: &mut Oplog,
     inline: &InlineReader,
@@ -285,24 +357,67 @@ fn commit_cut(
     cut: Cut,
 ) -> Result<(Arc<str>, Vec<OplogRow>), CommitFailure> {
     let Cut { mut rows, files_changed, bytes, .. } = cut;
-    // Objects streamed since the last commit become durable before any row can reference them.
-    if let Err(e) = store.make_durable() {
-        return Err((FsError::from(e), rows));
+    let summary = CommitSummary { operation: "write", files_changed, bytes };
+    match unwind_to_error(|| try_commit(oplog, inline, store, rt, &mut rows, summary)) {
+        Ok(Ok(file)) => Ok((file, rows)),
+        Ok(Err(e)) | Err(e) => Err((e, rows)),
     }
+}
+
+/// Exclusive work runs once everything released so far is committed. A job that panics (it may
+/// meet the same thread limit a commit does) is logged; the committer goes on.
+fn run_jobs(jobs: std::collections::VecDeque<Job>, oplog: &mut Oplog, rt: &tokio::runtime::Runtime) {
+    for job in jobs {
+        if let Err(e) = unwind_to_error(|| job(oplog, rt)) {
+            tracing::error!("exclusive work on the pond failed: {e}");
+        }
+    }
+}
+
+/// Run `f`; a panic becomes an error naming it (the panic hook has printed it already).
+fn unwind_to_error<T>(f: impl FnOnce() -> T) -> Result<T, FsError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|payload| {
+        let what = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("a panic");
+        FsError::Io(format!("interrupted by a panic: {what}"))
+    })
+}
+
+fn try_commit(
+    oplog: &mut Oplog,
+    inline: &InlineReader,
+    store: &LargeFileStore,
+    rt: &tokio::runtime::Runtime,
+    rows: &mut [OplogRow],
+    summary: CommitSummary,
+) -> Result<Arc<str>, FsError> {
+    // Objects streamed since the last commit become durable before any row can reference them.
+    store.make_durable()?;
     // Rows for inline files whose attributes changed need their bytes, read back from the old row.
     for row in rows.iter_mut() {
         if let OplogRow::Node { data: Some(d), .. } = row
             && let Some(Content::Inline { bytes: b @ None, loc: Some(loc), .. }) = &mut d.content
         {
-            match inline.read(loc) {
-                Ok(v) => *b = Some(v),
-                Err(e) => return Err((FsError::from_commit(&e), rows)),
-            }
+            *b = Some(inline.read(loc).map_err(|e| FsError::from_commit(&e))?);
         }
     }
-    let summary = CommitSummary { operation: "write", files_changed, bytes };
-    match rt.block_on(oplog.commit_batch(rows.clone(), summary)) {
-        Ok(c) => Ok((c.file, rows)),
-        Err(e) => Err((FsError::from_commit(&e), rows)),
+    match rt.block_on(oplog.commit_batch(rows.to_vec(), summary)) {
+        Ok(c) => Ok(c.file),
+        Err(e) => Err(FsError::from_commit(&e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panicking_commit_attempt_is_a_failed_attempt() {
+        let e = unwind_to_error(|| -> u8 { panic!("OS can't spawn worker thread: Resource temporarily unavailable") });
+        assert!(matches!(&e, Err(FsError::Io(m)) if m.contains("OS can't spawn worker thread")), "{e:?}");
+        assert!(matches!(unwind_to_error(|| 7), Ok(7)));
     }
 }

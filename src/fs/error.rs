@@ -3,6 +3,8 @@
 
 use crate::large_files::error::StoreError;
 use crate::oplog::OplogError;
+use crate::os_error::is_out_of_space;
+use crate::private_fs::PrivateFsError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FsError {
@@ -48,26 +50,30 @@ pub enum FsError {
     Busy(String),
 }
 
-/// The OS errors that mean the disk (or the user's quota) is full: the writer sees ENOSPC.
-fn is_no_space(code: Option<i32>) -> bool {
-    matches!(code, Some(libc::ENOSPC | libc::EDQUOT))
+/// Whether an oplog error means the disk or quota is full. A Delta error keeps its causes out of
+/// the source chain (its text already says what they say), so they are asked directly.
+fn oplog_out_of_space(e: &OplogError) -> bool {
+    match e {
+        OplogError::Delta { error, .. } => is_out_of_space(error.as_ref()) || is_out_of_space(e),
+        e => is_out_of_space(e),
+    }
 }
 
 impl From<std::io::Error> for FsError {
     fn from(e: std::io::Error) -> Self {
-        if is_no_space(e.raw_os_error()) { FsError::NoSpace } else { FsError::Io(e.to_string()) }
+        if is_out_of_space(&e) { FsError::NoSpace } else { FsError::Io(e.to_string()) }
     }
 }
 
 impl From<OplogError> for FsError {
     fn from(e: OplogError) -> Self {
-        if is_no_space(e.raw_os_error()) { FsError::NoSpace } else { FsError::Oplog(e) }
+        if oplog_out_of_space(&e) { FsError::NoSpace } else { FsError::Oplog(e) }
     }
 }
 
 impl From<StoreError> for FsError {
     fn from(e: StoreError) -> Self {
-        if e.is_enospc() {
+        if is_out_of_space(&e) {
             return FsError::NoSpace;
         }
         match e {
@@ -80,10 +86,16 @@ impl From<StoreError> for FsError {
     }
 }
 
+impl From<PrivateFsError> for FsError {
+    fn from(e: PrivateFsError) -> Self {
+        if is_out_of_space(&e) { FsError::NoSpace } else { FsError::Io(e.to_string()) }
+    }
+}
+
 impl FsError {
     /// Errors from the commit path: ENOSPC stays ENOSPC, everything else is an I/O error.
     pub fn from_commit(e: &OplogError) -> FsError {
-        if is_no_space(e.raw_os_error()) { FsError::NoSpace } else { FsError::Io(e.to_string()) }
+        if oplog_out_of_space(e) { FsError::NoSpace } else { FsError::Io(e.to_string()) }
     }
 }
 
@@ -103,5 +115,21 @@ mod tests {
         assert!(matches!(FsError::from_commit(&oplog_io(libc::ENOSPC)), FsError::NoSpace));
         assert!(matches!(FsError::from_commit(&oplog_io(libc::EACCES)), FsError::Io(_)));
         assert!(matches!(FsError::from(std::io::Error::from_raw_os_error(libc::EDQUOT)), FsError::NoSpace));
+    }
+
+    /// Writing a large object past the pond owner's quota used to come back as EIO: the store's
+    /// own check knew ENOSPC only.
+    #[test]
+    fn a_full_quota_while_writing_a_large_object_is_no_space() {
+        let quota = || std::io::Error::from_raw_os_error(libc::EDQUOT);
+        let io = StoreError::Io { path: "/pond/_large_files/.tmp/put-1".into(), source: quota() };
+        assert!(matches!(FsError::from(io), FsError::NoSpace));
+        let parquet = StoreError::Parquet {
+            path: "/pond/_large_files/.tmp/put-1".into(),
+            source: parquet::errors::ParquetError::External(Box::new(quota())),
+        };
+        assert!(matches!(FsError::from(parquet), FsError::NoSpace));
+        let eio = StoreError::Io { path: "/x".into(), source: std::io::Error::from_raw_os_error(libc::EIO) };
+        assert!(matches!(FsError::from(eio), FsError::Io(_)));
     }
 }

@@ -208,7 +208,7 @@ impl HybridWriter {
         if let Err(e) = &result
             && d.is_broken()
         {
-            self.content = Content::Lost { no_space: e.is_enospc() };
+            self.content = Content::Lost { no_space: crate::os_error::is_out_of_space(e) };
         }
         result
     }

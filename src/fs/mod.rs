@@ -33,6 +33,7 @@ use crate::layout::WORK_DIR;
 use crate::oplog::datafile::InlineReader;
 use crate::oplog::schema::Content;
 use crate::oplog::{Oplog, check_is_pond};
+use crate::private_fs::{FileAccess, PrivateDir};
 pub use attr::*;
 use commit_queue::Committer;
 pub use error::FsError;
@@ -59,11 +60,23 @@ pub struct WriterLock {
 }
 
 impl WriterLock {
+    /// Take the lock, failing at once with [`FsError::Busy`] if another writer holds it. The writer
+    /// keeps the pond private: the root loses group and other bits (a pond made by an older pond,
+    /// 0755), and `_pond/` and the lock are opened without following links (see [`private_fs`]).
+    ///
+    /// [`private_fs`]: crate::private_fs
     pub fn acquire(root: &Path) -> Result<WriterLock, FsError> {
-        let dir = root.join(WORK_DIR);
-        std::fs::create_dir_all(&dir)?;
-        let path = dir.join(crate::layout::WORK_LOCK);
-        let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path)?;
+        match crate::private_fs::make_root_private(root) {
+            Ok(Some(was)) => tracing::info!(
+                "{} was mode {was:o}: made it 0700 (a pond holds every file's bytes, names and owners)",
+                root.display()
+            ),
+            Ok(None) => {}
+            Err(e) => tracing::warn!("could not make {} private (0700): {e}", root.display()),
+        }
+        let work = PrivateDir::ensure(root, WORK_DIR)?;
+        let file = work.open_file(crate::layout::WORK_LOCK, FileAccess::Lock)?;
+        let path = work.path().join(crate::layout::WORK_LOCK);
         match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
             Ok(lock) => Ok(WriterLock { _lock: lock }),
             Err((_, nix::errno::Errno::EWOULDBLOCK)) => Err(FsError::Busy(path.display().to_string())),
@@ -71,6 +84,29 @@ impl WriterLock {
         }
     }
 }
+
+/// The runtime the Delta library runs on. Its blocking pool (local file I/O goes through it) keeps
+/// its threads instead of letting idle ones go after 10 s, and one is started here: tokio panics
+/// when it must start a blocking thread and has none, but queues the work for an existing one
+/// when the OS refuses a new thread for now (EAGAIN: a thread or pid limit). A committer that met
+/// a thread limit after a quiet spell would otherwise fail every commit until the limit lifts.
+fn runtime() -> Result<tokio::runtime::Runtime, FsError> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .max_blocking_threads(BLOCKING_THREADS)
+        .thread_keep_alive(std::time::Duration::from_secs(365 * 24 * 3600))
+        .thread_name("pond-io")
+        .enable_all()
+        .build()?;
+    let started = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| rt.block_on(rt.spawn_blocking(|| ()))));
+    match started {
+        Ok(Ok(())) => Ok(rt),
+        _ => Err(FsError::Io("cannot start a thread for the pond's file I/O (a thread or process limit?)".into())),
+    }
+}
+
+/// The most blocking threads the runtime keeps (they stay once started, see [`runtime`]).
+const BLOCKING_THREADS: usize = 16;
 
 pub struct PondFs {
     root: PathBuf,
@@ -115,13 +151,7 @@ impl PondFs {
         check_is_pond(root)?;
         let read_only = opts.read_only || opts.version.is_some();
         let lock = if read_only { None } else { Some(WriterLock::acquire(root)?) };
-        let rt = Arc::new(
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .thread_name("pond-io")
-                .enable_all()
-                .build()?,
-        );
+        let rt = Arc::new(runtime()?);
         let mut oplog = rt.block_on(Oplog::open(root, opts.version))?;
         let threshold = opts.threshold.map(Threshold).unwrap_or_else(|| oplog.threshold());
         let version = oplog.version();
@@ -137,7 +167,7 @@ impl PondFs {
         } else {
             store.create_dirs()?;
             store.clear_tmp()?;
-            Some(Committer::start(oplog, tree.clone(), inline.clone(), store.clone(), rt.clone()))
+            Some(Committer::start(oplog, tree.clone(), inline.clone(), store.clone(), rt.clone())?)
         };
         Ok(PondFs {
             root: root.to_path_buf(),
@@ -242,7 +272,24 @@ impl PondFs {
         if self.shut_down.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(FsError::ReadOnly);
         }
-        self.committer.as_ref().ok_or(FsError::ReadOnly)
+        let committer = self.committer.as_ref().ok_or(FsError::ReadOnly)?;
+        // A change accepted now would never be committed: refuse it, loudly.
+        if committer.is_stopped() {
+            return Err(FsError::Io(
+                "the committer has stopped, so changes cannot be saved; unmount and mount again".into(),
+            ));
+        }
+        Ok(committer)
+    }
+
+    /// Call `done` once every change made so far is committed (at once when read-only), without
+    /// holding this thread meanwhile (see [`Committer::when_committed`]).
+    fn when_synced(&self, done: commit_queue::Done) {
+        let generation = self.lock_tree().generation;
+        match &self.committer {
+            Some(c) => c.when_committed(generation, done),
+            None => done(Ok(())),
+        }
     }
 
     fn changed(&self) {

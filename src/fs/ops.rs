@@ -12,6 +12,19 @@ use crate::oplog::schema::{NodeData, NodeKind};
 
 const S_ISGID: u32 = 0o2000;
 const S_ISUID: u32 = 0o4000;
+/// File capabilities: dropped by any change of the file's content.
+const SECURITY_CAPABILITY: &[u8] = b"security.capability";
+
+/// The set-ID bits a change of content by `who` clears, as Linux decides it for ext4
+/// (`setattr_should_drop_suidgid`): none for a caller with CAP_FSETID; otherwise set-user-ID, and
+/// set-group-ID when the file is group-executable or the caller is not in the file's group.
+pub fn setid_bits_to_clear(mode: u32, gid: u32, who: &dyn Credentials) -> u32 {
+    let mut clear = mode & S_ISUID;
+    if mode & S_ISGID != 0 && (mode & 0o010 != 0 || !who.in_group(gid)) {
+        clear |= S_ISGID;
+    }
+    if clear != 0 && who.may_keep_setid() { 0 } else { clear }
+}
 
 impl PondFs {
     pub fn lookup(&self, parent: u64, name: &[u8]) -> Result<Attr, FsError> {
@@ -383,6 +396,66 @@ impl PondFs {
         self.sync_all()
     }
 
+    /// [`fsync`](Self::fsync) that does not hold the calling thread while the commit runs: the
+    /// content becomes the node's version here, then `done` gets the commit's outcome (from the
+    /// committer's thread, so it must not block).
+    pub fn fsync_then(&self, fh: u64, _datasync: bool, done: commit_queue::Done) {
+        let finalized = self.file_handle(fh).and_then(|(ino, file, _)| self.finalize(ino, &mut file.lock()));
+        match finalized {
+            Ok(()) => self.when_synced(done),
+            Err(e) => done(Err(e)),
+        }
+    }
+
+    /// [`fsyncdir`](Self::fsyncdir) without holding the calling thread, like [`fsync_then`](Self::fsync_then).
+    pub fn fsyncdir_then(&self, ino: u64, done: commit_queue::Done) {
+        match self.lock_tree().dir(ino) {
+            Ok(_) => {}
+            Err(e) => return done(Err(e)),
+        }
+        self.when_synced(done)
+    }
+
+    /// Before `who` writes or truncates `ino`, what Linux's `file_remove_privs` does: clear the
+    /// set-ID bits [`setid_bits_to_clear`] names, and remove `security.capability` (file
+    /// capabilities go with any change of content, whoever makes it). The kernel does this itself
+    /// for writes through the page cache and for truncate(2) and ftruncate(2), except that FUSE
+    /// keeps set-group-ID on a file that is not group-executable; it leaves direct writes
+    /// (`FUSE_WRITE_KILL_SUIDGID`) and open(O_TRUNC) with `FUSE_ATOMIC_O_TRUNC` to the
+    /// filesystem. Calling this for every write and truncation gives ext4's outcome on every path.
+    pub fn remove_privs(&self, ino: u64, who: &dyn Credentials) -> Result<(), FsError> {
+        let (mode, gid) = {
+            let t = self.lock_tree();
+            let d = &t.node(ino)?.data;
+            let capability = d.xattrs.iter().any(|(k, _)| k == SECURITY_CAPABILITY);
+            if d.kind != NodeKind::File || (d.mode & (S_ISUID | S_ISGID) == 0 && !capability) {
+                return Ok(());
+            }
+            (d.mode, d.gid)
+        };
+        // `who` may read /proc: not under the tree lock.
+        let clear = if mode & (S_ISUID | S_ISGID) != 0 { setid_bits_to_clear(mode, gid, who) } else { 0 };
+        self.writable()?;
+        let now = now_ns();
+        let mut t = self.lock_tree();
+        let node = t.node_mut(ino)?;
+        let d = &mut node.data;
+        let xattrs = d.xattrs.len();
+        d.xattrs.retain(|(k, _)| k != SECURITY_CAPABILITY);
+        if d.mode & clear == 0 && d.xattrs.len() == xattrs {
+            return Ok(());
+        }
+        d.mode &= !clear;
+        d.ctime_ns = now;
+        if let Some(live) = node.live.as_mut() {
+            live.ctime_ns = now;
+        }
+        t.touch_node(ino);
+        drop(t);
+        self.changed();
+        Ok(())
+    }
+
     pub fn release(&self, fh: u64) -> Result<(), FsError> {
         let handle = self.handles.remove(fh)?;
         let Handle::File { ino, file, .. } = &*handle else { return Ok(()) };
@@ -637,10 +710,22 @@ impl PondFs {
         Ok(())
     }
 
+    /// An attribute's value. POSIX ACLs (`system.*`) are not supported, so asking for one says so
+    /// (EOPNOTSUPP, as setting one does); so does asking for an SELinux label that was never set,
+    /// as on a filesystem without labels. Tools take that answer for the whole mount — `ls -l`
+    /// stops asking after the first file — where "no such attribute" (ENODATA) cost two round
+    /// trips to the daemon for every file listed.
     pub fn getxattr(&self, ino: u64, name: &[u8]) -> Result<Vec<u8>, FsError> {
         let t = self.lock_tree();
         let node = t.node(ino)?;
-        node.data.xattrs.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()).ok_or(FsError::NoXattr)
+        if name.starts_with(b"system.") {
+            return Err(FsError::NotSupported("system.* attributes (POSIX ACLs)"));
+        }
+        match node.data.xattrs.iter().find(|(k, _)| k == name) {
+            Some((_, v)) => Ok(v.clone()),
+            None if name == b"security.selinux" => Err(FsError::NotSupported("SELinux labels")),
+            None => Err(FsError::NoXattr),
+        }
     }
 
     pub fn listxattr(&self, ino: u64) -> Result<Vec<u8>, FsError> {

@@ -9,6 +9,7 @@ use super::attr::Attr;
 use super::error::FsError;
 use super::handles::OpenFile;
 use crate::oplog::schema::{Content, NodeData, NodeKind, OplogRow, RowKey};
+use crate::oplog::tree_shape::check_tree;
 use crate::oplog::{LoadedRows, ROOT_INO};
 
 /// Longest name a directory entry may have (as on ext4).
@@ -104,8 +105,16 @@ pub struct Tree {
 
 impl Tree {
     /// Build the tree from the rows current at a version. Rows for names whose parent or child is
-    /// missing are ignored (they cannot be reached), never a panic.
+    /// missing are ignored (they cannot be reached), never a panic. Directories that do not form a
+    /// tree (one with two names, or inside itself) are refused: walks up the tree would not end.
     pub fn from_rows(loaded: LoadedRows) -> Result<Tree, FsError> {
+        check_tree(&loaded.rows).map_err(|e| {
+            FsError::Corrupt(format!(
+                "at version {}, the pond's directories do not form a tree: {e} (`pond verify` names it; \
+                 an older version may still open with --version)",
+                loaded.version
+            ))
+        })?;
         let mut tree =
             Tree { next_ino: loaded.max_ino.max(ROOT_INO) + 1, next_seq: loaded.max_seq + 1, ..Default::default() };
         let mut dirents = Vec::new();
@@ -249,9 +258,11 @@ impl Tree {
         }
     }
 
-    /// True if `ancestor` is `ino` or one of its parent directories.
+    /// True if `ancestor` is `ino` or one of its parent directories. The tree is checked to be one
+    /// when built and every change keeps it one; should a walk still go round, it ends after as
+    /// many steps as there are inodes and says true (so a rename depending on it is refused).
     pub fn is_ancestor(&self, ancestor: u64, mut ino: u64) -> bool {
-        loop {
+        for _ in 0..=self.nodes.len() {
             if ino == ancestor {
                 return true;
             }
@@ -260,6 +271,7 @@ impl Tree {
                 _ => return false,
             }
         }
+        true
     }
 
     /// Take every dirty key as rows describing the tree as it is now (a consistent snapshot), with
@@ -344,5 +356,40 @@ impl Tree {
 
     pub fn node_count(&self) -> u64 {
         self.nodes.len() as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir_inode(parent: u64) -> Inode {
+        let data = NodeData {
+            kind: NodeKind::Dir,
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+            size: 0,
+            atime_ns: 0,
+            mtime_ns: 0,
+            ctime_ns: 0,
+            nlink: 2,
+            rdev: 0,
+            symlink: None,
+            xattrs: Vec::new(),
+            content: None,
+        };
+        let dir = Some(Dir { entries: BTreeMap::new(), parent });
+        Inode { data, dir, open: None, open_count: 0, live: None, lookups: 0 }
+    }
+
+    #[test]
+    fn a_walk_up_a_tree_that_goes_round_ends() {
+        let mut tree = Tree::default();
+        tree.nodes.insert(ROOT_INO, dir_inode(ROOT_INO));
+        tree.nodes.insert(2, dir_inode(3));
+        tree.nodes.insert(3, dir_inode(2));
+        assert!(tree.is_ancestor(ROOT_INO, ROOT_INO));
+        assert!(tree.is_ancestor(9, 2), "a walk that goes round says true (a rename is refused)");
     }
 }

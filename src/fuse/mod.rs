@@ -28,9 +28,22 @@
 //! - **Whose close is a close**: a flush finalizes the file's content only when it comes from the
 //!   process that opened the handle; a forked child closing its inherited copy at exec or exit
 //!   does not make a version of a half-written file ([`openers`]).
-//! - **fsync off the event loop**: `fsync` and `fsyncdir` wait for a commit on a thread of their
-//!   own and reply from there, so writers fsyncing at once never hold every loop thread while `ls`
-//!   or a `stat` waits behind them.
+//! - **fsync off the event loop**: `fsync` and `fsyncdir` finalize on one of a few pool threads
+//!   and are answered by the committer once their commit is done, so writers fsyncing at once
+//!   never hold every loop thread while `ls` or a `stat` waits behind them, and 10,000 concurrent
+//!   fsyncs are 10,000 entries in a list, not 10,000 threads.
+//! - **What the kernel leaves to the filesystem** (ext4's behaviour is the reference):
+//!   a write or truncation clears set-ID bits and `security.capability` ([`PondFs::remove_privs`];
+//!   the kernel does it for page-cache writes and truncate(2), not for direct writes, which it
+//!   flags with `FUSE_WRITE_KILL_SUIDGID`, nor for open(O_TRUNC) under `FUSE_ATOMIC_O_TRUNC`);
+//!   `listxattr` hides `trusted.*` names from callers without CAP_SYS_ADMIN (the VFS refuses
+//!   them get and set, but passes a filesystem's list as it is). Who the caller is comes from
+//!   [`creds`].
+//! - **`sync`, `dirsync` and O_SYNC**: under `sync` no open gets direct writes, so the kernel
+//!   fsyncs after every write (MS_SYNCHRONOUS); directory changes (and, under `sync`, attribute and
+//!   xattr changes) are committed before their reply. An O_SYNC or O_DSYNC open never gets direct
+//!   writes either: through the page cache the kernel fsyncs after each write, where a direct
+//!   write would only pass the flag along.
 //! - **Inode lifetimes**: the core counts every entry it gives the kernel and `forget` drops the
 //!   count ([`PondFs::count_kernel_lookups`]), so an inode unlinked or renamed over stays usable while
 //!   the kernel may still send requests for it; `readdirplus` forgets the entries that did not fit.
@@ -39,29 +52,34 @@
 //!   kernel (`default_permissions`).
 
 pub mod attr;
+mod creds;
 pub mod errno;
 pub mod kernel_cache;
 mod openers;
+mod pool;
 pub mod session;
 
 use std::ffi::OsStr;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use fuser::{
     AccessFlags, BsdFileFlags, CopyFileRangeFlags, Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo,
     InitFlags, IoctlFlags, KernelConfig, LockOwner, OpenFlags, PollEvents, PollFlags, PollNotifier, RenameFlags,
     ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl,
-    ReplyLseek, ReplyOpen, ReplyPoll, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    ReplyLseek, ReplyOpen, ReplyPoll, ReplyStatfs, ReplyWrite, ReplyXattr, Request, SessionUnmounter, TimeOrNow,
+    WriteFlags,
 };
 
+use crate::fs::commit_queue::Done;
 use crate::fs::{Caller, FsError, PageCache, PondFs, RenameMode, SetAttr, XattrSet};
 use attr::{file_attr, file_type, mknod_kind, time_set};
+use creds::RequestCreds;
 pub use kernel_cache::KernelCache;
-pub use session::{mount_options, serve, serve_notifying};
+pub use session::{MountConfig, Synchronous, mount_options, serve, serve_notifying};
 
 /// How long the kernel may cache entries and attributes.
 pub const TTL: Duration = Duration::from_secs(1);
@@ -74,45 +92,68 @@ fn ttl(a: &crate::fs::Attr) -> Duration {
 /// Inode numbers are never reused while mounted, so every generation is 0.
 const GENERATION: Generation = Generation(0);
 
+/// Threads that finalize fsyncs (see [`PondFuse::off_the_loop`]).
+const FSYNC_THREADS: usize = 4;
+
 /// The `fuser::Filesystem` over a [`PondFs`].
 pub struct PondFuse {
     fs: Arc<PondFs>,
     openers: openers::Openers,
     /// Write-only opens bypass the page cache (see the module docs); decided in `init`.
     direct_writes: bool,
+    /// Which changes are committed before their reply (`sync`, `dirsync`).
+    synchronous: Synchronous,
+    fsyncs: pool::Pool,
+    /// Set by `serve` once the session exists: `destroy` unmounts through it.
+    unmounter: Arc<Mutex<Option<SessionUnmounter>>>,
+}
+
+/// What a change touches, for [`PondFuse::committed`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Change {
+    Directory,
+    Attributes,
 }
 
 impl PondFuse {
-    pub fn new(fs: Arc<PondFs>) -> PondFuse {
+    pub fn new(fs: Arc<PondFs>, synchronous: Synchronous) -> PondFuse {
         fs.count_kernel_lookups();
-        PondFuse { fs, openers: openers::Openers::default(), direct_writes: false }
+        PondFuse {
+            fs,
+            openers: openers::Openers::default(),
+            direct_writes: false,
+            synchronous,
+            fsyncs: pool::Pool::new("pond-fsync", FSYNC_THREADS),
+            unmounter: Arc::default(),
+        }
     }
 
-    /// Run `op` — one that waits for a commit — on a thread of its own and reply from there, so the
-    /// event loop's few threads stay free for lookups and reads: with every loop thread parked in an
-    /// fsync, a `stat` would wait for the commit (and the compaction after it). Inline if no thread
-    /// can be started.
-    fn off_the_loop(
-        &self,
-        what: &'static str,
-        reply: ReplyEmpty,
-        op: impl FnOnce(&PondFs) -> Result<(), FsError> + Send + 'static,
-    ) {
+    /// Where `serve` puts the session's unmounter (see `destroy`).
+    pub fn unmounter_slot(&self) -> Arc<Mutex<Option<SessionUnmounter>>> {
+        self.unmounter.clone()
+    }
+
+    /// Run an fsync or fsyncdir off the event loop: `op` (finalizing the content, which may write
+    /// out a large object) runs on one of [`FSYNC_THREADS`] pool threads, and the reply is sent by
+    /// whoever learns the commit's outcome, holding no thread while it waits. With every loop
+    /// thread parked in an fsync, a `stat` would wait behind commits; with a thread per fsync,
+    /// 10,000 concurrent fsyncs were 10,000 threads.
+    fn off_the_loop(&self, what: &'static str, reply: ReplyEmpty, op: impl FnOnce(&PondFs, Done) + Send + 'static) {
         let fs = self.fs.clone();
-        let job = std::sync::Arc::new(std::sync::Mutex::new(Some((op, reply))));
-        let run = {
-            let job = job.clone();
-            move || {
-                if let Some((op, reply)) = job.lock().unwrap_or_else(|p| p.into_inner()).take() {
-                    reply_empty(what, op(&fs), reply);
-                }
-            }
+        self.fsyncs.run(move || op(&fs, Box::new(move |result| reply_empty(what, result, reply))));
+    }
+
+    /// Under `dirsync` (directory changes) or `sync` (those and attribute changes), wait until the
+    /// change `result` reports is committed.
+    fn committed<T>(&self, change: Change, result: Result<T, FsError>) -> Result<T, FsError> {
+        let wait = match self.synchronous {
+            Synchronous::No => false,
+            Synchronous::Directories => change == Change::Directory,
+            Synchronous::Everything => true,
         };
-        let fs = self.fs.clone();
-        if std::thread::Builder::new().name(format!("pond-{what}")).spawn(run).is_err()
-            && let Some((op, reply)) = job.lock().unwrap_or_else(|p| p.into_inner()).take()
-        {
-            reply_empty(what, op(&fs), reply);
+        match result {
+            Ok(v) if wait => self.fs.sync_all().map(|()| v),
+            other => other,
         }
     }
 }
@@ -133,13 +174,35 @@ fn caller(req: &Request) -> Caller {
 const DIRECT_WRITES_INVALIDATE: u32 = 39;
 
 /// Read-only opens keep the page cache; write-only opens bypass it when `direct_writes` (see the
-/// module docs); read-write opens use it as the kernel does by default.
+/// module docs), unless O_SYNC or O_DSYNC; read-write opens use it as the kernel does by default.
 fn fopen_flags(flags: i32, direct_writes: bool) -> FopenFlags {
+    // O_SYNC is O_DSYNC plus a bit of its own.
+    let synchronous = flags & libc::O_DSYNC != 0;
     match flags & libc::O_ACCMODE {
         libc::O_RDONLY => FopenFlags::FOPEN_KEEP_CACHE,
-        libc::O_WRONLY if direct_writes => FopenFlags::FOPEN_DIRECT_IO,
+        libc::O_WRONLY if direct_writes && !synchronous => FopenFlags::FOPEN_DIRECT_IO,
         _ => FopenFlags::empty(),
     }
+}
+
+/// The names of a `listxattr` answer the caller may see: `trusted.*` only with CAP_SYS_ADMIN
+/// (asked only when there is such a name), as ext4 lists them.
+fn visible_xattrs(names: Vec<u8>, may_see_trusted: impl FnOnce() -> bool) -> Vec<u8> {
+    let is_trusted = |name: &[u8]| name.starts_with(b"trusted.");
+    if !names.split(|b| *b == 0).any(is_trusted) || may_see_trusted() {
+        return names;
+    }
+    let mut out = Vec::with_capacity(names.len());
+    for name in names.split(|b| *b == 0).filter(|n| !n.is_empty() && !is_trusted(n)) {
+        out.extend_from_slice(name);
+        out.push(0);
+    }
+    out
+}
+
+/// The caller of a request, for the rules the kernel leaves to the filesystem.
+fn creds(req: &Request) -> RequestCreds {
+    RequestCreds::new(req.pid(), req.gid())
 }
 
 /// The getxattr/listxattr size protocol: size 0 asks for the length, a buffer too small is ERANGE.
@@ -179,7 +242,9 @@ impl Filesystem for PondFuse {
                 tracing::debug!("kernel lacks FUSE capability {missing:?}; going without it");
             }
         }
-        self.direct_writes = config.kernel_abi().1 >= DIRECT_WRITES_INVALIDATE;
+        // Under `sync`, every write goes through the page cache, where the kernel fsyncs it.
+        self.direct_writes =
+            config.kernel_abi().1 >= DIRECT_WRITES_INVALIDATE && self.synchronous != Synchronous::Everything;
         tracing::debug!(
             read_only = self.fs.is_read_only(),
             abi = ?config.kernel_abi(),
@@ -193,6 +258,20 @@ impl Filesystem for PondFuse {
         tracing::debug!("FUSE session ending, committing what was released");
         if let Err(e) = self.fs.shutdown() {
             tracing::error!("final commit at unmount failed: {e}");
+        }
+        // fuser unmounts once the session has ended, after checking whether the kernel did so
+        // already; that check (fuser 0.18, `is_mounted`) takes the ended connection for a live
+        // one, so every clean unmount ended in a failed umount(2) and a warning in the daemon's
+        // log. Unmounting here, first, leaves fuser nothing to do: EINVAL is the usual answer (the
+        // kernel has unmounted it: that is what ended the session); a connection aborted through
+        // /sys/fs/fuse/connections leaves the mount in place, and this removes it.
+        let unmounter = self.unmounter.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(mut unmounter) = unmounter {
+            match unmounter.unmount() {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
+                Err(e) => tracing::warn!("unmounting after the session ended: {e}"),
+            }
         }
     }
 
@@ -217,7 +296,7 @@ impl Filesystem for PondFuse {
 
     fn setattr(
         &self,
-        _req: &Request,
+        request: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -243,7 +322,13 @@ impl Filesystem for PondFuse {
             mtime: mtime.map(time_set),
             fh: fh.map(|f| f.0),
         };
-        match self.fs.setattr(ino.0, req) {
+        let truncate = req.size.is_some();
+        let mut result = self.fs.setattr(ino.0, req);
+        if truncate && result.is_ok() {
+            // After the kernel's own mode change (which keeps set-group-ID without group-exec).
+            result = self.fs.remove_privs(ino.0, &creds(request)).and_then(|()| self.fs.getattr(ino.0));
+        }
+        match self.committed(Change::Attributes, result) {
             Ok(a) => reply.attr(&TTL, &file_attr(&a)),
             Err(e) => reply.error(fail("setattr", e)),
         }
@@ -270,28 +355,29 @@ impl Filesystem for PondFuse {
         tracing::debug!(parent = parent.0, ?name, mode = format_args!("{mode:o}"), rdev, "mknod");
         let Some(kind) = mknod_kind(mode) else { return reply.error(Errno::EINVAL) };
         let made = self.fs.mknod(parent.0, name.as_bytes(), kind, mode & 0o7777, attr::dev_t(rdev), caller(req));
-        reply_entry("mknod", made, reply);
+        reply_entry("mknod", self.committed(Change::Directory, made), reply);
     }
 
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, reply: ReplyEntry) {
         tracing::debug!(parent = parent.0, ?name, mode = format_args!("{mode:o}"), "mkdir");
-        reply_entry("mkdir", self.fs.mkdir(parent.0, name.as_bytes(), mode & 0o7777, caller(req)), reply);
+        let made = self.fs.mkdir(parent.0, name.as_bytes(), mode & 0o7777, caller(req));
+        reply_entry("mkdir", self.committed(Change::Directory, made), reply);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         tracing::debug!(parent = parent.0, ?name, "unlink");
-        reply_empty("unlink", self.fs.unlink(parent.0, name.as_bytes()), reply);
+        reply_empty("unlink", self.committed(Change::Directory, self.fs.unlink(parent.0, name.as_bytes())), reply);
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         tracing::debug!(parent = parent.0, ?name, "rmdir");
-        reply_empty("rmdir", self.fs.rmdir(parent.0, name.as_bytes()), reply);
+        reply_empty("rmdir", self.committed(Change::Directory, self.fs.rmdir(parent.0, name.as_bytes())), reply);
     }
 
     fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
         tracing::debug!(parent = parent.0, ?link_name, ?target, "symlink");
         let made = self.fs.symlink(parent.0, link_name.as_bytes(), target.as_os_str().as_bytes(), caller(req));
-        reply_entry("symlink", made, reply);
+        reply_entry("symlink", self.committed(Change::Directory, made), reply);
     }
 
     fn rename(
@@ -314,16 +400,28 @@ impl Filesystem for PondFuse {
         } else {
             return reply.error(Errno::EINVAL);
         };
-        reply_empty("rename", self.fs.rename(parent.0, name.as_bytes(), newparent.0, newname.as_bytes(), mode), reply);
+        let renamed = self.fs.rename(parent.0, name.as_bytes(), newparent.0, newname.as_bytes(), mode);
+        reply_empty("rename", self.committed(Change::Directory, renamed), reply);
     }
 
     fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
         tracing::debug!(ino = ino.0, newparent = newparent.0, ?newname, "link");
-        reply_entry("link", self.fs.link(ino.0, newparent.0, newname.as_bytes()), reply);
+        reply_entry(
+            "link",
+            self.committed(Change::Directory, self.fs.link(ino.0, newparent.0, newname.as_bytes())),
+            reply,
+        );
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         tracing::debug!(ino = ino.0, flags = format_args!("{:#o}", flags.0), "open");
+        // FUSE_ATOMIC_O_TRUNC: the truncation is ours (O_RDONLY | O_TRUNC truncates too), and so
+        // is what it clears.
+        if flags.0 & libc::O_TRUNC != 0
+            && let Err(e) = self.fs.remove_privs(ino.0, &creds(req))
+        {
+            return reply.error(fail("open", e));
+        }
         match self.fs.open_file(ino.0, flags.0) {
             Ok(fh) => {
                 self.openers.record(fh, req.pid());
@@ -360,17 +458,24 @@ impl Filesystem for PondFuse {
 
     fn write(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
         tracing::debug!(ino = ino.0, fh = fh.0, offset, len = data.len(), "write");
+        let mut who = creds(req);
+        if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) {
+            who = who.without_fsetid();
+        }
+        if let Err(e) = self.fs.remove_privs(ino.0, &who) {
+            return reply.error(fail("write", e));
+        }
         match self.fs.write(fh.0, offset, data) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(fail("write", e)),
@@ -404,7 +509,7 @@ impl Filesystem for PondFuse {
 
     fn fsync(&self, _req: &Request, ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
         tracing::debug!(ino = ino.0, fh = fh.0, datasync, "fsync");
-        self.off_the_loop("fsync", reply, move |fs| fs.fsync(fh.0, datasync));
+        self.off_the_loop("fsync", reply, move |fs, done| fs.fsync_then(fh.0, datasync, done));
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -456,7 +561,7 @@ impl Filesystem for PondFuse {
 
     fn fsyncdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
         tracing::debug!(ino = ino.0, fh = fh.0, "fsyncdir");
-        self.off_the_loop("fsyncdir", reply, move |fs| fs.fsyncdir(ino.0));
+        self.off_the_loop("fsyncdir", reply, move |fs, done| fs.fsyncdir_then(ino.0, done));
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
@@ -487,7 +592,8 @@ impl Filesystem for PondFuse {
         if position != 0 {
             return reply.error(Errno::EINVAL);
         }
-        reply_empty("setxattr", self.fs.setxattr(ino.0, name.as_bytes(), value, how), reply);
+        let set = self.fs.setxattr(ino.0, name.as_bytes(), value, how);
+        reply_empty("setxattr", self.committed(Change::Attributes, set), reply);
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
@@ -495,14 +601,20 @@ impl Filesystem for PondFuse {
         reply_xattr("getxattr", size, self.fs.getxattr(ino.0, name.as_bytes()), reply);
     }
 
-    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         tracing::debug!(ino = ino.0, size, "listxattr");
-        reply_xattr("listxattr", size, self.fs.listxattr(ino.0), reply);
+        let may_see_trusted = || creds(req).has_capability(creds::CAP_SYS_ADMIN);
+        let listed = self.fs.listxattr(ino.0).map(|names| visible_xattrs(names, may_see_trusted));
+        reply_xattr("listxattr", size, listed, reply);
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         tracing::debug!(ino = ino.0, ?name, "removexattr");
-        reply_empty("removexattr", self.fs.removexattr(ino.0, name.as_bytes()), reply);
+        reply_empty(
+            "removexattr",
+            self.committed(Change::Attributes, self.fs.removexattr(ino.0, name.as_bytes())),
+            reply,
+        );
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
@@ -527,7 +639,8 @@ impl Filesystem for PondFuse {
             flags = format_args!("{flags:#o}"),
             "create"
         );
-        match self.fs.create(parent.0, name.as_bytes(), mode & 0o7777, flags, caller(req)) {
+        let created = self.fs.create(parent.0, name.as_bytes(), mode & 0o7777, flags, caller(req));
+        match self.committed(Change::Directory, created) {
             Ok((a, fh)) => {
                 self.openers.record(fh, req.pid());
                 reply.created(&TTL, &file_attr(&a), GENERATION, FileHandle(fh), fopen_flags(flags, self.direct_writes))
@@ -619,5 +732,20 @@ mod tests {
         }
         assert_eq!(fopen_flags(libc::O_WRONLY | libc::O_TRUNC, true), FopenFlags::FOPEN_DIRECT_IO);
         assert_eq!(fopen_flags(libc::O_WRONLY | libc::O_TRUNC, false), FopenFlags::empty());
+    }
+
+    #[test]
+    fn synchronous_opens_write_through_the_page_cache_where_the_kernel_fsyncs_each_write() {
+        assert_eq!(fopen_flags(libc::O_WRONLY | libc::O_SYNC, true), FopenFlags::empty());
+        assert_eq!(fopen_flags(libc::O_WRONLY | libc::O_DSYNC, true), FopenFlags::empty());
+    }
+
+    #[test]
+    fn trusted_names_are_listed_only_to_who_may_see_them() {
+        let names = b"user.a\0trusted.b\0security.c\0".to_vec();
+        assert_eq!(visible_xattrs(names.clone(), || false), b"user.a\0security.c\0");
+        assert_eq!(visible_xattrs(names.clone(), || true), names);
+        let untrusted = b"user.a\0".to_vec();
+        assert_eq!(visible_xattrs(untrusted.clone(), || panic!("not asked without trusted names")), untrusted);
     }
 }

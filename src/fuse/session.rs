@@ -36,40 +36,82 @@ const THREADS: usize = 4;
 /// The signals that unmount the pond.
 const SIGNALS: [Signal; 3] = [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP];
 
+/// How a pond is mounted: what the kernel enforces and when changes are committed. Each field
+/// is a mount option that takes effect (`pond mount -o`); none is accepted and dropped.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MountConfig {
+    /// `ro`: the kernel refuses every change.
+    pub read_only: bool,
+    /// `allow_other`: other users may use the mount (the modes still apply).
+    pub allow_other: bool,
+    /// `noexec`: nothing on the mount can be executed.
+    pub noexec: bool,
+    /// `suid`: set-user-ID and set-group-ID bits take effect on exec (off by default, as on every
+    /// FUSE mount).
+    pub suid: bool,
+    /// `dev`: device nodes on the mount can be opened (off by default, as on every FUSE mount).
+    pub dev: bool,
+    /// `sync` / `dirsync`: when a change is committed before the call returns.
+    pub synchronous: Synchronous,
+}
+
+/// Which changes are committed before the call that makes them returns (`sync`, `dirsync`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Synchronous {
+    /// At close, fsync and unmount (the default).
+    #[default]
+    No,
+    /// `dirsync`: also every change to a directory (create, mkdir, mknod, symlink, link, unlink,
+    /// rmdir, rename).
+    Directories,
+    /// `sync`: also every write (the kernel sends an fsync after each one) and every change of
+    /// attributes or xattrs.
+    Everything,
+}
+
 /// The fuser configuration for a pond mount: `default_permissions` (the kernel enforces the mode
-/// bits), `ro` when read-only, other users let in when `allow_other`. [`serve`] adds the pond's path
-/// as the mount's source (`fsname`) unless the config already names one.
-pub fn mount_options(read_only: bool, allow_other: bool) -> Config {
+/// bits), and the kernel flags of `config`. [`serve`] adds the pond's path as the mount's source
+/// (`fsname`) unless the config already names one.
+pub fn mount_options(config: &MountConfig) -> Config {
     let mut cfg = Config::default();
     // `subtype=pond` as a plain option, not `MountOption::Subtype`: fuser gives Subtype only to
     // fusermount, so a mount made directly with mount(2) (as root) would show type `fuse`, and
     // umount(8) would never find its `umount.fuse.pond` helper. The kernel (and fusermount) take
     // `subtype=` and show the mount as `fuse.pond`.
     cfg.mount_options = vec![MountOption::CUSTOM("subtype=pond".into()), MountOption::DefaultPermissions];
-    if read_only {
+    if config.read_only {
         cfg.mount_options.push(MountOption::RO);
     }
-    if allow_other {
+    if config.noexec {
+        cfg.mount_options.push(MountOption::NoExec);
+    }
+    // fuser mounts nosuid and nodev unless told otherwise; fusermount (a mount by a user who is
+    // not root) always does.
+    if config.suid {
+        cfg.mount_options.push(MountOption::Suid);
+    }
+    if config.dev {
+        cfg.mount_options.push(MountOption::Dev);
+    }
+    match config.synchronous {
+        Synchronous::No => {}
+        // MS_DIRSYNC and MS_SYNCHRONOUS: shown in mountinfo, and the kernel fsyncs after each
+        // write through the page cache under MS_SYNCHRONOUS. The adapter does the rest.
+        Synchronous::Directories => cfg.mount_options.push(MountOption::DirSync),
+        Synchronous::Everything => cfg.mount_options.push(MountOption::Sync),
+    }
+    if config.allow_other {
         cfg.acl = SessionACL::All;
     }
     cfg.n_threads = Some(THREADS);
     cfg
 }
 
-/// [`mount_options`] for a replica's view (always read-only), `noexec` when asked.
-pub fn replica_mount_options(allow_other: bool, noexec: bool) -> Config {
-    let mut cfg = mount_options(true, allow_other);
-    if noexec {
-        cfg.mount_options.push(MountOption::NoExec);
-    }
-    cfg
-}
-
 /// Mount `fs` (the pond at `pond`) on `mountpoint` and serve it until it is unmounted, by
 /// `umount`/`fusermount -u` or by SIGTERM/SIGINT/SIGHUP. Returns after the core has committed
 /// everything released; the error, if any, is the session's or else the final commit's.
-pub fn serve(fs: Arc<PondFs>, pond: &Path, mountpoint: &Path, cfg: Config) -> io::Result<()> {
-    serve_notifying(fs, pond, mountpoint, cfg, |_| {})
+pub fn serve(fs: Arc<PondFs>, pond: &Path, mountpoint: &Path, config: &MountConfig) -> io::Result<()> {
+    serve_notifying(fs, pond, mountpoint, config, |_| {})
 }
 
 /// [`serve`], handing `on_mounted` the session's [`KernelCache`] once mounted, for a view that
@@ -78,16 +120,18 @@ pub fn serve_notifying(
     fs: Arc<PondFs>,
     pond: &Path,
     mountpoint: &Path,
-    mut cfg: Config,
+    config: &MountConfig,
     on_mounted: impl FnOnce(KernelCache),
 ) -> io::Result<()> {
-    if !cfg.mount_options.iter().any(|o| matches!(o, MountOption::FSName(_))) {
-        cfg.mount_options.push(MountOption::FSName(pond.display().to_string()));
-    }
+    let mut cfg = mount_options(config);
+    cfg.mount_options.push(MountOption::FSName(pond.display().to_string()));
     let mountpoint = mountpoint.canonicalize()?;
     // Handlers before the mount, so a signal that arrives while mounting is not lost.
     let signals = SignalHandlers::install()?;
-    let mut session = Session::new(PondFuse::new(fs.clone()), &mountpoint, &cfg)?;
+    let adapter = PondFuse::new(fs.clone(), config.synchronous);
+    let unmounter_slot = adapter.unmounter_slot();
+    let mut session = Session::new(adapter, &mountpoint, &cfg)?;
+    *unmounter_slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(session.unmount_callable());
     let watcher = signals.as_ref().map(|s| s.watch(session.unmount_callable(), mountpoint.clone())).transpose()?;
     on_mounted(KernelCache::new(session.notifier()));
     tracing::info!(pond = %pond.display(), mountpoint = %mountpoint.display(), "mounted");
@@ -260,14 +304,28 @@ mod tests {
 
     #[test]
     fn config_follows_the_flags() {
-        let rw = mount_options(false, false);
+        let rw = mount_options(&MountConfig::default());
         assert!(rw.mount_options.contains(&MountOption::DefaultPermissions));
         assert!(rw.mount_options.contains(&MountOption::CUSTOM("subtype=pond".into())));
-        assert!(!rw.mount_options.contains(&MountOption::RO));
+        for absent in [MountOption::RO, MountOption::NoExec, MountOption::Suid, MountOption::Dev, MountOption::Sync] {
+            assert!(!rw.mount_options.contains(&absent), "{absent:?}");
+        }
         assert_eq!(rw.acl, SessionACL::Owner);
         assert_eq!(rw.n_threads, Some(THREADS));
-        let ro = mount_options(true, true);
-        assert!(ro.mount_options.contains(&MountOption::RO));
-        assert_eq!(ro.acl, SessionACL::All);
+        let all = MountConfig {
+            read_only: true,
+            allow_other: true,
+            noexec: true,
+            suid: true,
+            dev: true,
+            synchronous: Synchronous::Everything,
+        };
+        let cfg = mount_options(&all);
+        for present in [MountOption::RO, MountOption::NoExec, MountOption::Suid, MountOption::Dev, MountOption::Sync] {
+            assert!(cfg.mount_options.contains(&present), "{present:?}");
+        }
+        assert_eq!(cfg.acl, SessionACL::All);
+        let dirsync = mount_options(&MountConfig { synchronous: Synchronous::Directories, ..Default::default() });
+        assert!(dirsync.mount_options.contains(&MountOption::DirSync));
     }
 }

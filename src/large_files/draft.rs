@@ -23,7 +23,7 @@ use bytes::Bytes;
 use tempfile::NamedTempFile;
 
 use super::error::StoreError;
-use super::format::{ChunkLoc, ObjectFormat, PackWriter};
+use super::format::{ChunkBuf, ChunkLoc, ObjectFormat, PackWriter};
 use super::hash::{chunk_count, chunk_cv, chunk_hash, chunk_len, root_from_chunk_hashes};
 use super::reader::ObjectReader;
 use super::{LargeFileStore, PutOutcome};
@@ -38,22 +38,18 @@ pub const DIRTY_BUDGET: usize = 16;
 
 enum Slot {
     /// The chunk's bytes, exactly its length.
-    Dirty(Vec<u8>),
+    Dirty(ChunkBuf),
     /// Zeros, the chunk's length.
     Hole,
-    /// Hashed (`cv`: its chaining value at its index) and stored; `len` bytes.
-    Stored { cv: [u8; 32], at: StoredAt, len: u32 },
-}
-
-enum StoredAt {
-    /// Row of the open pack.
-    OpenPack(usize),
-    Loc(ChunkLoc),
+    /// Hashed (`cv`: its chaining value at its index) and stored at `loc`; `in_open_pack` while
+    /// that is the pack still being written (read back only once it is closed).
+    Stored { cv: [u8; 32], loc: ChunkLoc, in_open_pack: bool },
 }
 
 struct OpenPack {
     tmp: NamedTempFile,
     writer: PackWriter,
+    name: Arc<PondFile>,
 }
 
 /// Large content being written (see the module doc).
@@ -148,7 +144,7 @@ impl LargeDraft {
             files.extend(base.data_files());
         }
         for slot in self.slots.values() {
-            if let Slot::Stored { at: StoredAt::Loc(loc), .. } = slot {
+            if let Slot::Stored { loc, in_open_pack: false, .. } = slot {
                 files.push((*loc.file).clone());
             }
         }
@@ -184,9 +180,9 @@ impl LargeDraft {
             let whole = within == 0 && n == clen;
             if whole && !matches!(self.slots.get(&idx), Some(Slot::Dirty(_))) {
                 // Overwritten whole: the old bytes need not be read.
-                self.set_dirty(idx, rest[..n].to_vec());
+                self.set_dirty(idx, ChunkBuf::from_slice(&rest[..n]));
             } else {
-                self.dirty_bytes(idx)?[within..within + n].copy_from_slice(&rest[..n]);
+                self.dirty_bytes(idx)?.bytes_mut()[within..within + n].copy_from_slice(&rest[..n]);
             }
             pos += n as u64;
             rest = &rest[n..];
@@ -208,7 +204,7 @@ impl LargeDraft {
             let n = (clen - within).min(buf.len() - done);
             let out = &mut buf[done..done + n];
             match self.slots.get(&idx) {
-                Some(Slot::Dirty(v)) => out.copy_from_slice(&v[within..within + n]),
+                Some(Slot::Dirty(v)) => out.copy_from_slice(&v.bytes()[within..within + n]),
                 Some(Slot::Hole) => out.fill(0),
                 _ => out.copy_from_slice(&self.chunk_bytes(idx)?[within..within + n]),
             }
@@ -236,7 +232,7 @@ impl LargeDraft {
         if tail != 0 {
             // The new last chunk gets shorter.
             let idx = len / CHUNK_SIZE;
-            self.dirty_bytes(idx)?.truncate(tail as usize);
+            self.dirty_bytes(idx)?.set_len(tail as usize);
         }
         self.len = len;
         Ok(())
@@ -250,7 +246,7 @@ impl LargeDraft {
             // The old last chunk gets longer: its new bytes are zeros.
             let idx = old / CHUNK_SIZE;
             let new_len = chunk_len(len, idx) as usize;
-            self.dirty_bytes(idx)?.resize(new_len, 0);
+            self.dirty_bytes(idx)?.set_len(new_len);
         }
         for idx in chunks_of(old)..chunks_of(len) {
             if let Some(Slot::Dirty(_)) = self.slots.insert(idx, Slot::Hole) {
@@ -262,11 +258,11 @@ impl LargeDraft {
     }
 
     /// Makes chunk `idx` dirty (reading its current bytes) and returns them.
-    fn dirty_bytes(&mut self, idx: u64) -> Result<&mut Vec<u8>, StoreError> {
+    fn dirty_bytes(&mut self, idx: u64) -> Result<&mut ChunkBuf, StoreError> {
         if !matches!(self.slots.get(&idx), Some(Slot::Dirty(_))) {
             let bytes = match self.slots.get(&idx) {
-                Some(Slot::Hole) => vec![0u8; chunk_len(self.len, idx) as usize],
-                _ => self.chunk_bytes(idx)?.to_vec(),
+                Some(Slot::Hole) => ChunkBuf::zeroed(chunk_len(self.len, idx) as usize),
+                _ => ChunkBuf::from_slice(&self.chunk_bytes(idx)?),
             };
             self.set_dirty(idx, bytes);
         }
@@ -276,7 +272,7 @@ impl LargeDraft {
         }
     }
 
-    fn set_dirty(&mut self, idx: u64, bytes: Vec<u8>) {
+    fn set_dirty(&mut self, idx: u64, bytes: ChunkBuf) {
         if !matches!(self.slots.insert(idx, Slot::Dirty(bytes)), Some(Slot::Dirty(_))) {
             self.dirty += 1;
             self.dirty_order.push_back(idx);
@@ -285,14 +281,13 @@ impl LargeDraft {
 
     /// The current bytes of a chunk that is not dirty (verified when they come from storage).
     fn chunk_bytes(&mut self, idx: u64) -> Result<Bytes, StoreError> {
-        if matches!(self.slots.get(&idx), Some(Slot::Stored { at: StoredAt::OpenPack(_), .. })) {
+        if matches!(self.slots.get(&idx), Some(Slot::Stored { in_open_pack: true, .. })) {
             self.close_pack()?;
         }
         match self.slots.get(&idx) {
-            Some(Slot::Dirty(v)) => Ok(Bytes::copy_from_slice(v)),
+            Some(Slot::Dirty(v)) => Ok(Bytes::copy_from_slice(v.bytes())),
             Some(Slot::Hole) => Ok(Bytes::from(vec![0u8; chunk_len(self.len, idx) as usize])),
-            Some(Slot::Stored { cv, at: StoredAt::Loc(loc), .. }) => self.store.read_verified(loc, idx, cv),
-            Some(Slot::Stored { at: StoredAt::OpenPack(_), .. }) => unreachable!("the pack was closed above"),
+            Some(Slot::Stored { cv, loc, .. }) => self.store.read_verified(loc, idx, cv),
             None => match &self.base {
                 Some(base) if idx < base.chunk_count() => base.read_chunk(idx),
                 _ => Err(StoreError::InvalidInput(format!("chunk {idx} of a draft has no bytes"))),
@@ -330,7 +325,7 @@ impl LargeDraft {
                 self.dirty -= 1;
                 v
             }
-            Some(Slot::Hole) => vec![0u8; chunk_len(self.len, idx) as usize],
+            Some(Slot::Hole) => ChunkBuf::zeroed(chunk_len(self.len, idx) as usize),
             other => {
                 if let Some(slot) = other {
                     self.slots.insert(idx, slot);
@@ -338,33 +333,33 @@ impl LargeDraft {
                 return Err(StoreError::InvalidInput(format!("chunk {idx} is not dirty")));
             }
         };
-        let cv = chunk_cv(idx, &bytes);
-        let len = bytes.len() as u32;
-        let at = match self.store.lookup_chunk(&cv, len) {
-            Some(loc) => StoredAt::Loc(loc),
-            None => StoredAt::OpenPack(self.append_to_pack(idx, &cv, Bytes::from(bytes))?),
+        let cv = chunk_cv(idx, bytes.bytes());
+        let len = bytes.bytes().len() as u32;
+        let slot = match self.store.lookup_chunk(&cv, len) {
+            Some(loc) => Slot::Stored { cv, loc, in_open_pack: false },
+            None => Slot::Stored { cv, loc: self.append_to_pack(idx, &cv, bytes)?, in_open_pack: true },
         };
-        self.slots.insert(idx, Slot::Stored { cv, at, len });
+        self.slots.insert(idx, slot);
         Ok(cv)
     }
 
-    fn append_to_pack(&mut self, idx: u64, cv: &[u8; 32], bytes: Bytes) -> Result<usize, StoreError> {
+    fn append_to_pack(&mut self, idx: u64, cv: &[u8; 32], bytes: ChunkBuf) -> Result<ChunkLoc, StoreError> {
         let appended = self.try_append_to_pack(idx, cv, bytes);
         self.broken |= appended.is_err();
         appended
     }
 
-    fn try_append_to_pack(&mut self, idx: u64, cv: &[u8; 32], bytes: Bytes) -> Result<usize, StoreError> {
+    fn try_append_to_pack(&mut self, idx: u64, cv: &[u8; 32], bytes: ChunkBuf) -> Result<ChunkLoc, StoreError> {
         if self.pack.is_none() {
             let tmp = self.store.temp_file("pack-")?;
             let file = tmp.as_file().try_clone().map_err(|e| StoreError::io(tmp.path(), e))?;
             let writer = PackWriter::new(file, tmp.path())?;
-            self.pack = Some(OpenPack { tmp, writer });
+            let name = Arc::new(PondFile::Pack(writer.name()));
+            self.pack = Some(OpenPack { tmp, writer, name });
         }
         let pack = self.pack.as_mut().expect("opened above");
-        let row = pack.writer.rows();
-        pack.writer.append(idx, cv, bytes, pack.tmp.path())?;
-        Ok(row)
+        let (offset, len) = pack.writer.append(idx, cv, bytes, pack.tmp.path())?;
+        Ok(ChunkLoc { file: pack.name.clone(), offset, len })
     }
 
     /// Closes the open pack, publishes it (durable at the next `make_durable`) and turns its
@@ -376,23 +371,17 @@ impl LargeDraft {
     }
 
     fn try_close_pack(&mut self) -> Result<(), StoreError> {
-        let Some(OpenPack { tmp, writer }) = self.pack.take() else { return Ok(()) };
-        let path = tmp.path().to_path_buf();
-        let (name, offsets) = writer.finish(&path)?;
-        let file = Arc::new(PondFile::Pack(name));
-        self.store.publish(tmp, &file, false)?;
+        let Some(OpenPack { tmp, writer, name }) = self.pack.take() else { return Ok(()) };
+        writer.finish(tmp.path())?;
+        self.store.publish(tmp, &name, false)?;
         let mut held = Vec::new();
         for slot in self.slots.values_mut() {
-            if let Slot::Stored { cv, at: at @ StoredAt::OpenPack(_), len } = slot {
-                let StoredAt::OpenPack(row) = *at else { unreachable!("matched above") };
-                let offset =
-                    *offsets.get(row).ok_or_else(|| StoreError::malformed(&path, format!("pack row {row} missing")))?;
-                let loc = ChunkLoc { file: file.clone(), offset, len: *len };
+            if let Slot::Stored { cv, loc, in_open_pack: open @ true } = slot {
                 held.push((*cv, loc.clone()));
-                *at = StoredAt::Loc(loc);
+                *open = false;
             }
         }
-        self.closed.push((PondFile::Pack(name), held));
+        self.closed.push(((*name).clone(), held));
         Ok(())
     }
 
@@ -440,7 +429,7 @@ impl LargeDraft {
         self.close_pack()?;
         let locs: Vec<ChunkLoc> = (0..n)
             .map(|idx| match self.slots.get(&idx) {
-                Some(Slot::Stored { at: StoredAt::Loc(loc), .. }) => Ok(loc.clone()),
+                Some(Slot::Stored { loc, in_open_pack: false, .. }) => Ok(loc.clone()),
                 None => self
                     .base
                     .as_ref()

@@ -2,7 +2,7 @@
 //! object, with enough context (object hex, chunk number, path) to act on the message alone.
 //!
 //! I/O failures keep their `std::io::Error` (also when parquet or arrow wrapped it) so a caller can
-//! map them to an errno; [`StoreError::is_enospc`] and [`StoreError::raw_os_error`] help with that.
+//! map them to an errno ([`StoreError::raw_os_error`]; out of space is `crate::os_error`'s question).
 
 use std::io;
 use std::path::PathBuf;
@@ -75,12 +75,6 @@ impl StoreError {
     /// The errno of the underlying I/O failure, if any (for FUSE replies).
     pub fn raw_os_error(&self) -> Option<i32> {
         self.io_error().and_then(io::Error::raw_os_error)
-    }
-
-    /// True when the failure was "no space left on device".
-    pub fn is_enospc(&self) -> bool {
-        self.io_error()
-            .is_some_and(|e| e.raw_os_error() == Some(libc::ENOSPC) || e.kind() == io::ErrorKind::StorageFull)
     }
 
     pub(crate) fn io(path: impl Into<PathBuf>, source: io::Error) -> Self {

@@ -26,36 +26,45 @@
 //! the page. The 4 bytes before them are the PLAIN length prefix, checked as a sanity test.
 //!
 //! Pages of pond's own making are small, but a file from a remote is hostile until checked: before
-//! any column is decoded, [`check_claims`] bounds what the footer claims (page sizes, codecs).
+//! any column is decoded, its footer and the pages parquet will decode are checked against
+//! [`STORE_LIMITS`] (see [`crate::parquet_bounds`]).
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use arrow::array::{Array, BinaryArray, Int32Array, Int64Array, RecordBatch, StringArray};
-use arrow::buffer::{Buffer, OffsetBuffer};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use bytes::Bytes;
+use parquet::arrow::ArrowSchemaConverter;
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder};
 use parquet::arrow::arrow_writer::ArrowWriterOptions;
 use parquet::basic::{Compression, Encoding, ZstdLevel};
+use parquet::column::page::{CompressedPage, Page, PageWriteSpec, PageWriter};
 use parquet::errors::ParquetError;
-use parquet::file::metadata::{KeyValue, PageIndexPolicy, ParquetMetaData};
+use parquet::file::metadata::{
+    ColumnChunkMetaData, FileMetaData, KeyValue, OffsetIndexBuilder, ParquetMetaData, ParquetMetaDataBuilder,
+    ParquetMetaDataWriter, RowGroupMetaData,
+};
+use parquet::file::page_index::offset_index::OffsetIndexMetaData;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::file::reader::{ChunkReader, Length};
+use parquet::file::writer::{SerializedPageWriter, TrackedWrite};
 use parquet::schema::types::ColumnPath;
+use parquet::schema::types::SchemaDescPtr;
 
 use super::error::StoreError;
 use super::hash::{Blake3Hash, Sha256Digest, chunk_count, chunk_len};
 use super::write_behind::WriteBehind;
 use crate::config::CHUNK_SIZE;
 use crate::layout::PondFile;
+use crate::parquet_bounds::{Codec, ParquetBoundsError, ParquetLimits, check_column_pages, check_footer};
 
 /// `pond.format` of a self-contained object (written before chunk-level storage).
 pub const FORMAT_FULL: &str = "1";
@@ -212,70 +221,234 @@ pub struct ChunkLoc {
     pub len: u32,
 }
 
-/// Writes a pack: chunks appended one by one (bounded memory: one row group), then the footer.
+/// A chunk's bytes with room for the 4-byte PLAIN length prefix in front of them, so a pack page
+/// is written straight from the buffer the chunk was assembled in (no copy on the write path).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ChunkBuf(Vec<u8>);
+
+impl ChunkBuf {
+    /// `len` zeros.
+    pub fn zeroed(len: usize) -> Self {
+        ChunkBuf(vec![0u8; LEN_PREFIX as usize + len])
+    }
+
+    /// A copy of `data`.
+    pub fn from_slice(data: &[u8]) -> Self {
+        let mut v = Vec::with_capacity(LEN_PREFIX as usize + CHUNK_SIZE as usize);
+        v.extend_from_slice(&[0u8; LEN_PREFIX as usize]);
+        v.extend_from_slice(data);
+        ChunkBuf(v)
+    }
+
+    /// The chunk's bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.0[LEN_PREFIX as usize..]
+    }
+
+    /// The chunk's bytes, to change in place.
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        &mut self.0[LEN_PREFIX as usize..]
+    }
+
+    /// Truncates, or extends with zeros, to `len` bytes.
+    pub fn set_len(&mut self, len: usize) {
+        self.0.resize(LEN_PREFIX as usize + len, 0);
+    }
+
+    /// The PLAIN encoding of the chunk as one value: its length, then its bytes.
+    fn into_plain(mut self) -> Result<Bytes, StoreError> {
+        let len = u32::try_from(self.0.len() - LEN_PREFIX as usize)
+            .map_err(|_| StoreError::InvalidInput("chunk too large".into()))?;
+        self.0[..LEN_PREFIX as usize].copy_from_slice(&len.to_le_bytes());
+        Ok(Bytes::from(self.0))
+    }
+}
+
+/// A row group being written: the data pages are on disk, the index and hash pages follow.
+#[derive(Default)]
+struct OpenGroup {
+    /// `(index, hash)` of each row.
+    rows: Vec<(u64, [u8; 32])>,
+    /// Where each data page is: offset, size with its header.
+    pages: Vec<(u64, u64)>,
+}
+
+/// Writes a pack page by page: every chunk's page goes to the file the moment it is appended, from
+/// the chunk's own buffer, so its place is known at once and nothing is buffered but the current
+/// row group's `(index, hash)` pairs. A row group's index and hash columns are written after its
+/// data pages (parquet lets a row group's column chunks lie in any order), then the page index and
+/// footer at the end. The result reads like any parquet file of [`chunk_schema`].
 pub(crate) struct PackWriter {
-    writer: ArrowWriter<File>,
-    schema: SchemaRef,
-    /// `(index, hash, len)` of each row, in order.
-    rows: Vec<(u64, [u8; 32], u32)>,
+    sink: TrackedWrite<File>,
+    schema: SchemaDescPtr,
+    group: OpenGroup,
+    groups: Vec<RowGroupMetaData>,
+    offset_index: Vec<Vec<OffsetIndexMetaData>>,
+    rows: usize,
     /// Hands the file's bytes to the disk as it grows (see [`WriteBehind`]).
     behind: WriteBehind,
+    file: File,
+    /// The pack's name: a new random id, known from the start so chunks get their place at once.
+    name: Blake3Hash,
 }
 
 impl PackWriter {
     /// Starts a pack on `file` (positioned at 0; `path` is for error messages).
     pub(crate) fn new(file: File, path: &Path) -> Result<Self, StoreError> {
-        let schema = chunk_schema();
-        // No embedded arrow schema: the parquet schema says it all, and the footer stays small.
-        let options =
-            ArrowWriterOptions::new().with_properties(chunk_writer_properties()).with_skip_arrow_metadata(true);
-        let writer = ArrowWriter::try_new_with_options(file, schema.clone(), options)
+        let schema =
+            Arc::new(ArrowSchemaConverter::new().convert(&chunk_schema()).map_err(|e| StoreError::parquet(path, e))?);
+        let handle = file.try_clone().map_err(|e| StoreError::io(path, e))?;
+        let mut sink = TrackedWrite::new(file);
+        sink.write_all(b"PAR1").map_err(|e| StoreError::io(path, e))?;
+        Ok(PackWriter {
+            sink,
+            schema,
+            group: OpenGroup::default(),
+            groups: Vec::new(),
+            offset_index: Vec::new(),
+            rows: 0,
+            behind: WriteBehind::default(),
+            file: handle,
+            name: random_name(),
+        })
+    }
+
+    /// The name the pack will have.
+    pub(crate) fn name(&self) -> Blake3Hash {
+        self.name
+    }
+
+    /// Appends chunk `index` of some content with its hash (its chaining value at that index).
+    /// Returns the place of the chunk's bytes in the pack.
+    pub(crate) fn append(
+        &mut self,
+        index: u64,
+        hash: &[u8; 32],
+        data: ChunkBuf,
+        path: &Path,
+    ) -> Result<(u64, u32), StoreError> {
+        let len = data.bytes().len() as u64;
+        let plain = data.into_plain()?;
+        let size = plain.len();
+        let page = Page::DataPage {
+            buf: plain,
+            num_values: 1,
+            encoding: Encoding::PLAIN,
+            def_level_encoding: Encoding::RLE,
+            rep_level_encoding: Encoding::RLE,
+            statistics: None,
+        };
+        let spec = SerializedPageWriter::new(&mut self.sink)
+            .write_page(CompressedPage::new(page, size))
             .map_err(|e| StoreError::parquet(path, e))?;
-        Ok(PackWriter { writer, schema, rows: Vec::new(), behind: WriteBehind::default() })
+        self.group.rows.push((index, *hash));
+        self.group.pages.push((spec.offset, spec.bytes_written));
+        self.rows += 1;
+        if self.group.rows.len() == PACK_ROW_GROUP_CHUNKS {
+            self.close_group(path)?;
+        }
+        self.sink.flush().map_err(|e| StoreError::io(path, e))?;
+        let written = self.sink.bytes_written() as u64;
+        self.behind.advance(&self.file, written).map_err(|e| StoreError::io(path, e))?;
+        Ok((spec.offset + spec.bytes_written - len, len as u32))
     }
 
-    /// Chunks appended so far.
-    pub(crate) fn rows(&self) -> usize {
-        self.rows.len()
+    /// Writes the open row group's index and hash columns and records its metadata.
+    fn close_group(&mut self, path: &Path) -> Result<(), StoreError> {
+        let group = std::mem::take(&mut self.group);
+        if group.rows.is_empty() {
+            return Ok(());
+        }
+        let pq = |e| StoreError::parquet(path, e);
+        let n = group.rows.len();
+        let mut index = Vec::with_capacity(n * 8);
+        let mut hash = Vec::with_capacity(n * (LEN_PREFIX as usize + 32));
+        for (i, h) in &group.rows {
+            index.extend_from_slice(&(*i as i64).to_le_bytes());
+            hash.extend_from_slice(&32u32.to_le_bytes());
+            hash.extend_from_slice(h);
+        }
+        let mut write_plain = |buf: Vec<u8>| -> Result<PageWriteSpec, StoreError> {
+            let size = buf.len();
+            let page = Page::DataPage {
+                buf: Bytes::from(buf),
+                num_values: n as u32,
+                encoding: Encoding::PLAIN,
+                def_level_encoding: Encoding::RLE,
+                rep_level_encoding: Encoding::RLE,
+                statistics: None,
+            };
+            SerializedPageWriter::new(&mut self.sink).write_page(CompressedPage::new(page, size)).map_err(pq)
+        };
+        let index_page = write_plain(index)?;
+        let hash_page = write_plain(hash)?;
+        let one_page = |spec: &PageWriteSpec| {
+            let mut b = OffsetIndexBuilder::new();
+            b.append_row_count(n as i64);
+            b.append_offset_and_size(spec.offset as i64, spec.bytes_written as i32);
+            b.build()
+        };
+        let mut data_index = OffsetIndexBuilder::new();
+        for (offset, size) in &group.pages {
+            data_index.append_row_count(1);
+            data_index.append_offset_and_size(*offset as i64, *size as i32);
+        }
+        let data_start = group.pages[0].0;
+        let data_size: u64 = group.pages.iter().map(|(_, s)| s).sum();
+        let column = |i: usize, start: u64, size: u64| {
+            ColumnChunkMetaData::builder(self.schema.column(i))
+                .set_encodings(vec![Encoding::PLAIN, Encoding::RLE])
+                .set_compression(Compression::UNCOMPRESSED)
+                .set_num_values(n as i64)
+                .set_data_page_offset(start as i64)
+                .set_total_compressed_size(size as i64)
+                .set_total_uncompressed_size(size as i64)
+                .build()
+                .map_err(pq)
+        };
+        let columns = vec![
+            column(COL_INDEX, index_page.offset, index_page.bytes_written)?,
+            column(COL_HASH, hash_page.offset, hash_page.bytes_written)?,
+            column(COL_DATA, data_start, data_size)?,
+        ];
+        let total: i64 = columns.iter().map(|c| c.compressed_size()).sum();
+        let group_meta = RowGroupMetaData::builder(self.schema.clone())
+            .set_num_rows(n as i64)
+            .set_total_byte_size(total)
+            .set_file_offset(data_start as i64)
+            .set_ordinal(self.groups.len() as i16)
+            .set_column_metadata(columns)
+            .build()
+            .map_err(pq)?;
+        self.groups.push(group_meta);
+        self.offset_index.push(vec![one_page(&index_page), one_page(&hash_page), data_index.build()]);
+        Ok(())
     }
 
-    /// Appends chunk `index` of some content, with its hash (its chaining value at that index).
-    pub(crate) fn append(&mut self, index: u64, hash: &[u8; 32], data: Bytes, path: &Path) -> Result<(), StoreError> {
-        let idx = i64::try_from(index).map_err(|_| StoreError::InvalidInput("chunk index past i64".into()))?;
-        let len = i32::try_from(data.len()).map_err(|_| StoreError::InvalidInput("chunk too large".into()))?;
-        let offsets = OffsetBuffer::new(vec![0i32, len].into());
-        let n = data.len() as u32;
-        let data = BinaryArray::try_new(offsets, Buffer::from(data), None).map_err(|e| StoreError::arrow(path, e))?;
-        let batch = RecordBatch::try_new(
-            self.schema.clone(),
-            vec![
-                Arc::new(Int64Array::from(vec![idx])),
-                Arc::new(BinaryArray::from_vec(vec![&hash[..]])),
-                Arc::new(data),
-            ],
-        )
-        .map_err(|e| StoreError::arrow(path, e))?;
-        self.writer.write(&batch).map_err(|e| StoreError::parquet(path, e))?;
-        self.rows.push((index, *hash, n));
-        let written = self.writer.bytes_written() as u64;
-        self.behind.advance(self.writer.inner(), written).map_err(|e| StoreError::io(path, e))
-    }
-
-    /// Writes the footer (no fsync). Returns the pack's name (a new random id) and the value offset
-    /// of each row, in the order appended.
-    pub(crate) fn finish(mut self, path: &Path) -> Result<(Blake3Hash, Vec<u64>), StoreError> {
-        let mut id = [0u8; 32];
-        id[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
-        id[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
-        let name = Blake3Hash(id);
-        self.writer.append_key_value_metadata(kv(KEY_FORMAT, FORMAT_PACK.into()));
-        self.writer.append_key_value_metadata(kv(KEY_CHUNK_SIZE, CHUNK_SIZE.to_string()));
-        let meta = self.writer.close().map_err(|e| StoreError::parquet(path, e))?;
-        let lens: Vec<u64> = self.rows.iter().map(|(_, _, n)| u64::from(*n)).collect();
-        let offsets = value_offsets(&meta, &lens).map_err(|reason| StoreError::malformed(path, reason))?;
-        Ok((name, offsets))
+    /// Writes the last row group, the page index and the footer (no fsync).
+    pub(crate) fn finish(mut self, path: &Path) -> Result<(), StoreError> {
+        self.close_group(path)?;
+        let kvs = vec![kv(KEY_FORMAT, FORMAT_PACK.into()), kv(KEY_CHUNK_SIZE, CHUNK_SIZE.to_string())];
+        let file_meta =
+            FileMetaData::new(1, self.rows as i64, Some(CREATED_BY.into()), Some(kvs), self.schema.clone(), None);
+        let meta = ParquetMetaDataBuilder::new(file_meta)
+            .set_row_groups(self.groups)
+            .set_offset_index(Some(self.offset_index))
+            .build();
+        ParquetMetaDataWriter::new_with_tracked(self.sink, &meta).finish().map_err(|e| StoreError::parquet(path, e))
     }
 }
+
+/// A new random 256-bit name for a pack.
+fn random_name() -> Blake3Hash {
+    let mut id = [0u8; 32];
+    id[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+    id[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+    Blake3Hash(id)
+}
+
+/// The `created_by` of the files pond writes itself.
+const CREATED_BY: &str = concat!("pond version ", env!("CARGO_PKG_VERSION"));
 
 /// The value offset of each row of a file whose `data` column has one page per row, given each
 /// row's value length: the last `len` bytes of the row's page.
@@ -288,6 +461,13 @@ fn value_offsets(meta: &ParquetMetaData, lens: &[u64]) -> Result<Vec<u64>, Strin
     for (rg, (group, columns)) in meta.row_groups().iter().zip(index).enumerate() {
         let pages = columns.get(COL_DATA).ok_or_else(|| format!("row group {rg}: no data column index"))?;
         let rows = u64::try_from(group.num_rows()).map_err(|_| format!("row group {rg}: negative rows"))?;
+        let data = group.columns().get(COL_DATA).ok_or_else(|| format!("row group {rg}: no data column"))?;
+        let chunk_start = u64::try_from(data.dictionary_page_offset().unwrap_or(data.data_page_offset()))
+            .map_err(|_| format!("row group {rg}: data column at a negative offset"))?;
+        let chunk_end = u64::try_from(data.compressed_size())
+            .ok()
+            .and_then(|size| chunk_start.checked_add(size))
+            .ok_or_else(|| format!("row group {rg}: data column size"))?;
         if pages.page_locations().len() as u64 != rows {
             return Err(format!("row group {rg}: {} data pages for {rows} chunks", pages.page_locations().len()));
         }
@@ -301,6 +481,9 @@ fn value_offsets(meta: &ParquetMetaData, lens: &[u64]) -> Result<Vec<u64>, Strin
             let size =
                 u64::try_from(page.compressed_page_size).map_err(|_| format!("row group {rg}: page {k} size"))?;
             let end = start.checked_add(size).ok_or("page past u64")?;
+            if start < chunk_start || end > chunk_end {
+                return Err(format!("row group {rg}: page {k} lies outside its column chunk"));
+            }
             if size < len + LEN_PREFIX {
                 return Err(format!("row group {rg}: page {k} ({size} bytes) cannot hold a {len}-byte chunk"));
             }
@@ -481,13 +664,41 @@ fn guarded<T>(path: &Path, what: &str, f: impl FnOnce() -> Result<T, StoreError>
         .unwrap_or_else(|_| Err(StoreError::malformed(path, format!("parquet panicked while {what}"))))
 }
 
+/// What a store file (object of either format, or pack) may claim before parquet decodes any of
+/// it (see [`crate::parquet_bounds`]). A flat schema of at most 5 columns; pages of `index` and
+/// `hash` of packs and format 1 hold one value, a manifest's pages are cut at parquet's default 1 MiB
+/// (8 MiB leaves room for other writers' settings); a pack's or format 1's row group (256 chunks at
+/// most) has a small page index. A format 1 footer is about 1 KB per 256 chunks: 64 MiB is an
+/// object of over 4 TiB. Chunk data pages are never decoded by parquet (see the module doc), so
+/// their headers are not walked.
+const STORE_LIMITS: ParquetLimits = ParquetLimits {
+    max_footer: 64 << 20,
+    max_schema_depth: 0,
+    max_schema_elements: 1 + MANIFEST_COLUMNS.len(),
+    max_page_uncompressed: 8 << 20,
+    max_page_compressed: 8 << 20,
+    max_page_index: 1 << 20,
+    codecs: &[Codec::Uncompressed, Codec::Zstd],
+};
+
+/// Checks a store file's footer and the pages of every column parquet will decode (all but a
+/// chunk `data` column) against [`STORE_LIMITS`], then hands the checked metadata to arrow.
 fn load_metadata<R: ChunkReader + 'static>(file: &R, path: &Path) -> Result<ArrowReaderMetadata, StoreError> {
+    let bounds = |e: ParquetBoundsError| StoreError::malformed(path, e.to_string());
+    let md = check_footer(file, &STORE_LIMITS).map_err(bounds)?;
+    for group in md.row_groups() {
+        for column in group.columns() {
+            if column.column_path().string() != CHUNK_COLUMNS[COL_DATA] {
+                check_column_pages(file, column, &STORE_LIMITS).map_err(bounds)?;
+            }
+        }
+    }
+    if md.offset_index().is_none() && md.num_row_groups() > 0 {
+        return Err(StoreError::malformed(path, "no page index"));
+    }
     // An embedded arrow schema is ignored (its flatbuffer decoder is not hardened).
-    let options =
-        ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Required).with_skip_arrow_metadata(true);
-    let meta = ArrowReaderMetadata::load(file, options).map_err(|e| StoreError::parquet(path, e))?;
-    check_claims(meta.metadata(), file.len()).map_err(|reason| StoreError::malformed(path, reason))?;
-    Ok(meta)
+    let options = ArrowReaderOptions::new().with_skip_arrow_metadata(true);
+    ArrowReaderMetadata::try_new(Arc::new(md), options).map_err(|e| StoreError::parquet(path, e))
 }
 
 /// Opens the object file `file` (named `self_name` in the layout), checking its format and metadata
@@ -571,50 +782,6 @@ fn total_rows(pq: &ParquetMetaData, path: &Path) -> Result<u64, StoreError> {
     }
     Ok(total)
 }
-
-/// Bounds what a file's footer claims before any of its pages is decoded: every column chunk and
-/// page inside the file, no page claiming to decompress to more than [`MAX_PAGE_BYTES`], codecs
-/// pond writes only. (Parquet would otherwise allocate what a page header claims, and assert on
-/// negative offsets rather than return an error.)
-pub(crate) fn check_claims(pq: &ParquetMetaData, file_len: u64) -> Result<(), String> {
-    let within = |start: i64, len: i64| {
-        u64::try_from(start)
-            .is_ok_and(|s| u64::try_from(len).is_ok_and(|l| s.checked_add(l).is_some_and(|e| e <= file_len)))
-    };
-    for (rg, group) in pq.row_groups().iter().enumerate() {
-        for col in group.columns() {
-            let start = col.dictionary_page_offset().unwrap_or(col.data_page_offset());
-            if !within(start, col.compressed_size()) {
-                return Err(format!("row group {rg}: {} lies outside the file", col.column_path()));
-            }
-            if !matches!(col.compression(), Compression::UNCOMPRESSED | Compression::ZSTD(_) | Compression::SNAPPY) {
-                return Err(format!("row group {rg}: {} uses codec {:?}", col.column_path(), col.compression()));
-            }
-            // A column chunk decompresses to at most this: bounds every page in it.
-            if u64::try_from(col.uncompressed_size()).map_or(true, |n| n > MAX_COLUMN_CHUNK_BYTES) {
-                return Err(format!(
-                    "row group {rg}: {} claims {} bytes uncompressed",
-                    col.column_path(),
-                    col.uncompressed_size()
-                ));
-            }
-        }
-    }
-    if let Some(index) = pq.offset_index() {
-        for (rg, columns) in index.iter().enumerate() {
-            for (c, pages) in columns.iter().enumerate() {
-                if !pages.page_locations().iter().all(|p| within(p.offset, p.compressed_page_size.into())) {
-                    return Err(format!("row group {rg}: a page of column {c} lies outside the file"));
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
-/// The most a column chunk of a pond store file decompresses to: a pack's row group of data
-/// (64 chunks of 64 KiB plus page headers) or a manifest's 65,536 hashes fit with room to spare.
-pub const MAX_COLUMN_CHUNK_BYTES: u64 = 64 << 20;
 
 fn check_schema(meta: &ArrowReaderMetadata, want: &SchemaRef, path: &Path) -> Result<(), StoreError> {
     let got = meta.schema();

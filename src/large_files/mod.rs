@@ -39,6 +39,7 @@ use index::ChunkIndex;
 pub use reader::{Blob, BlobSource, LocalBlobs, ObjectReader};
 
 use crate::layout::{LARGE_FILES_DIR, PACKS_DIR, PondFile, STORE_TMP_DIR};
+use crate::private_fs::PrivateDir;
 
 /// Files a batch of [`LargeFileStore::make_durable`] holds open at once (well under a soft
 /// `RLIMIT_NOFILE` of 1,024, whatever else is open).
@@ -78,6 +79,8 @@ pub struct LargeFileStore {
     tmp: PathBuf,
     source: Arc<dyn BlobSource>,
     shared: Arc<Shared>,
+    /// `.tmp/`, opened without following links (see `private_fs`), once something is written.
+    tmp_dir: Arc<std::sync::OnceLock<PrivateDir>>,
 }
 
 impl std::fmt::Debug for LargeFileStore {
@@ -98,7 +101,14 @@ impl LargeFileStore {
     pub fn with_source(pond_root: &Path, source: Arc<dyn BlobSource>) -> Self {
         let dir = pond_root.join(LARGE_FILES_DIR);
         let tmp = dir.join(STORE_TMP_DIR);
-        LargeFileStore { root: pond_root.to_path_buf(), dir, tmp, source, shared: Arc::default() }
+        LargeFileStore {
+            root: pond_root.to_path_buf(),
+            dir,
+            tmp,
+            source,
+            shared: Arc::default(),
+            tmp_dir: Arc::default(),
+        }
     }
 
     /// The `_large_files` directory.
@@ -111,12 +121,22 @@ impl LargeFileStore {
         self.source.clone()
     }
 
-    /// Creates `_large_files/`, `packs/` and `.tmp/` if missing.
+    /// Creates `_large_files/`, `packs/` and `.tmp/` if missing (0700), refusing any of them that
+    /// is a symlink: the store never writes or removes through a link planted in its directories.
     pub fn create_dirs(&self) -> Result<(), StoreError> {
-        for dir in [self.dir.join(PACKS_DIR), self.tmp.clone()] {
-            fs::create_dir_all(&dir).map_err(|e| StoreError::io(&dir, e))?;
+        self.private_tmp().map(|_| ())
+    }
+
+    /// `.tmp/` as a private directory (created with its parents on first use).
+    fn private_tmp(&self) -> Result<&PrivateDir, StoreError> {
+        if let Some(dir) = self.tmp_dir.get() {
+            return Ok(dir);
         }
-        Ok(())
+        let private = |e: crate::private_fs::PrivateFsError| StoreError::io(&self.tmp, std::io::Error::other(e));
+        let store = PrivateDir::ensure(&self.root, LARGE_FILES_DIR).map_err(private)?;
+        store.ensure_dir(PACKS_DIR).map_err(private)?;
+        let tmp = store.ensure_dir(STORE_TMP_DIR).map_err(private)?;
+        Ok(self.tmp_dir.get_or_init(|| tmp))
     }
 
     /// Where the object named `hash` lives.
@@ -259,11 +279,11 @@ impl LargeFileStore {
 
     /// A new temp file in `.tmp/` (removed when dropped unless published).
     pub(crate) fn temp_file(&self, prefix: &str) -> Result<NamedTempFile, StoreError> {
-        self.create_dirs()?;
+        let dir = self.private_tmp()?.pinned_path();
         tempfile::Builder::new()
             .prefix(prefix)
             .suffix(".tmp")
-            .tempfile_in(&self.tmp)
+            .tempfile_in(&dir)
             .map_err(|e| StoreError::io(&self.tmp, e))
     }
 
@@ -347,6 +367,11 @@ impl LargeFileStore {
             (self.dir.clone(), LARGE_FILES_DIR.to_string()),
             (self.dir.join(PACKS_DIR), format!("{LARGE_FILES_DIR}/{PACKS_DIR}")),
         ] {
+            // What is listed may be removed (gc, prune): never through a link.
+            if fs::symlink_metadata(&dir).is_ok_and(|m| m.file_type().is_symlink()) {
+                let e = crate::private_fs::PrivateFsError::Symlink(dir.clone());
+                return Err(StoreError::io(&dir, std::io::Error::other(e)));
+            }
             let entries = match fs::read_dir(&dir) {
                 Ok(entries) => entries,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
@@ -383,28 +408,17 @@ impl LargeFileStore {
     }
 
     /// Deletes everything in `.tmp/` (leftovers of interrupted writes) and returns how many entries
-    /// went. Call it when nothing is being written (e.g. at mount), or it may fail that write.
+    /// went, never following a link or leaving the filesystem. Call it when nothing is being
+    /// written (e.g. at mount), or it may fail that write.
     pub fn clear_tmp(&self) -> Result<usize, StoreError> {
-        let entries = match fs::read_dir(&self.tmp) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
-            Err(e) => return Err(StoreError::io(&self.tmp, e)),
-        };
-        let mut removed = 0;
-        for entry in entries {
-            let path = entry.map_err(|e| StoreError::io(&self.tmp, e))?.path();
-            let res = match fs::symlink_metadata(&path) {
-                Ok(m) if m.is_dir() => fs::remove_dir_all(&path),
-                Ok(_) => fs::remove_file(&path),
-                Err(e) => Err(e),
-            };
-            match res {
-                Ok(()) => removed += 1,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(StoreError::io(&path, e)),
-            }
+        match PrivateDir::open_existing(&self.root, LARGE_FILES_DIR).and_then(|d| match d {
+            Some(store) => store.open_dir(STORE_TMP_DIR),
+            None => Ok(None),
+        }) {
+            Ok(Some(tmp)) => tmp.empty().map_err(|e| StoreError::io(&self.tmp, std::io::Error::other(e))),
+            Ok(None) => Ok(0),
+            Err(e) => Err(StoreError::io(&self.tmp, std::io::Error::other(e))),
         }
-        Ok(removed)
     }
 }
 

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -14,6 +15,7 @@ use parquet::arrow::arrow_reader::{
     ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder, RowSelection, RowSelector,
 };
 use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::metadata::ParquetMetaData;
 use parquet::file::properties::WriterProperties;
 use parquet::schema::types::ColumnPath;
 
@@ -21,6 +23,42 @@ use super::error::OplogError;
 use super::guard::quietly;
 use super::schema::{self, Content, OplogRow, RowLoc, col};
 use crate::large_files::hash::{Blake3Hash, Sha256Digest};
+use crate::parquet_bounds::{Codec, ParquetLimits, check_parquet};
+
+/// What an oplog data file may claim before it is decoded (see [`crate::parquet_bounds`]). Pond
+/// writes a flat schema with two list columns (depth 2, 27 elements) compressed with zstd. A page
+/// holds at least one value and is cut once past its size limit (64 KiB for content, 1 MiB for
+/// the rest), so the largest is an inline content of the largest threshold plus one page limit.
+/// Footers are about 10 KB per 8192-row group: 64 MiB is a data file of over 50 million rows.
+pub const DATA_FILE_LIMITS: ParquetLimits = ParquetLimits {
+    max_footer: 64 << 20,
+    max_schema_depth: 4,
+    max_schema_elements: 256,
+    max_page_uncompressed: super::MAX_THRESHOLD + (1 << 20),
+    max_page_compressed: super::MAX_THRESHOLD + (1 << 20),
+    max_page_index: 16 << 20,
+    codecs: &[Codec::Zstd, Codec::Uncompressed],
+};
+
+/// What a checkpoint may claim before it is decoded. delta-rs writes them uncompressed with
+/// default pages (1 MiB) and a schema 4 groups deep of about 100 elements; other Delta writers use
+/// snappy or zstd and may add columns (`stats_parsed` has one per table column).
+pub const CHECKPOINT_LIMITS: ParquetLimits = ParquetLimits {
+    max_footer: 16 << 20,
+    max_schema_depth: 16,
+    max_schema_elements: 4096,
+    max_page_uncompressed: 64 << 20,
+    max_page_compressed: 64 << 20,
+    max_page_index: 16 << 20,
+    codecs: &[Codec::Uncompressed, Codec::Snappy, Codec::Zstd],
+};
+
+/// Open `path` and check it against `limits`, returning the file and its (checked) metadata.
+fn open_checked(path: &Path, limits: &ParquetLimits) -> Result<(File, ParquetMetaData), OplogError> {
+    let file = File::open(path).map_err(|e| OplogError::Io { path: path.to_path_buf(), source: e })?;
+    let md = check_parquet(&file, limits).map_err(|e| OplogError::bounds(path, e))?;
+    Ok((file, md))
+}
 
 /// Rows per row group: small enough that fetching one file's content decodes little, large enough
 /// that a 100,000-row compacted file has few groups.
@@ -44,7 +82,14 @@ pub fn write_data_file(root: &Path, name: &str, rows: &[OplogRow]) -> Result<u64
         .build();
     let written = (|| {
         let io = |e: std::io::Error| OplogError::Io { path: path.clone(), source: e };
-        let file = File::create(&path).map_err(io)?;
+        // A new name, never a link followed, readable by the pond's owner only (as the pond's root).
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+            .map_err(io)?;
         let mut w =
             ArrowWriter::try_new(file, batch.schema(), Some(props)).map_err(|e| OplogError::parquet(&path, e))?;
         w.write(&batch).map_err(|e| OplogError::parquet(&path, e))?;
@@ -77,11 +122,9 @@ fn reader_options() -> ArrowReaderOptions {
 /// checkpoints with the same crate and the same options): a file that does not read is refused here
 /// with an error naming it, so the library never meets the damage (parquet panics on some of it).
 pub fn check_parquet_file(path: &Path) -> Result<(), OplogError> {
+    let (file, md) = open_checked(path, &CHECKPOINT_LIMITS)?;
     guarded(path, || {
-        let file = File::open(path).map_err(|e| OplogError::Io { path: path.to_path_buf(), source: e })?;
-        let builder = ParquetRecordBatchReaderBuilder::try_new_with_options(file, reader_options())
-            .map_err(|e| OplogError::parquet(path, e))?;
-        check_footer(builder.metadata(), path)?;
+        let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(file, arrow_metadata(md, path)?);
         for batch in builder.build().map_err(|e| OplogError::parquet(path, e))? {
             batch.map_err(|e| OplogError::arrow(path, e))?;
         }
@@ -96,26 +139,9 @@ fn guarded<T>(path: &Path, f: impl FnOnce() -> Result<T, OplogError>) -> Result<
     })
 }
 
-/// Refuse a footer whose column chunks lie outside the file: parquet asserts (panics) on a negative
-/// offset or size when it reads the chunk, and reads past the end are damage anyway.
-fn check_footer(md: &parquet::file::metadata::ParquetMetaData, path: &Path) -> Result<(), OplogError> {
-    let len = std::fs::metadata(path).map_err(|e| OplogError::Io { path: path.to_path_buf(), source: e })?.len();
-    for (g, rg) in md.row_groups().iter().enumerate() {
-        for c in rg.columns() {
-            let start = c.dictionary_page_offset().unwrap_or(c.data_page_offset());
-            let inside = start >= 0
-                && c.data_page_offset() >= 0
-                && c.compressed_size() >= 0
-                && (start as u64).checked_add(c.compressed_size() as u64).is_some_and(|end| end <= len);
-            if !inside || rg.num_rows() < 0 {
-                return Err(OplogError::Corrupt {
-                    path: path.to_path_buf(),
-                    reason: format!("row group {g}: column {} lies outside the file", c.column_path()),
-                });
-            }
-        }
-    }
-    Ok(())
+/// Arrow's view of metadata [`check_parquet`] returned, for a reader built on it.
+fn arrow_metadata(md: ParquetMetaData, path: &Path) -> Result<ArrowReaderMetadata, OplogError> {
+    ArrowReaderMetadata::try_new(Arc::new(md), reader_options()).map_err(|e| OplogError::parquet(path, e))
 }
 
 /// Read every row of data file `rel` (relative to `root`). With `with_content = false` the inline
@@ -137,11 +163,9 @@ pub fn for_each_batch(
     mut f: impl FnMut(Vec<OplogRow>) -> Result<(), OplogError>,
 ) -> Result<(), OplogError> {
     let path = root.join(&**rel);
+    let (file, md) = open_checked(&path, &DATA_FILE_LIMITS)?;
     let mut reader = guarded(&path, || {
-        let file = File::open(&path).map_err(|e| OplogError::Io { path: path.clone(), source: e })?;
-        let builder = ParquetRecordBatchReaderBuilder::try_new_with_options(file, reader_options())
-            .map_err(|e| OplogError::parquet(&path, e))?;
-        check_footer(builder.metadata(), &path)?;
+        let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(file, arrow_metadata(md, &path)?);
         let parquet_schema = builder.parquet_schema();
         let leaves: Vec<usize> = (0..parquet_schema.num_columns())
             .filter(|&i| with_content || parquet_schema.column(i).path().parts()[0] != col::CONTENT)
@@ -195,9 +219,9 @@ impl InlineReader {
         if let Some(m) = cache.get(rel) {
             return Ok(m.clone());
         }
-        let options = reader_options().with_page_index_policy(parquet::file::metadata::PageIndexPolicy::Optional);
-        let m = guarded(path, || ArrowReaderMetadata::load(file, options).map_err(|e| OplogError::parquet(path, e)))?;
-        check_footer(m.metadata(), path)?;
+        // The checked metadata carries the page index when the file has one.
+        let md = check_parquet(file, &DATA_FILE_LIMITS).map_err(|e| OplogError::bounds(path, e))?;
+        let m = guarded(path, || arrow_metadata(md, path))?;
         if cache.len() > 4096 {
             cache.clear();
         }

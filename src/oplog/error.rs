@@ -38,6 +38,16 @@ impl OplogError {
         OplogError::Parquet { path: path.to_path_buf(), source }
     }
 
+    /// A parquet file refused before decoding (see [`crate::parquet_bounds`]).
+    pub fn bounds(path: &Path, e: crate::parquet_bounds::ParquetBoundsError) -> Self {
+        match e {
+            crate::parquet_bounds::ParquetBoundsError::Io(source) => {
+                OplogError::Io { path: path.to_path_buf(), source }
+            }
+            e => OplogError::Corrupt { path: path.to_path_buf(), reason: e.to_string() },
+        }
+    }
+
     pub fn arrow(path: &Path, source: arrow::error::ArrowError) -> Self {
         OplogError::Corrupt { path: path.to_path_buf(), reason: source.to_string() }
     }
@@ -70,8 +80,7 @@ fn os_error_in_chain(error: &(dyn std::error::Error + 'static)) -> Option<i32> {
             return Some(code);
         }
         let text = e.to_string();
-        if let Some(code) = [libc::ENOSPC, libc::EDQUOT].into_iter().find(|c| text.contains(&format!("(os error {c})")))
-        {
+        if let Some(code) = crate::os_error::code_in_text(&text).filter(|c| crate::os_error::is_out_of_space_code(*c)) {
             return Some(code);
         }
         cause = e.source();

@@ -12,8 +12,10 @@ pub mod history;
 pub mod log;
 pub mod maintenance;
 pub mod schema;
+mod store;
+pub mod tree_shape;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -30,6 +32,7 @@ use crate::config::{LARGE_FILE_THRESHOLD, Threshold};
 use crate::layout::{LOG_DIR, PondFile, any_checkpoint_version, log_entry_name, read_last_checkpoint};
 pub use error::OplogError;
 use schema::{NodeData, NodeKind, OplogRow, RowKey};
+use store::PondStore;
 
 /// Table property holding the pond's inline/large threshold in bytes.
 pub const THRESHOLD_PROPERTY: &str = "pond.threshold";
@@ -86,9 +89,17 @@ fn table_url(root: &Path) -> Result<Url, OplogError> {
 }
 
 /// A table handle that has not read the log yet (`try_from_url` would, and log an error when there is
-/// no table yet).
-fn unloaded_table(url: &Url) -> Result<DeltaTable, OplogError> {
-    deltalake::DeltaTableBuilder::from_url(url.clone()).and_then(|b| b.build()).map_err(|e| OplogError::delta(url, e))
+/// no table yet), reading and writing through a [`PondStore`] that hides the checkpoint files named
+/// in `hidden`.
+fn unloaded_table(url: &Url, hidden: &BTreeSet<String>) -> Result<DeltaTable, OplogError> {
+    let root = url
+        .to_file_path()
+        .map_err(|()| OplogError::Corrupt { path: PathBuf::from(url.path()), reason: "not a local path".into() })?;
+    let store = Arc::new(PondStore::new(&root, hidden.clone()));
+    deltalake::DeltaTableBuilder::from_url(url.clone())
+        .map(|b| b.with_storage_backend(store, url.clone()))
+        .and_then(|b| b.build())
+        .map_err(|e| OplogError::delta(url, e))
 }
 
 /// Refuse what is not a pond with a message that says so (and never let delta-rs invent a table).
@@ -122,7 +133,7 @@ impl Oplog {
         }
         std::fs::create_dir_all(root).map_err(|e| OplogError::Io { path: root.to_path_buf(), source: e })?;
         let url = table_url(root)?;
-        let table = unloaded_table(&url)?
+        let table = unloaded_table(&url, &BTreeSet::new())?
             .create()
             .with_table_name("pond")
             .with_comment("pond: one row per node version and per directory-entry version")
@@ -133,6 +144,14 @@ impl Oplog {
             .with_raise_if_key_not_exists(false)
             .await
             .map_err(|e| OplogError::delta(&url, e))?;
+        // The table's first entry, durable before anything builds on it (object_store's local
+        // put does not fsync, and a pond whose version 0 is torn does not open).
+        let log_dir = root.join(LOG_DIR);
+        let first = log_dir.join(log_entry_name(0));
+        std::fs::File::open(&first)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| OplogError::Io { path: first.clone(), source: e })?;
+        datafile::sync_dir(&log_dir)?;
         let mut oplog = Oplog::with_table(root, url, table);
         let now = now_ns();
         let (uid, gid) = (nix::unistd::geteuid().as_raw(), nix::unistd::getegid().as_raw());
@@ -162,10 +181,10 @@ impl Oplog {
     /// Open an existing pond at its latest version, or at `version`.
     pub async fn open(root: &Path, version: Option<u64>) -> Result<Oplog, OplogError> {
         check_is_pond(root)?;
-        check_checkpoints(root, version)?;
+        let hidden = damaged_checkpoints(root, version)?;
         let url = table_url(root)?;
-        let mut table = unloaded_table(&url)?;
-        // delta-rs reads the log here; should it still panic on damage that check_checkpoints does
+        let mut table = unloaded_table(&url, &hidden)?;
+        // delta-rs reads the log here; should it still panic on damage that damaged_checkpoints does
         // not foresee, the panic ends as an error naming the log, not as a crash of the caller.
         let guard = |what: &'static str| OplogError::Corrupt {
             path: root.join(LOG_DIR),
@@ -183,7 +202,7 @@ impl Oplog {
                     .await
                     .map_err(|_| guard("loading a version"))?;
                 if let Err(e) = loaded {
-                    let mut latest = unloaded_table(&url)?;
+                    let mut latest = unloaded_table(&url, &hidden)?;
                     latest.load().await.map_err(|e| OplogError::delta(&url, e))?;
                     let latest_v = latest.version().unwrap_or(0);
                     if v > latest_v {
@@ -193,7 +212,11 @@ impl Oplog {
                 }
             }
         }
-        Ok(Oplog::with_table(root, url, table))
+        let mut oplog = Oplog::with_table(root, url, table);
+        // A writer replaces a damaged checkpoint (or hint) at its next commit, so later opens need
+        // not replay the log.
+        oplog.checkpoint_due = !hidden.is_empty() || store::hint_unusable(root, &hidden);
+        Ok(oplog)
     }
 
     fn with_table(root: &Path, url: Url, table: DeltaTable) -> Oplog {
@@ -421,30 +444,40 @@ struct FailedCommit {
     landed: bool,
 }
 
-/// Read the checkpoints a Delta reader opening `version` (or the latest) may read, before it does:
-/// every checkpoint file of the newest checkpoint version up to it, and the one `_last_checkpoint`
-/// names. delta-kernel reads them with parquet, which panics on some damage (column chunks outside
-/// the file, map columns whose levels do not add up); a damaged checkpoint must end in an error
-/// that names it.
-fn check_checkpoints(root: &Path, version: Option<u64>) -> Result<(), OplogError> {
+/// The checkpoint files a Delta reader opening `version` (or the latest) would read that do not
+/// read, by name in `_delta_log`: to be hidden from it (see [`store`]), so it takes an older
+/// checkpoint or the JSON log. A reader uses the newest checkpoint version up to its own, and
+/// `_last_checkpoint` may point it at another: those are read here first, newest first, each
+/// version whole, until one reads (a version with one damaged file is hidden whole). delta-kernel
+/// reads checkpoints with parquet, which panics on some damage and believes what a file claims (see
+/// [`crate::parquet_bounds`]), so it must never meet a damaged one.
+fn damaged_checkpoints(root: &Path, version: Option<u64>) -> Result<BTreeSet<String>, OplogError> {
     let log = root.join(LOG_DIR);
     let io = |e: std::io::Error| OplogError::Io { path: log.clone(), source: e };
-    let mut checkpoints: Vec<(u64, PathBuf)> = Vec::new();
+    let mut by_version: BTreeMap<u64, Vec<(String, PathBuf)>> = BTreeMap::new();
     for entry in std::fs::read_dir(&log).map_err(io)? {
         let entry = entry.map_err(io)?;
-        let name = entry.file_name();
-        let Some(v) = name.to_str().and_then(any_checkpoint_version) else { continue };
+        let Some(name) = entry.file_name().to_str().map(str::to_string) else { continue };
+        let Some(v) = any_checkpoint_version(&name) else { continue };
         if version.is_none_or(|target| v <= target) {
-            checkpoints.push((v, entry.path()));
+            by_version.entry(v).or_default().push((name, entry.path()));
         }
     }
-    let newest = checkpoints.iter().map(|(v, _)| *v).max();
     // A hint that is not one (or is huge) names nothing worth checking.
     let hinted = read_last_checkpoint(root);
-    for (v, path) in &checkpoints {
-        if Some(*v) == newest || Some(*v) == hinted {
-            datafile::check_parquet_file(path)?;
+    let mut hidden = BTreeSet::new();
+    let mut found_good = false;
+    for (v, files) in by_version.iter().rev() {
+        if found_good && Some(*v) != hinted {
+            continue;
+        }
+        match files.iter().find_map(|(name, path)| datafile::check_parquet_file(path).err().map(|e| (name, e))) {
+            None => found_good = true,
+            Some((name, e)) => {
+                tracing::warn!("checkpoint {name} does not read, reading the JSON log instead: {e}");
+                hidden.extend(files.iter().map(|(name, _)| name.clone()));
+            }
         }
     }
-    Ok(())
+    Ok(hidden)
 }

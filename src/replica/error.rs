@@ -22,6 +22,31 @@ pub enum ReplicaError {
     )]
     NotLanded { path: String, sent: u64, landed: Option<u64> },
 
+    /// The remote lists a file larger than any of its kind pond writes (see `PondFile::max_size`).
+    #[error(
+        "the remote lists {path} at {size} bytes, more than the {max} a pond's file of its kind may hold: not fetched"
+    )]
+    TooLarge { path: String, size: u64, max: u64 },
+
+    /// A directory remote holds a link (or a FIFO, a device...) where a pond replica holds only
+    /// regular files and directories. pond follows no link out of a remote.
+    #[error(
+        "the remote holds {path}, {what}: a pond replica holds only regular files and directories, and pond follows no link out of one"
+    )]
+    NotRegular { path: String, what: String },
+
+    /// The remote's log entries do not follow one another.
+    #[error(
+        "the remote's log jumps from version {before} to version {after}: its versions must follow one another (nothing was fetched)"
+    )]
+    LogGap { before: u64, after: u64 },
+
+    /// The remote's log starts at a version that is neither 0 nor a checkpoint's.
+    #[error(
+        "the remote's log starts at version {0}, which is neither version 0 nor a checkpoint's (nothing was fetched)"
+    )]
+    LogStart(u64),
+
     /// The remote lacks an object that its log needs.
     #[error("the remote lacks {0}, which its log needs")]
     Missing(String),

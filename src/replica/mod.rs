@@ -8,10 +8,12 @@
 //! reads the log once to fix its version `V`, and ships what versions `0..=V` reference, so it
 //! works while the pond is mounted and written to. The writer's private `_pond/` is never copied.
 //!
-//! **Order.** A pass sends objects, then data files, makes them durable ([`Remote::sync`]), then
-//! sends log entries in version order (each checkpoint right after its version's entry), then
-//! `_last_checkpoint`. A reader of the remote therefore never meets a version whose files are
-//! missing, and a data file is on the remote only if every object it references arrived before it.
+//! **Order.** A pass sends objects (and, once objects reference them, packs), makes them durable
+//! ([`Remote::sync`]), sends data files, syncs, sends log entries in version order (each
+//! checkpoint right after its version's entry), syncs, then `_last_checkpoint`, and syncs. A reader
+//! of the remote therefore never meets a version whose files are missing, and a data file is on the
+//! remote only if every object it references arrived whole before it, even across a power cut of a
+//! directory remote (whose copies `LocalFileSystem` and pond do not fsync one by one).
 //!
 //! **Resuming.** A file counts as present when the remote lists it with the same size: objects are
 //! content-addressed, data files and log entries immutable, and every upload is atomic (a put, or
@@ -39,6 +41,7 @@
 //! under way finish, nothing new starts, and the report says `interrupted`.
 
 pub mod error;
+pub mod local_dir;
 pub mod remote;
 pub mod restore;
 
@@ -234,7 +237,7 @@ impl<'a> Replicator<'a> {
                 continue;
             }
             let local = std::fs::read(&path).map_err(|e| ReplicaError::io(&path, e))?;
-            if local.starts_with(&self.remote.get_bytes(&file).await?) {
+            if local.starts_with(&self.remote.get_bytes(&file, listing.files[&file]).await?) {
                 torn.push(file);
             }
         }
@@ -259,7 +262,8 @@ impl<'a> Replicator<'a> {
         let same_bytes = async |v: u64| -> Result<bool, ReplicaError> {
             let path = PondFile::Log(v).local_path(&self.root);
             let local = std::fs::read(&path).map_err(|e| ReplicaError::io(&path, e))?;
-            Ok(self.remote.get_bytes(&PondFile::Log(v)).await? == local)
+            let listed = listing.files.get(&PondFile::Log(v)).copied().unwrap_or(0);
+            Ok(self.remote.get_bytes(&PondFile::Log(v), listed).await? == local)
         };
         if remote_versions.first() == Some(&0) && !same_bytes(0).await? {
             return Err(diverged("it is another pond's replica".into()));
@@ -277,8 +281,8 @@ impl<'a> Replicator<'a> {
         {
             return Err(diverged(format!("its version {v} is not this pond's version {v}")));
         }
-        if listing.files.contains_key(&PondFile::LastCheckpoint) {
-            self.remote_hint = Some(self.remote.get_bytes(&PondFile::LastCheckpoint).await?);
+        if let Some(&listed) = listing.files.get(&PondFile::LastCheckpoint) {
+            self.remote_hint = Some(self.remote.get_bytes(&PondFile::LastCheckpoint, listed).await?);
         }
         Ok(())
     }
@@ -370,6 +374,7 @@ impl<'a> Replicator<'a> {
             self.totals.skipped_files += skipped.skipped_files;
             self.totals.skipped_bytes += skipped.skipped_bytes;
         }
+        let new_log = readable_checkpoints_only(new_log).await?;
 
         let outgoing = [&new_objects, &new_data, &new_log];
         let files = outgoing.iter().map(|o| o.len() as u64).sum();
@@ -377,16 +382,33 @@ impl<'a> Replicator<'a> {
         if files > 0 {
             self.progress.begin("sending", files, bytes);
         }
-        if !self.send(new_objects, FILES_IN_FLIGHT, stop).await? || !self.send(new_data, FILES_IN_FLIGHT, stop).await? {
+        // Each phase is durable before the next begins (see "Order" in the module doc); a phase
+        // that sent nothing needs no sync.
+        let sent_objects = !new_objects.is_empty();
+        if !self.send(new_objects, FILES_IN_FLIGHT, stop).await? {
             return Ok(false);
         }
-        self.remote.sync().await?;
+        if sent_objects {
+            self.remote.sync().await?;
+        }
+        let sent_data = !new_data.is_empty();
+        if !self.send(new_data, FILES_IN_FLIGHT, stop).await? {
+            return Ok(false);
+        }
+        if sent_data {
+            self.remote.sync().await?;
+        }
         // One at a time, in order: a reader must never see version N+1 before N.
+        let sent_log = !new_log.is_empty();
         if !self.send(new_log, 1, stop).await? {
             return Ok(false);
         }
-        self.send_hint(version).await?;
-        self.remote.sync().await?;
+        if sent_log {
+            self.remote.sync().await?;
+        }
+        if self.send_hint(version).await? {
+            self.remote.sync().await?;
+        }
         self.shipped = Some(version);
         Ok(true)
     }
@@ -449,28 +471,52 @@ impl<'a> Replicator<'a> {
         }
     }
 
-    /// Send `_last_checkpoint` if it names a checkpoint the remote has and differs from the remote's.
-    async fn send_hint(&mut self, version: u64) -> Result<(), ReplicaError> {
+    /// Send `_last_checkpoint` if it names a checkpoint the remote has and differs from the
+    /// remote's. Returns whether it was sent.
+    async fn send_hint(&mut self, version: u64) -> Result<bool, ReplicaError> {
         let file = PondFile::LastCheckpoint;
         let path = file.local_path(&self.root);
-        let Ok(local) = std::fs::read(&path) else { return Ok(()) };
+        let Ok(local) = std::fs::read(&path) else { return Ok(false) };
         let Some(c) = crate::layout::parse_last_checkpoint(&local) else {
-            return Ok(()); // unreadable: a hint only; readers list the log instead
+            return Ok(false); // unreadable: a hint only; readers list the log instead
         };
         let listing = self.listing.as_ref().expect("listed");
         if c > version
             || !listing.files.contains_key(&PondFile::Checkpoint(c))
             || self.remote_hint.as_deref() == Some(&local[..])
         {
-            return Ok(());
+            return Ok(false);
         }
         let local = Bytes::from(local);
         self.remote.put_bytes(&file, local.clone()).await?;
         self.totals.sent_files += 1;
         self.totals.sent_bytes += local.len() as u64;
         self.remote_hint = Some(local);
-        Ok(())
+        Ok(true)
     }
+}
+
+/// `files` without the checkpoints among them that do not read (one torn by a power cut, say):
+/// the pond itself reads its JSON log instead (see `oplog::store`), and a replica holding a damaged
+/// checkpoint would fail verification and never restore. A checkpoint is derived from the log
+/// entries, so the remote loses nothing; `pond verify` on the pond names it.
+async fn readable_checkpoints_only(files: Vec<Outgoing>) -> Result<Vec<Outgoing>, ReplicaError> {
+    blocking(move || {
+        Ok(files
+            .into_iter()
+            .filter(|(file, path, _)| match file {
+                PondFile::Checkpoint(_) => match datafile::check_parquet_file(path) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::warn!("not replicating {file}, which does not read: {e}");
+                        false
+                    }
+                },
+                _ => true,
+            })
+            .collect())
+    })
+    .await
 }
 
 /// The large objects that `data` files reference (read without their inline content), and the

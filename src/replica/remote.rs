@@ -15,6 +15,12 @@
 //! at most [`PARTS_IN_FLIGHT`] in flight and one more being read: `3 × 8 MiB` per file at most;
 //! smaller files are read whole and put in one request. Downloads are written in steps of at most
 //! `PART_SIZE`.
+//!
+//! A remote may lie. Every download stops at the size the listing gave (a body that runs on is
+//! refused, not buffered), and a log entry, checkpoint or `_last_checkpoint` listed larger than any
+//! pond writes is not fetched at all ([`PondFile::max_size`]). A directory remote is listed, read
+//! and written through [`local_dir`], which follows no link out of it and creates what it creates
+//! private (0700 directories, 0600 files), whatever the umask.
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -32,6 +38,7 @@ use object_store::prefix::PrefixStore;
 use object_store::{GetResultPayload, ObjectStore, ObjectStoreExt};
 
 use super::error::ReplicaError;
+use super::local_dir;
 use crate::layout::PondFile;
 
 /// Size of one multipart part (S3 wants at least 5 MiB) and of one read or write step.
@@ -69,6 +76,24 @@ impl Listing {
     /// The versions of the log entries present, sorted.
     pub fn log_versions(&self) -> Vec<u64> {
         self.files.keys().filter_map(|f| if let PondFile::Log(v) = f { Some(*v) } else { None }).collect()
+    }
+
+    /// The oldest and newest versions of the log entries present, checked to follow one another
+    /// from the oldest, which must be version 0 or have a checkpoint (a pruned pond's log starts at
+    /// one: at its version, or right after it); None when there is no entry. Everything that goes
+    /// through versions one by one checks this first: the listing bounds the work, never a number
+    /// the remote wrote.
+    pub fn log_span(&self) -> Result<Option<(u64, u64)>, ReplicaError> {
+        let versions = self.log_versions();
+        let (Some(&oldest), Some(&newest)) = (versions.first(), versions.last()) else { return Ok(None) };
+        let checkpoint = |v: u64| self.files.contains_key(&PondFile::Checkpoint(v));
+        if oldest != 0 && !checkpoint(oldest) && !checkpoint(oldest - 1) {
+            return Err(ReplicaError::LogStart(oldest));
+        }
+        if let Some(w) = versions.windows(2).find(|w| w[1] != w[0] + 1) {
+            return Err(ReplicaError::LogGap { before: w[0], after: w[1] });
+        }
+        Ok(Some((oldest, newest)))
     }
 }
 
@@ -113,8 +138,12 @@ impl Remote {
         } else {
             PathBuf::from(url)
         };
-        if create {
-            std::fs::create_dir_all(&dir).map_err(|e| ReplicaError::io(&dir, e))?;
+        if create && !dir.is_dir() {
+            // The remote's own directory is private; its parents are the user's.
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent).map_err(|e| ReplicaError::io(parent, e))?;
+            }
+            local_dir::create_private_dir(&dir).map_err(|e| ReplicaError::io(&dir, e))?;
         } else if !dir.is_dir() {
             return Err(bad_url(url, "no such directory"));
         }
@@ -146,9 +175,26 @@ impl Remote {
         self.local.as_deref()
     }
 
-    /// Everything the remote holds, with sizes.
+    /// Everything the remote holds, with sizes. A directory remote holding a link, or anything but
+    /// regular files and directories, is refused.
     pub async fn list(&self) -> Result<Listing, ReplicaError> {
         let mut listing = Listing::default();
+        if let Some(dir) = &self.local {
+            let d = dir.clone();
+            let walked = blocking(move || local_dir::walk(&d)).await.map_err(|e| ReplicaError::io(dir, e))?;
+            if let Some((path, what)) = walked.refused.into_iter().next() {
+                return Err(ReplicaError::NotRegular { path, what: what.to_string() });
+            }
+            for (name, size) in walked.files {
+                match PondFile::parse(&name) {
+                    Ok(file) => {
+                        listing.files.insert(file, size);
+                    }
+                    Err(_) => listing.foreign.push(name),
+                }
+            }
+            return Ok(listing);
+        }
         let mut stream = self.store.list(None);
         while let Some(meta) = stream.next().await {
             let meta = meta?;
@@ -172,7 +218,7 @@ impl Remote {
     /// (see [`Remote::confirm`]) before this returns.
     pub async fn put_file(&self, file: &PondFile, src: &Path, on_bytes: &OnBytes) -> Result<u64, ReplicaError> {
         if let Some(dir) = &self.local {
-            let size = put_local(dir, file, src, on_bytes).await?;
+            let size = put_local(dir, file, Source::File(src.to_path_buf()), on_bytes).await?;
             self.confirm(file, size).await?;
             return Ok(size);
         }
@@ -238,16 +284,32 @@ impl Remote {
     /// tells it by its size anyway) and the upload reported as failed.
     pub async fn confirm(&self, file: &PondFile, size: u64) -> Result<(), ReplicaError> {
         let location = Self::location(file);
-        let landed = match self.store.head(&location).await {
-            Ok(meta) => Some(meta.size),
-            Err(object_store::Error::NotFound { .. }) => None,
-            Err(e) => return Err(e.into()),
+        let landed = match &self.local {
+            // The file itself, not what a link there would lead to.
+            Some(dir) => match std::fs::symlink_metadata(file.local_path(dir)) {
+                Ok(m) if m.is_file() => Some(m.len()),
+                Ok(_) => return Err(ReplicaError::NotRegular { path: file.name(), what: "not a regular file".into() }),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => return Err(ReplicaError::io(file.local_path(dir), e)),
+            },
+            None => match self.store.head(&location).await {
+                Ok(meta) => Some(meta.size),
+                Err(object_store::Error::NotFound { .. }) => None,
+                Err(e) => return Err(e.into()),
+            },
         };
         if landed == Some(size) {
             return Ok(());
         }
         if landed.is_some() {
-            let _ = self.store.delete(&location).await;
+            match &self.local {
+                Some(dir) => {
+                    let _ = local_dir::remove_file(dir, &file.name());
+                }
+                None => {
+                    let _ = self.store.delete(&location).await;
+                }
+            }
         }
         Err(ReplicaError::NotLanded { path: file.name(), sent: size, landed })
     }
@@ -255,28 +317,72 @@ impl Remote {
     /// Upload `data` as `file` in one request, confirmed as [`Remote::put_file`] is.
     pub async fn put_bytes(&self, file: &PondFile, data: Bytes) -> Result<(), ReplicaError> {
         let size = data.len() as u64;
-        self.store.put(&Self::location(file), data.into()).await?;
+        match &self.local {
+            Some(dir) => {
+                put_local(dir, file, Source::Bytes(data), &(Arc::new(|_| {}) as OnBytes)).await?;
+            }
+            None => {
+                self.store.put(&Self::location(file), data.into()).await?;
+            }
+        }
         self.confirm(file, size).await
     }
 
-    /// The content of a small object.
-    pub async fn get_bytes(&self, file: &PondFile) -> Result<Bytes, ReplicaError> {
+    /// The content of `file`, which the listing gave as `listed` bytes: refused if that is more
+    /// than a file of its kind may hold, or if the remote sends more than it listed.
+    pub async fn get_bytes(&self, file: &PondFile, listed: u64) -> Result<Bytes, ReplicaError> {
+        check_listed_size(file, listed)?;
+        if let Some(dir) = &self.local {
+            let (d, name) = (dir.clone(), file.name());
+            let bytes = blocking(move || {
+                let mut bytes = Vec::new();
+                local_dir::open_file(&d, &name)?.take(listed + 1).read_to_end(&mut bytes)?;
+                Ok(bytes)
+            })
+            .await
+            .map_err(|e| local_error(dir, file, e))?;
+            if bytes.len() as u64 > listed {
+                return Err(ran_on(file, listed));
+            }
+            return Ok(Bytes::from(bytes));
+        }
         let got = self.store.get(&Self::location(file)).await.map_err(|e| not_found(e, file))?;
-        Ok(got.bytes().await?)
+        let mut stream = got.into_stream();
+        let mut buf = BytesMut::new();
+        while let Some(chunk) = stream.next().await.transpose()? {
+            if (buf.len() + chunk.len()) as u64 > listed {
+                return Err(ran_on(file, listed));
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        Ok(buf.freeze())
     }
 
-    /// Download `file` into a new local file `dest` (which must not exist), in bounded memory.
-    /// Returns the byte count.
-    pub async fn get_to_file(&self, file: &PondFile, dest: &Path, on_bytes: &OnBytes) -> Result<u64, ReplicaError> {
-        let got = self.store.get(&Self::location(file)).await.map_err(|e| not_found(e, file))?;
-        let out = std::fs::File::create_new(dest).map_err(|e| ReplicaError::io(dest, e))?;
+    /// Download `file`, which the listing gave as `listed` bytes, into a new local file `dest`
+    /// (which must not exist; missing parents are made), in bounded memory. Returns the byte count.
+    /// Refused as [`Remote::get_bytes`] refuses; `dest` and its new parents are private.
+    pub async fn get_to_file(
+        &self,
+        file: &PondFile,
+        listed: u64,
+        dest: &Path,
+        on_bytes: &OnBytes,
+    ) -> Result<u64, ReplicaError> {
+        check_listed_size(file, listed)?;
         let io = |e| ReplicaError::io(dest, e);
+        if let Some(parent) = dest.parent() {
+            local_dir::create_private_dirs(parent).map_err(|e| ReplicaError::io(parent, e))?;
+        }
+        if let Some(dir) = &self.local {
+            let (d, name) = (dir.clone(), file.name());
+            let src = blocking(move || local_dir::open_file(&d, &name)).await.map_err(|e| local_error(dir, file, e))?;
+            let out = local_dir::create_private_file(dest).map_err(io)?;
+            return copy_listed(src, out, file, listed, on_bytes).await;
+        }
+        let got = self.store.get(&Self::location(file)).await.map_err(|e| not_found(e, file))?;
+        let out = local_dir::create_private_file(dest).map_err(io)?;
         match got.payload {
-            GetResultPayload::File(mut src, _) => {
-                // A local remote: copy through the kernel, reporting each step.
-                let (on_bytes, mut out) = (on_bytes.clone(), out);
-                blocking(move || copy_in_steps(&mut src, &mut out, &on_bytes)).await.map_err(io)
-            }
+            GetResultPayload::File(src, _) => copy_listed(src, out, file, listed, on_bytes).await,
             GetResultPayload::Stream(mut stream) => {
                 let out = Arc::new(out);
                 let (mut buf, mut written) = (BytesMut::new(), 0u64);
@@ -284,6 +390,9 @@ impl Remote {
                     let next = stream.next().await.transpose()?;
                     let done = next.is_none();
                     if let Some(chunk) = next {
+                        if written + (buf.len() + chunk.len()) as u64 > listed {
+                            return Err(ran_on(file, listed));
+                        }
                         buf.extend_from_slice(&chunk);
                     }
                     if buf.len() >= PART_SIZE || (done && !buf.is_empty()) {
@@ -313,45 +422,109 @@ impl Remote {
 }
 
 /// Upload to a directory remote the way `cp` copies (copy_file_range, no trip through user space):
-/// into a staging name in object_store's own convention (`<name>#<digits>`, which its listing
-/// ignores), then a rename, so the file appears whole or not at all exactly as with
-/// `LocalFileSystem::put`, at a third of the cost here (measured on a 300 MiB pond).
-async fn put_local(dir: &Path, file: &PondFile, src: &Path, on_bytes: &OnBytes) -> Result<u64, ReplicaError> {
+/// into a staging name in object_store's own convention (`<name>#<digits>`, which listings
+/// ignore), then a rename, so the file appears whole or not at all exactly as with
+/// `LocalFileSystem::put`, at a third of the cost here (measured on a 300 MiB pond). The directory
+/// is reached through [`local_dir::open_dir`] (no link followed, missing ones made 0700) and the
+/// file created 0600.
+async fn put_local(dir: &Path, file: &PondFile, src: Source, on_bytes: &OnBytes) -> Result<u64, ReplicaError> {
     static STAGED: AtomicU64 = AtomicU64::new(0);
     let dest = file.local_path(dir);
-    let mut staging = dest.clone().into_os_string();
-    staging.push(format!("#{}{:06}", std::process::id(), STAGED.fetch_add(1, Ordering::Relaxed)));
-    let staging = PathBuf::from(staging);
-    let (src_path, on_bytes) = (src.to_path_buf(), on_bytes.clone());
-    let (s, d) = (staging.clone(), dest.clone());
-    let copied = blocking(move || {
-        if let Some(parent) = d.parent() {
-            std::fs::create_dir_all(parent)?;
+    let name = file.name();
+    let (parent, base) = name.rsplit_once('/').map_or((String::new(), name.clone()), |(p, b)| (p.into(), b.into()));
+    let staging = format!("{base}#{}{:06}", std::process::id(), STAGED.fetch_add(1, Ordering::Relaxed));
+    let (root, on_bytes) = (dir.to_path_buf(), on_bytes.clone());
+    blocking(move || {
+        let parent = local_dir::open_dir(&root, &parent, true)?;
+        let copied = (|| {
+            let mut out = local_dir::create_file_in(&parent, &staging)?;
+            let n = match &src {
+                Source::File(path) => copy_in_steps(&mut std::fs::File::open(path)?, &mut out, u64::MAX, &on_bytes)?,
+                Source::Bytes(data) => {
+                    std::io::Write::write_all(&mut out, data)?;
+                    data.len() as u64
+                }
+            };
+            drop(out);
+            nix::fcntl::renameat(&parent, staging.as_str(), &parent, base.as_str())?;
+            Ok(n)
+        })();
+        if copied.is_err() {
+            let _ = nix::unistd::unlinkat(&parent, staging.as_str(), nix::unistd::UnlinkatFlags::NoRemoveDir);
         }
-        let mut input = std::fs::File::open(&src_path)?;
-        let mut out = std::fs::File::create_new(&s)?;
-        let n = copy_in_steps(&mut input, &mut out, &on_bytes)?;
-        drop(out);
-        std::fs::rename(&s, &d)?;
-        Ok(n)
+        copied
     })
-    .await;
-    copied.map_err(|e| {
-        let _ = std::fs::remove_file(&staging);
-        ReplicaError::io(dest, e)
-    })
+    .await
+    .map_err(|e| ReplicaError::io(dest, e))
 }
 
-/// Copy `src` to `out` in [`PART_SIZE`] steps (copy_file_range between files), reporting each.
-fn copy_in_steps(src: &mut std::fs::File, out: &mut std::fs::File, on_bytes: &OnBytes) -> std::io::Result<u64> {
+/// What [`put_local`] uploads: a local file, or bytes in memory (the small `_last_checkpoint`).
+enum Source {
+    File(PathBuf),
+    Bytes(Bytes),
+}
+
+/// Copy at most `limit` bytes of `src` to `out` in [`PART_SIZE`] steps (copy_file_range between
+/// files), reporting each.
+fn copy_in_steps(
+    src: &mut std::fs::File,
+    out: &mut std::fs::File,
+    limit: u64,
+    on_bytes: &OnBytes,
+) -> std::io::Result<u64> {
     let mut total = 0u64;
-    loop {
-        let n = std::io::copy(&mut src.take(PART_SIZE as u64), out)?;
+    while total < limit {
+        let n = std::io::copy(&mut src.take((PART_SIZE as u64).min(limit - total)), out)?;
         if n == 0 {
-            return Ok(total);
+            break;
         }
         total += n;
         on_bytes(n);
+    }
+    Ok(total)
+}
+
+/// Copy the downloaded `src` into `out`: refused once it holds more than the `listed` bytes.
+async fn copy_listed(
+    mut src: std::fs::File,
+    mut out: std::fs::File,
+    file: &PondFile,
+    listed: u64,
+    on_bytes: &OnBytes,
+) -> Result<u64, ReplicaError> {
+    let on_bytes = on_bytes.clone();
+    let copied = blocking(move || copy_in_steps(&mut src, &mut out, listed.saturating_add(1), &on_bytes))
+        .await
+        .map_err(|e| ReplicaError::io(file.name(), e))?;
+    if copied > listed {
+        return Err(ran_on(file, listed));
+    }
+    Ok(copied)
+}
+
+/// Refuse to fetch `file` if its listed size is more than a file of its kind may hold.
+fn check_listed_size(file: &PondFile, listed: u64) -> Result<(), ReplicaError> {
+    match file.max_size() {
+        Some(max) if listed > max => Err(ReplicaError::TooLarge { path: file.name(), size: listed, max }),
+        _ => Ok(()),
+    }
+}
+
+/// The remote sent more of `file` than the `listed` bytes.
+fn ran_on(file: &PondFile, listed: u64) -> ReplicaError {
+    ReplicaError::Tampered {
+        path: file.name(),
+        expected: format!("{listed} bytes, as listed"),
+        got: "more (the download was stopped there)".into(),
+    }
+}
+
+/// An error opening `file` in the directory remote `dir` (see [`local_dir::open_file`]).
+fn local_error(dir: &Path, file: &PondFile, e: std::io::Error) -> ReplicaError {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => ReplicaError::Missing(file.name()),
+        std::io::ErrorKind::InvalidData => ReplicaError::NotRegular { path: file.name(), what: e.to_string() },
+        _ => ReplicaError::io(file.local_path(dir), e),
     }
 }
 

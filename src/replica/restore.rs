@@ -29,9 +29,10 @@ use futures::StreamExt;
 use crate::audit::{VerifyReport, verify_pond};
 use crate::oplog::{datafile, history};
 
+use super::local_dir;
 use super::remote::{Listing, OnBytes, Remote, sync_filesystem};
 use super::{FILES_IN_FLIGHT, Progress, ReplicaError, blocking};
-use crate::layout::{LARGE_FILES_DIR, LOG_DIR, MAX_LAST_CHECKPOINT_SIZE, PACKS_DIR, PondFile, parse_last_checkpoint};
+use crate::layout::{LARGE_FILES_DIR, LOG_DIR, PACKS_DIR, PondFile, parse_last_checkpoint};
 
 /// The outcome of [`restore`].
 #[derive(Clone, Debug)]
@@ -133,7 +134,8 @@ impl Staging {
         let prefix = format!("{name}.restore-tmp-");
         remove_stale(&parent, &prefix);
         let path = parent.join(format!("{prefix}{}", std::process::id()));
-        std::fs::create_dir(&path).map_err(|e| ReplicaError::io(&path, e))?;
+        // Private whatever the umask; it replaces the target, so the restored pond is too.
+        local_dir::create_private_dir(&path).map_err(|e| ReplicaError::io(&path, e))?;
         Ok(Staging { path, committed: false })
     }
 
@@ -180,6 +182,12 @@ fn remove_stale(parent: &Path, prefix: &str) {
     }
 }
 
+/// A download failure that is the remote's damage (noted and passed over when not strict), not a
+/// failure to reach it.
+fn is_damage(e: &ReplicaError) -> bool {
+    matches!(e, ReplicaError::Missing(_) | ReplicaError::TooLarge { .. } | ReplicaError::Tampered { .. })
+}
+
 /// What [`fetch`] brought.
 struct Fetched {
     version: u64,
@@ -209,8 +217,11 @@ async fn fetch(
     stop: &AtomicBool,
 ) -> Result<Fetched, ReplicaError> {
     let listing = remote.list().await?;
-    let Some(&latest) = listing.log_versions().last() else { return Err(ReplicaError::Empty) };
-    if !listing.files.contains_key(&PondFile::Log(0)) {
+    // Versions are fetched (and files named) one by one from here: first, check they follow one
+    // another, so a remote listing versions 0 and 10^10 is refused before anything is allocated.
+    let Some((oldest, latest)) = listing.log_span()? else { return Err(ReplicaError::Empty) };
+    if oldest != 0 {
+        // A pruned pond's replica starts at a checkpoint: restoring one is not supported yet.
         return Err(ReplicaError::Empty);
     }
     let version = version.unwrap_or(latest);
@@ -219,7 +230,7 @@ async fn fetch(
     }
     for dir in [LOG_DIR.to_string(), LARGE_FILES_DIR.to_string(), format!("{LARGE_FILES_DIR}/{PACKS_DIR}")] {
         let d = dest.join(dir);
-        std::fs::create_dir_all(&d).map_err(|e| ReplicaError::io(&d, e))?;
+        local_dir::create_private_dirs(&d).map_err(|e| ReplicaError::io(&d, e))?;
     }
     let mut f = Fetcher {
         remote,
@@ -233,8 +244,11 @@ async fn fetch(
         f.problem(ReplicaError::PathEscape(name))?;
     }
 
-    f.get_all("fetching log", (0..=version).map(PondFile::Log).collect(), stop).await?;
-    let data = f.data_files(version)?;
+    // The listed entries up to `version` (the same as 0..=version once the span is checked, but
+    // bounded by the listing whatever a later check allows).
+    let entries: Vec<u64> = f.listing.log_versions().into_iter().filter(|v| *v <= version).collect();
+    f.get_all("fetching log", entries.iter().copied().map(PondFile::Log).collect(), stop).await?;
+    let data = f.data_files(&entries)?;
     let mut wanted = Vec::new();
     for (name, logged) in data {
         let file = PondFile::Data(name.clone());
@@ -278,7 +292,7 @@ impl Fetcher<'_> {
         self.progress.begin(what, files.len() as u64, total);
         let progress = self.progress.clone();
         let on_bytes: OnBytes = Arc::new(move |n| progress.bytes(n));
-        let (remote, dest) = (self.remote, self.dest);
+        let (remote, dest, listing) = (self.remote, self.dest, &self.listing);
         let mut results = futures::stream::iter(files)
             .map(|file| {
                 let on_bytes = on_bytes.clone();
@@ -286,10 +300,14 @@ impl Fetcher<'_> {
                     if stop.load(Ordering::SeqCst) {
                         return Err(ReplicaError::Interrupted);
                     }
-                    remote.get_to_file(&file, &file.local_path(dest), &on_bytes).await
+                    let Some(&listed) = listing.files.get(&file) else {
+                        return Err(ReplicaError::Missing(file.name()));
+                    };
+                    remote.get_to_file(&file, listed, &file.local_path(dest), &on_bytes).await
                 }
             })
             .buffer_unordered(FILES_IN_FLIGHT);
+        let mut problems = Vec::new();
         while let Some(result) = results.next().await {
             match result {
                 Ok(n) => {
@@ -297,18 +315,22 @@ impl Fetcher<'_> {
                     self.fetched.files += 1;
                     self.fetched.bytes += n;
                 }
-                Err(e @ ReplicaError::Missing(_)) => self.problem(e)?,
+                Err(e) if is_damage(&e) => problems.push(e),
                 Err(e) => return Err(e),
             }
+        }
+        drop(results);
+        for e in problems {
+            self.problem(e)?;
         }
         Ok(())
     }
 
-    /// The data files that the fetched log entries `0..=version` add, with their logged sizes;
+    /// The data files that the fetched log entries of `versions` add, with their logged sizes;
     /// every add and remove path must be a top-level data file name.
-    fn data_files(&mut self, version: u64) -> Result<BTreeMap<String, u64>, ReplicaError> {
+    fn data_files(&mut self, versions: &[u64]) -> Result<BTreeMap<String, u64>, ReplicaError> {
         let mut data = BTreeMap::new();
-        for v in 0..=version {
+        for &v in versions {
             let path = PondFile::Log(v).local_path(self.dest);
             let Ok(text) = std::fs::read_to_string(&path) else { continue }; // missing: already noted
             let actions = match history::parse_log_entry(&text, &path) {
@@ -366,23 +388,27 @@ impl Fetcher<'_> {
         let (dest, objects) = (self.dest.to_path_buf(), objects.to_vec());
         let files = blocking(move || {
             let store = crate::large_files::LargeFileStore::new(&dest);
-            let mut out = std::collections::BTreeSet::new();
+            // Each file with the first object found pointing into it (named if it is missing).
+            let mut out = std::collections::BTreeMap::new();
             for h in objects {
                 if let Ok(reader) = store.open(&h) {
-                    out.extend(reader.data_files().into_iter().filter(|f| *f != PondFile::Object(h)));
+                    for f in reader.data_files().into_iter().filter(|f| *f != PondFile::Object(h)) {
+                        out.entry(f).or_insert(h);
+                    }
                 }
             }
             Ok(out)
         })
         .await?;
         let mut wanted = Vec::new();
-        for file in files {
+        for (file, user) in files {
             if self.listing.files.contains_key(&file) {
                 if !file.local_path(self.dest).exists() {
                     wanted.push(file);
                 }
             } else {
-                self.problem(ReplicaError::Missing(file.name()))?;
+                let what = format!("{} (object {user} points into it)", file.name());
+                self.problem(ReplicaError::Missing(what))?;
             }
         }
         Ok(wanted)
@@ -393,13 +419,13 @@ impl Fetcher<'_> {
     async fn hint(&mut self, version: u64) -> Result<(), ReplicaError> {
         let file = PondFile::LastCheckpoint;
         let Some(&size) = self.listing.files.get(&file) else { return Ok(()) };
-        if size > MAX_LAST_CHECKPOINT_SIZE {
-            // Read whole into memory below: a remote must not choose how much.
-            let (expected, got) =
-                (format!("a checkpoint hint of at most {MAX_LAST_CHECKPOINT_SIZE} bytes"), format!("{size} bytes"));
-            return self.problem(ReplicaError::Tampered { path: file.name(), expected, got });
-        }
-        let bytes = self.remote.get_bytes(&file).await?;
+        // Read whole into memory: at most the size listed, and refused if that is more than a
+        // hint ever holds.
+        let bytes = match self.remote.get_bytes(&file, size).await {
+            Ok(bytes) => bytes,
+            Err(e) if is_damage(&e) => return self.problem(e),
+            Err(e) => return Err(e),
+        };
         let named = parse_last_checkpoint(&bytes);
         let Some(c) = named else {
             let (expected, got) =
@@ -408,7 +434,9 @@ impl Fetcher<'_> {
         };
         if c <= version && PondFile::Checkpoint(c).local_path(self.dest).exists() {
             let path = file.local_path(self.dest);
-            std::fs::write(&path, &bytes).map_err(|e| ReplicaError::io(&path, e))?;
+            local_dir::create_private_file(&path)
+                .and_then(|mut f| std::io::Write::write_all(&mut f, &bytes))
+                .map_err(|e| ReplicaError::io(&path, e))?;
             self.fetched.files += 1;
             self.fetched.bytes += bytes.len() as u64;
         }

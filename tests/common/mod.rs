@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod parquet_craft;
 pub mod proxy;
 pub mod rng;
 pub mod sizes;
