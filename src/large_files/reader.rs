@@ -40,7 +40,7 @@ const CACHED_CHUNKS: usize = 4;
 /// while reading stays sequential up to the largest (48 MiB: topped up half at a time, which keeps
 /// several wide requests in flight on a link with tens of milliseconds of latency).
 const READ_AHEAD_FIRST: u64 = 8;
-const READ_AHEAD_MAX: u64 = 1024;
+const READ_AHEAD_MAX: u64 = 768;
 /// A read starting this many chunks behind the furthest one read still counts as sequential (the
 /// kernel's read-ahead requests arrive on several threads, not quite in order).
 const READ_AHEAD_SLACK: u64 = 32;
