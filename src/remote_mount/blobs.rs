@@ -47,7 +47,7 @@ const WRITES_QUEUED: usize = 1;
 /// the disk cache). As much as a reader's read-ahead window (`large_files::reader`): less, and a
 /// cache too small to keep read-ahead (`cache_size` under twice [`SPAN`]) would see the chunks
 /// fetched ahead dropped before they are read, and fetched again one by one.
-pub const READY: u64 = 48 << 20;
+pub const READY: u64 = 32 << 20;
 /// Neighbouring chunks this close are fetched in one request: between two chunks of a pack lie a
 /// page header, and between two row groups the other columns of the next (about 3 KiB); a few KiB
 /// more in a request costs far less than another request.
