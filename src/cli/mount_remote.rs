@@ -206,7 +206,7 @@ pub fn wait_for_daemon(mountpoint: &Path) -> anyhow::Result<()> {
 /// A lock per mountpoint in the runtime directory, flocked by a replica's daemon for its whole
 /// life (a replica has no `_pond/` of its own to hold one, as a pond does).
 struct DaemonLock {
-    _lock: Option<nix::fcntl::Flock<std::fs::File>>,
+    lock: Option<(nix::fcntl::Flock<std::fs::File>, PathBuf)>,
 }
 
 impl DaemonLock {
@@ -229,7 +229,7 @@ impl DaemonLock {
             .and_then(|d| private_dir(d).ok())
             .and_then(|_| std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).ok())
             .and_then(|f| nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock).ok());
-        DaemonLock { _lock: lock }
+        DaemonLock { lock: lock.map(|l| (l, path)) }
     }
 
     fn is_held(mountpoint: &Path) -> bool {
@@ -238,5 +238,19 @@ impl DaemonLock {
             nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock),
             Err((_, nix::errno::Errno::EWOULDBLOCK))
         )
+    }
+}
+
+impl Drop for DaemonLock {
+    /// The daemon is done: its lock file goes (one per mountpoint ever used would pile up), unless
+    /// a new daemon of the same mountpoint has made a new one there already.
+    fn drop(&mut self) {
+        use std::os::unix::fs::MetadataExt;
+        if let Some((lock, path)) = self.lock.take() {
+            let ours = lock.metadata().ok().map(|m| (m.dev(), m.ino()));
+            if ours.is_some() && std::fs::metadata(&path).ok().map(|m| (m.dev(), m.ino())) == ours {
+                let _ = std::fs::remove_file(&path);
+            }
+        }
     }
 }

@@ -37,10 +37,10 @@ pub type VerifiedChunks = std::collections::HashSet<(ChunkLoc, [u8; 32])>;
 /// Verified chunks an open reader keeps (4 × 64 KiB).
 const CACHED_CHUNKS: usize = 4;
 /// Read-ahead of a source that wants it: the first window past a sequential read (chunks), doubled
-/// while reading stays sequential up to the largest (32 MiB: topped up half at a time, which keeps
+/// while reading stays sequential up to the largest (48 MiB: topped up half at a time, which keeps
 /// several wide requests in flight on a link with tens of milliseconds of latency).
 const READ_AHEAD_FIRST: u64 = 8;
-const READ_AHEAD_MAX: u64 = 512;
+const READ_AHEAD_MAX: u64 = 768;
 /// A read starting this many chunks behind the furthest one read still counts as sequential (the
 /// kernel's read-ahead requests arrive on several threads, not quite in order).
 const READ_AHEAD_SLACK: u64 = 32;

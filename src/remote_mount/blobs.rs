@@ -37,9 +37,9 @@ pub const OBJECT_END: u64 = 1 << 20;
 pub const WHOLE_OBJECT: u64 = 16 << 20;
 /// The most one read-ahead request asks for: wide enough that a request's fixed cost (a round trip,
 /// the server's own overhead per request) is small beside its transfer.
-pub const SPAN: u64 = 16 << 20;
+pub const SPAN: u64 = 12 << 20;
 /// Read-ahead requests in flight at once, per mount: what overlaps the round trips. With [`SPAN`],
-/// the most read-ahead holds in memory while fetching (48 MiB), besides [`READY`].
+/// the most read-ahead holds in memory while fetching (36 MiB), besides [`READY`].
 pub const SPANS_IN_FLIGHT: usize = 3;
 /// Read-ahead writes to the disk cache queued at once (each holds its request's bytes).
 const WRITES_QUEUED: usize = 1;
@@ -47,7 +47,7 @@ const WRITES_QUEUED: usize = 1;
 /// the disk cache). As much as a reader's read-ahead window (`large_files::reader`): less, and a
 /// cache too small to keep read-ahead (`cache_size` under twice [`SPAN`]) would see the chunks
 /// fetched ahead dropped before they are read, and fetched again one by one.
-pub const READY: u64 = 32 << 20;
+pub const READY: u64 = 40 << 20;
 /// Neighbouring chunks this close are fetched in one request: between two chunks of a pack lie a
 /// page header, and between two row groups the other columns of the next (about 3 KiB); a few KiB
 /// more in a request costs far less than another request.
