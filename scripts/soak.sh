@@ -6,7 +6,7 @@
 #   scripts/soak.sh [DURATION] [PARTS...]     DURATION: 30m (default), 2h, 900s ...
 #   POND_SOAK_SCALE=20 scripts/soak.sh 8h     (default scale 10)
 #
-# Parts (test modules): crash_loop concurrency full_disk replica_faults hostile_input.
+# Parts (test modules): crash_loop concurrency full_disk replica_faults hostile_input prune_race.
 # The setup is scripts/test.sh's (system tools, the S3 server on 127.0.0.1), and so is the promise:
 # nothing is left mounted or running afterwards. Exit status: 0 only when every run passed and
 # nothing was lost.
@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 duration=${1:-30m}
 shift || true
 parts=("$@")
-((${#parts[@]})) || parts=(crash_loop concurrency full_disk replica_faults hostile_input)
+((${#parts[@]})) || parts=(crash_loop concurrency full_disk replica_faults hostile_input prune_race)
 export POND_SOAK_SCALE=${POND_SOAK_SCALE:-10}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/pond-target}
 export CARGO_TERM_COLOR=never

@@ -1,9 +1,6 @@
 //! Any Delta reader can open a pond: Python's `deltalake` (in the venv scripts/test.sh makes) reads
 //! the table, and its rows and inline content match what was written.
 
-use std::path::Path;
-use std::process::Command;
-
 use pond::oplog::ROOT_INO;
 
 use crate::common::sizes::T;
@@ -28,21 +25,11 @@ for (rec, parent, name), r in latest.items():
             "kind": n["kind"], "size": n["size"], "mode": n["mode"], "large": n["large"], "blake3": n["blake3"],
             "content": None if n["content"] is None else bytes(n["content"]).hex(),
         }
-print(json.dumps(out), flush=True)
-os._exit(0)  # deltalake's runtime threads may abort a normal interpreter exit
+print(json.dumps(out))
 "#;
-
-pub fn python_venv() -> String {
-    std::env::var("POND_PY_VENV").unwrap_or_else(|_| {
-        panic!(
-            "POND_PY_VENV is not set: run the tests through scripts/test.sh, which makes a Python venv with deltalake"
-        )
-    })
-}
 
 #[test]
 fn python_deltalake_reads_rows_and_inline_content() {
-    let venv = python_venv();
     let pond = TestPond::new();
     let written: Vec<(String, Vec<u8>)> = [(0usize, "empty"), (T / 64, "small"), (T, "at-threshold"), (T + 1, "large")]
         .iter()
@@ -57,12 +44,7 @@ fn python_deltalake_reads_rows_and_inline_content() {
         fs.mkdir(ROOT_INO, b"dir", 0o750, pond::fs::Caller { uid: 0, gid: 0 }).unwrap();
         fs.shutdown().unwrap();
     }
-    let out = Command::new(Path::new(&venv).join("bin/python"))
-        .arg("-c")
-        .arg(READER)
-        .arg(&pond.root)
-        .output()
-        .expect("run python");
+    let out = crate::common::python_deltalake(READER, &[pond.root.as_os_str()]);
     assert!(out.status.success(), "python deltalake failed: {}", String::from_utf8_lossy(&out.stderr));
     let got: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json from python");
     for (name, data) in &written {

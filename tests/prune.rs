@@ -4,11 +4,13 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use pond::oplog::{Oplog, ROOT_INO};
+use pond::oplog::Oplog;
 
 use crate::common::sizes::C;
 use crate::common::store::{objects, store_files};
-use crate::common::{TestPond, assert_same_bytes, latest_version, pattern, pond, pond_ok, runtime, write_file};
+use crate::common::{
+    TestPond, assert_same_bytes, cat_at, latest_version, pattern, pond, pond_ok, runtime, write_version,
+};
 
 /// Bytes under the pond, its private `_pond/` aside.
 fn pond_bytes(root: &Path) -> u64 {
@@ -36,30 +38,6 @@ fn pond_bytes(root: &Path) -> u64 {
 fn listing(root: &Path) -> BTreeSet<String> {
     let out = std::process::Command::new("find").arg(root).args(["-type", "f", "-not", "-path", "*/_pond/*"]).output();
     String::from_utf8_lossy(&out.expect("find").stdout).lines().map(str::to_string).collect()
-}
-
-fn cat_at(root: &Path, path: &str, version: u64) -> std::process::Output {
-    pond(&["cat", root.to_str().unwrap(), path, "--version", &version.to_string()])
-}
-
-/// One session that writes `name` with `data` (a new version once it shuts down).
-fn write_version(p: &TestPond, name: &str, data: &[u8]) -> u64 {
-    let fs = p.open();
-    match fs.lookup(ROOT_INO, name.as_bytes()) {
-        Ok(attr) => {
-            let ino = attr.ino;
-            let fh = fs.open_file(ino, libc::O_WRONLY | libc::O_TRUNC).expect("open");
-            for (i, piece) in data.chunks(128 * 1024).enumerate() {
-                fs.write(fh, (i * 128 * 1024) as u64, piece).expect("write");
-            }
-            fs.release(fh).expect("release");
-        }
-        Err(_) => {
-            write_file(&fs, ROOT_INO, name, data);
-        }
-    }
-    fs.shutdown().expect("shutdown");
-    latest_version(&p.root)
 }
 
 #[test]
@@ -118,12 +96,11 @@ fn every_kept_version_reads_back_in_pond_delta_rs_and_python() {
         assert_eq!(oplog.version(), *v);
     }
     // ... and so does Python's deltalake.
-    let venv = std::env::var("POND_PY_VENV").expect("POND_PY_VENV (scripts/test.sh makes the venv)");
     let script = format!(
         "import deltalake\nfor v in {kept:?}:\n    t = deltalake.DeltaTable({:?}, version=v)\n    assert t.version() == v\n    t.to_pyarrow_table()\nprint('ok')",
         p.path()
     );
-    let py = std::process::Command::new(format!("{venv}/bin/python")).args(["-c", &script]).output().expect("python");
+    let py = crate::common::python_deltalake(&script, &[]);
     assert!(py.status.success(), "python deltalake: {}", String::from_utf8_lossy(&py.stderr));
     let v = pond_ok(&["verify", p.path()]);
     assert!(v.starts_with("clean: 3 versions"), "{v}");

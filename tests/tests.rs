@@ -37,6 +37,10 @@ mod private_pond;
 mod privileges;
 /// pond prune: dropped versions go with what only they need; kept ones read everywhere.
 mod prune;
+/// Prune racing a mount's commits, readers and replicate --follow: nothing kept or in flight goes.
+mod prune_race;
+/// A pruned pond replicates (a run from its checkpoint) and restores; a remote keeps what the pond pruned.
+mod prune_replica;
 /// Property test: random operations through the mount vs a native directory, with remounts.
 mod reftest;
 /// A replica mounted straight from S3 or a directory: lazy reads, refresh, tampering, a failing server.

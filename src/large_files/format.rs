@@ -27,7 +27,7 @@
 //!
 //! Pages of pond's own making are small, but a file from a remote is hostile until checked: before
 //! any column is decoded, its footer and the pages parquet will decode are checked against
-//! [`STORE_LIMITS`] (see [`crate::parquet_bounds`]).
+//! `STORE_LIMITS` (see [`crate::parquet_bounds`]).
 
 use std::collections::HashMap;
 use std::fs::File;

@@ -40,28 +40,73 @@ impl LogView {
     /// The log of the pond (or a local copy of a replica) at `root`. Entries are parsed; a damaged
     /// one is an error naming it.
     pub fn read(root: &Path) -> Result<LogView, OplogError> {
+        let mut view = LogView::default();
+        view.refresh(root)?;
+        Ok(view)
+    }
+
+    /// Bring the view up to date with the log at `root`: entries not seen before are parsed, those
+    /// gone (pruned) forgotten, checkpoints listed again. An entry that goes between the listing
+    /// and its read (a prune at work) counts as gone.
+    pub fn refresh(&mut self, root: &Path) -> Result<(), OplogError> {
         let dir = root.join(LOG_DIR);
         let io = |e: std::io::Error| OplogError::Io { path: dir.clone(), source: e };
-        let mut view = LogView::default();
+        let mut present = BTreeSet::new();
+        let mut checkpoints = BTreeSet::new();
         for entry in std::fs::read_dir(&dir).map_err(io)? {
             let entry = entry.map_err(io)?;
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
             if let Some(v) = log_entry_version(name) {
-                let path = entry.path();
-                let text =
-                    std::fs::read_to_string(&path).map_err(|e| OplogError::Io { path: path.clone(), source: e })?;
-                view.entries.insert(v, parse_log_entry(&text, &path)?);
+                if let std::collections::btree_map::Entry::Vacant(slot) = self.entries.entry(v) {
+                    let path = entry.path();
+                    let text = match std::fs::read_to_string(&path) {
+                        Ok(text) => text,
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                        Err(e) => return Err(OplogError::Io { path, source: e }),
+                    };
+                    slot.insert(parse_log_entry(&text, &path)?);
+                }
+                present.insert(v);
             } else if let Some(v) = checkpoint_version(name) {
-                view.checkpoints.insert(v);
+                checkpoints.insert(v);
             }
         }
-        Ok(view)
+        self.entries.retain(|v, _| present.contains(v));
+        self.checkpoints = checkpoints;
+        Ok(())
     }
 
     /// A view over entries and checkpoints read elsewhere (a remote).
     pub fn from_parts(entries: BTreeMap<u64, FileActions>, checkpoints: BTreeSet<u64>) -> LogView {
         LogView { entries, checkpoints }
+    }
+
+    /// A view of which entries and checkpoints are present, without their actions (a remote's
+    /// listing): enough to say which versions are readable.
+    pub fn from_names(entries: impl IntoIterator<Item = u64>, checkpoints: impl IntoIterator<Item = u64>) -> LogView {
+        let entries = entries.into_iter().map(|v| (v, FileActions::default())).collect();
+        LogView { entries, checkpoints: checkpoints.into_iter().collect() }
+    }
+
+    /// The first present entry that is not readable, with the version present before it (None
+    /// when it is the oldest): what a log written by pond never holds (it sends a run's checkpoint
+    /// before the run's first entry).
+    pub fn first_unreadable(&self) -> Option<(Option<u64>, u64)> {
+        let readable: BTreeSet<u64> = self.readable().into_iter().map(|(v, _)| v).collect();
+        let mut before = None;
+        for &v in self.entries.keys() {
+            if !readable.contains(&v) {
+                return Some((before, v));
+            }
+            before = Some(v);
+        }
+        None
+    }
+
+    /// The base of version `v` if it is readable.
+    pub fn base_of(&self, v: u64) -> Option<Base> {
+        self.readable().into_iter().find(|(r, _)| *r == v).map(|(_, b)| b)
     }
 
     /// Versions whose log entry is present, oldest first.
@@ -163,6 +208,28 @@ impl LogView {
     }
 }
 
+/// The readable versions `readable` (see [`LogView::readable`]) as runs, for a message: "versions 0
+/// to 10 and 20 to 30", "version 7", "no readable version".
+pub fn describe_readable(readable: &[(u64, Base)]) -> String {
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    for &(v, _) in readable {
+        match runs.last_mut() {
+            Some((_, end)) if *end + 1 == v => *end = v,
+            _ => runs.push((v, v)),
+        }
+    }
+    let parts: Vec<String> =
+        runs.iter().map(|&(a, b)| if a == b { format!("{a}") } else { format!("{a} to {b}") }).collect();
+    match parts.len() {
+        0 => "no readable version".into(),
+        1 if runs[0].0 == runs[0].1 => format!("version {}", parts[0]),
+        n => {
+            let head = parts[..n - 1].join(", ");
+            if n == 1 { format!("versions {}", parts[0]) } else { format!("versions {head} and {}", parts[n - 1]) }
+        }
+    }
+}
+
 fn apply(files: &mut BTreeMap<String, u64>, actions: Option<&FileActions>) {
     let Some(a) = actions else { return };
     for p in &a.removed {
@@ -171,6 +238,44 @@ fn apply(files: &mut BTreeMap<String, u64>, actions: Option<&FileActions>) {
     for (p, size) in &a.added {
         files.insert(p.clone(), *size);
     }
+}
+
+/// The table's id (`metaData.id`, fixed when the table is created) in a JSON log entry's text, if
+/// the entry carries the table's metadata (version 0 does, and any that changed it).
+pub fn table_id_in_entry(text: &str) -> Option<String> {
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find_map(|v| Some(v.get("metaData")?.get("id")?.as_str()?.to_string()))
+}
+
+/// The table's id (`metaData.id`) a checkpoint file records.
+pub fn table_id_in_checkpoint(path: &Path) -> Result<Option<String>, OplogError> {
+    let bad = |reason: String| OplogError::Corrupt { path: path.to_path_buf(), reason };
+    super::datafile::check_parquet_file(path)?;
+    let file = std::fs::File::open(path).map_err(|e| OplogError::Io { path: path.to_path_buf(), source: e })?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| OplogError::parquet(path, e))?;
+    let schema = builder.parquet_schema();
+    let Some(leaf) = (0..schema.num_columns()).find(|&i| schema.column(i).path().parts() == ["metaData", "id"]) else {
+        return Err(bad("a checkpoint without metaData.id".into()));
+    };
+    let mask = ProjectionMask::leaves(schema, [leaf]);
+    let reader = builder.with_projection(mask).build().map_err(|e| OplogError::parquet(path, e))?;
+    for batch in reader {
+        let batch = batch.map_err(|e| OplogError::arrow(path, e))?;
+        let meta = batch
+            .column(0)
+            .as_any()
+            .downcast_ref::<StructArray>()
+            .ok_or_else(|| bad("metaData is not a struct".into()))?;
+        let ids = meta
+            .column_by_name("id")
+            .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+            .ok_or_else(|| bad("metaData.id is not a string".into()))?;
+        if let Some(r) = (0..meta.len()).find(|&r| !meta.is_null(r) && !ids.is_null(r)) {
+            return Ok(Some(ids.value(r).to_string()));
+        }
+    }
+    Ok(None)
 }
 
 /// The data files a checkpoint file lists as active (its `add` actions), with their sizes. Names
@@ -240,6 +345,28 @@ mod tests {
         let active = view.active_files(&[2, 9].into(), &mut ck).expect("replay");
         assert_eq!(active[&2].keys().collect::<Vec<_>>(), ["ck2.parquet"]);
         assert_eq!(active[&9].keys().collect::<Vec<_>>(), ["ck7.parquet", "v8.parquet", "v9.parquet"]);
+    }
+
+    #[test]
+    fn readable_versions_are_described_as_runs() {
+        let runs = |vs: &[u64]| vs.iter().map(|&v| (v, Base::Start)).collect::<Vec<_>>();
+        assert_eq!(describe_readable(&runs(&[])), "no readable version");
+        assert_eq!(describe_readable(&runs(&[7])), "version 7");
+        assert_eq!(describe_readable(&runs(&[0, 1, 2])), "versions 0 to 2");
+        assert_eq!(describe_readable(&runs(&[0, 1, 5, 9, 10])), "versions 0 to 1, 5 and 9 to 10");
+    }
+
+    #[test]
+    fn an_entry_after_a_gap_without_a_checkpoint_is_the_first_unreadable() {
+        let view = LogView::from_names([0, 1, 2, 5, 6], [6]);
+        assert_eq!(view.first_unreadable(), Some((Some(2), 5)));
+        assert_eq!(LogView::from_names([3, 4], []).first_unreadable(), Some((None, 3)));
+        assert_eq!(
+            LogView::from_names([3, 4], [2]).first_unreadable(),
+            None,
+            "a run may start right after its checkpoint"
+        );
+        assert_eq!(LogView::from_names([0, 1, 5, 6], [5]).base_of(6), Some(Base::Checkpoint(5)));
     }
 
     #[test]

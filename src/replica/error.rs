@@ -35,9 +35,10 @@ pub enum ReplicaError {
     )]
     NotRegular { path: String, what: String },
 
-    /// The remote's log entries do not follow one another.
+    /// The remote's log entries do not follow one another, and no checkpoint starts a new run where
+    /// they jump.
     #[error(
-        "the remote's log jumps from version {before} to version {after}: its versions must follow one another (nothing was fetched)"
+        "the remote's log jumps from version {before} to version {after} with no checkpoint to read version {after} from (nothing was fetched)"
     )]
     LogGap { before: u64, after: u64 },
 
@@ -80,8 +81,8 @@ pub enum ReplicaError {
     #[error("{0} is not empty: restore makes a new pond and never writes over existing files")]
     TargetNotEmpty(PathBuf),
 
-    #[error("version {asked} is not on the remote (it holds versions 0 to {latest})")]
-    NoSuchVersion { asked: u64, latest: u64 },
+    #[error("version {asked} is not on the remote (it holds {holds})")]
+    NoSuchVersion { asked: u64, holds: String },
 
     #[error("the remote holds no pond (no _delta_log/00000000000000000000.json)")]
     Empty,

@@ -3,24 +3,35 @@
 //! pond's layout ([`PondFile`]); it never mounts and never sees an inode.
 //!
 //! **What is copied.** The remote keeps the pond's layout, so it is itself a Delta table: large
-//! objects (`_large_files/<b3>.parquet`), data files and log entries are copied byte for byte as
-//! they are on disk — no decoding, no re-chunking. Only committed versions are shipped: a pass
-//! reads the log once to fix its version `V`, and ships what versions `0..=V` reference, so it
-//! works while the pond is mounted and written to. The writer's private `_pond/` is never copied.
+//! objects (`_large_files/<b3>.parquet`) and the packs they point into, data files, log entries and
+//! checkpoints are copied byte for byte as they are on disk — no decoding, no re-chunking. Only
+//! committed versions are shipped: a pass reads the log once (a [`LogView`]) and ships every
+//! readable version newer than the remote's latest, so it works while the pond is mounted and
+//! written to. The writer's private `_pond/` is never copied.
+//!
+//! **Pruned ponds.** After `pond prune` the pond's history is runs of versions, each read from a
+//! checkpoint (see [`crate::oplog::log`]). A version that follows one the remote holds ships as
+//! its log entry and the data files it adds; one that does not (a new remote of a pruned pond, or
+//! a pond pruned past what the remote has) starts a run on the remote: its checkpoint, with every
+//! data file active at it, goes before its entry. A remote keeps the versions it has when the pond
+//! prunes them: history goes from a remote only by pruning the remote. A prune that takes versions
+//! a pass was shipping makes the pass plan again.
 //!
 //! **Order.** A pass sends objects (and, once objects reference them, packs), makes them durable
-//! ([`Remote::sync`]), sends data files, syncs, sends log entries in version order (each
-//! checkpoint right after its version's entry), syncs, then `_last_checkpoint`, and syncs. A reader
-//! of the remote therefore never meets a version whose files are missing, and a data file is on the
-//! remote only if every object it references arrived whole before it, even across a power cut of a
-//! directory remote (whose copies `LocalFileSystem` and pond do not fsync one by one).
+//! ([`Remote::sync`]), sends data files, syncs, sends log entries in version order (a run's
+//! checkpoint before its first entry, any other checkpoint right after its version's entry), syncs,
+//! then `_last_checkpoint`, and syncs. A reader of the remote therefore never meets a version whose
+//! files are missing, and a data file is on the remote only if every object it references arrived
+//! whole before it, even across a power cut of a directory remote (whose copies `LocalFileSystem`
+//! and pond do not fsync one by one).
 //!
 //! **Resuming.** A file counts as present when the remote lists it with the same size: objects are
 //! content-addressed, data files and log entries immutable, and every upload is atomic (a put, or
 //! a multipart upload that appears when completed), so a killed run leaves whole files or none and
 //! a new run sends only what is missing. A data file already present is not even opened: by the
 //! order above, its objects are present too (so a pass after one that changed nothing costs a
-//! listing and a walk of the log, not a read of every data file).
+//! listing and a walk of the log, not a read of every data file). A checkpoint of a version the
+//! remote holds that it lacks (a run failed sending it) is sent again.
 //!
 //! **A failing remote.** Each upload is confirmed by its size on the remote before it counts as
 //! sent ([`Remote::confirm`]), so a store that acknowledges a body it cut short fails the run before
@@ -32,8 +43,10 @@
 //! is missing.
 //!
 //! **Safety.** Before sending anything, a pass refuses a remote holding names outside a pond's
-//! layout, or another history: a different version 0 (another pond's replica), or a log entry of
-//! the same version but other bytes (this pond was restored from an older version and went on).
+//! layout, or another history: another table id (`metaData.id`, fixed when the pond was created:
+//! another pond's replica, told apart even when either side pruned its version 0), a version the
+//! pond never had, or a log entry of a version both hold with other bytes (this pond was restored
+//! from an older version and went on).
 //! One replicator per remote at a time; a remote changed by anything else while `--follow` runs is
 //! not noticed until the next run.
 //!
@@ -55,7 +68,8 @@ use bytes::Bytes;
 use futures::StreamExt;
 
 pub use crate::layout::PondFile;
-use crate::oplog::history::{self, FileActions};
+use crate::oplog::history;
+use crate::oplog::log::{self, Base, LogView};
 use crate::oplog::{OplogError, check_is_pond, datafile};
 pub use error::ReplicaError;
 pub use remote::{Listing, Remote};
@@ -63,6 +77,8 @@ pub use restore::{RestoreReport, restore, verify_remote};
 
 /// Files transferred at once (each with at most `remote::PARTS_IN_FLIGHT` parts in flight).
 pub const FILES_IN_FLIGHT: usize = 4;
+/// Passes planned again in a row because a prune took what they were shipping, before giving up.
+const MAX_REPLANS: u32 = 10;
 /// How often `--follow` looks for new versions.
 pub const FOLLOW_POLL: Duration = Duration::from_secs(1);
 
@@ -111,9 +127,18 @@ pub async fn replicate(
     follow: bool,
 ) -> Result<ReplicateReport, ReplicaError> {
     let mut r = Replicator::new(root, remote, progress)?;
+    let mut replans = 0;
     loop {
-        if !r.pass(stop).await? {
-            break;
+        match r.pass(stop).await {
+            Ok(true) => replans = 0,
+            Ok(false) => break,
+            Err(e) if replans < MAX_REPLANS && r.pruned_since_planned()? => {
+                // A prune took versions this pass was shipping (and their files): plan again.
+                tracing::info!("the pond was pruned while replicating ({e}); planning again");
+                replans += 1;
+                continue;
+            }
+            Err(e) => return Err(e),
         }
         if !follow {
             return Ok(r.report(false));
@@ -147,8 +172,10 @@ struct Replicator<'a> {
     listing: Option<Listing>,
     /// `_last_checkpoint` as the remote has it.
     remote_hint: Option<Bytes>,
-    /// The parsed log entries of versions `0..actions.len()`.
-    actions: Vec<FileActions>,
+    /// The local log, refreshed at each pass (a prune may have dropped versions since).
+    log: LogView,
+    /// The readable versions the current pass planned with.
+    planned: BTreeSet<u64>,
     /// Data files known to be on the remote (with their objects).
     shipped_data: BTreeSet<String>,
     /// The latest version whose log entry is on the remote.
@@ -186,7 +213,8 @@ impl<'a> Replicator<'a> {
             progress,
             listing: None,
             remote_hint: None,
-            actions: Vec::new(),
+            log: LogView::default(),
+            planned: BTreeSet::new(),
             shipped_data: BTreeSet::new(),
             shipped: None,
             totals: Transfer::default(),
@@ -207,20 +235,11 @@ impl<'a> Replicator<'a> {
             .ok_or_else(|| corrupt(self.root.join(crate::layout::LOG_DIR), "no log entries".into()))
     }
 
-    /// Parse the local log entries up to `version` that are not parsed yet.
-    fn read_actions(&mut self, version: u64) -> Result<(), ReplicaError> {
-        for v in self.actions.len() as u64..=version {
-            let path = PondFile::Log(v).local_path(&self.root);
-            let text = match std::fs::read_to_string(&path) {
-                Ok(t) => t,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    return Err(corrupt(path, format!("log entry for version {v} is missing")));
-                }
-                Err(e) => return Err(ReplicaError::io(path, e)),
-            };
-            self.actions.push(history::parse_log_entry(&text, &path)?);
-        }
-        Ok(())
+    /// True when a version the current pass planned with is no longer readable: a prune dropped it.
+    fn pruned_since_planned(&mut self) -> Result<bool, ReplicaError> {
+        self.log.refresh(&self.root)?;
+        let now: BTreeSet<u64> = self.log.readable().into_iter().map(|(v, _)| v).collect();
+        Ok(!self.planned.is_subset(&now))
     }
 
     /// Take a remote log entry that is shorter than this pond's and a prefix of it for what it is:
@@ -248,7 +267,8 @@ impl<'a> Replicator<'a> {
         Ok(())
     }
 
-    /// Refuse a remote that is not this pond's replica (see the module doc).
+    /// Refuse a remote that is not this pond's replica (see the module doc). `version` is the
+    /// local pond's latest.
     async fn check_remote(&mut self, version: u64) -> Result<(), ReplicaError> {
         let listing = self.listing.as_ref().expect("listed before the check");
         if let Some(name) = listing.foreign.first() {
@@ -256,30 +276,45 @@ impl<'a> Replicator<'a> {
         }
         let diverged = |reason: String| ReplicaError::Diverged { url: self.remote.url().to_string(), reason };
         let remote_versions = listing.log_versions();
-        // Same sizes are not same bytes: compare the first entry (the table's identity), then sizes,
-        // then the latest entry both have (where a pond restored from an older version and changed
-        // since would differ).
-        let same_bytes = async |v: u64| -> Result<bool, ReplicaError> {
+        if remote_versions.is_empty() {
+            return Ok(());
+        }
+        // The table's identity first: its id, fixed at creation (both may be pruned, so version 0
+        // may be gone from either side).
+        let (local_id, remote_id) = (self.local_table_id()?, self.remote_table_id().await?);
+        if local_id != remote_id {
+            return Err(diverged(format!(
+                "it is another pond's replica (table {remote_id}, this pond's is {local_id})"
+            )));
+        }
+        // Then every version both hold must be the same size, the remote may hold none this pond
+        // never had, and the latest version both hold must be the same bytes (where a pond
+        // restored from an older version and changed since would differ). Versions this pond
+        // pruned are the remote's to keep.
+        let listing = self.listing.as_ref().expect("listed before the check");
+        let mut latest_common = None;
+        for &rv in &remote_versions {
+            if rv > version {
+                return Err(diverged(format!("it has version {rv}, this pond is at version {version}")));
+            }
+            if self.log.entry(rv).is_none() {
+                continue;
+            }
+            let local = PondFile::Log(rv).local_path(&self.root);
+            match std::fs::metadata(&local) {
+                Ok(m) if Some(&m.len()) == listing.files.get(&PondFile::Log(rv)) => latest_common = Some(rv),
+                Ok(_) => return Err(diverged(format!("its version {rv} is not this pond's version {rv}"))),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {} // pruned meanwhile
+                Err(e) => return Err(ReplicaError::io(local, e)),
+            }
+        }
+        if let Some(v) = latest_common {
             let path = PondFile::Log(v).local_path(&self.root);
             let local = std::fs::read(&path).map_err(|e| ReplicaError::io(&path, e))?;
             let listed = listing.files.get(&PondFile::Log(v)).copied().unwrap_or(0);
-            Ok(self.remote.get_bytes(&PondFile::Log(v), listed).await? == local)
-        };
-        if remote_versions.first() == Some(&0) && !same_bytes(0).await? {
-            return Err(diverged("it is another pond's replica".into()));
-        }
-        for &rv in &remote_versions {
-            let local = PondFile::Log(rv).local_path(&self.root);
-            match std::fs::metadata(&local) {
-                Ok(m) if Some(&m.len()) == listing.files.get(&PondFile::Log(rv)) => {}
-                Ok(_) => return Err(diverged(format!("its version {rv} is not this pond's version {rv}"))),
-                Err(_) => return Err(diverged(format!("it has version {rv}, this pond is at version {version}"))),
+            if self.remote.get_bytes(&PondFile::Log(v), listed).await? != local {
+                return Err(diverged(format!("its version {v} is not this pond's version {v}")));
             }
-        }
-        if let Some(&v) = remote_versions.iter().rev().find(|v| **v <= version && **v > 0)
-            && !same_bytes(v).await?
-        {
-            return Err(diverged(format!("its version {v} is not this pond's version {v}")));
         }
         if let Some(&listed) = listing.files.get(&PondFile::LastCheckpoint) {
             self.remote_hint = Some(self.remote.get_bytes(&PondFile::LastCheckpoint, listed).await?);
@@ -287,17 +322,70 @@ impl<'a> Replicator<'a> {
         Ok(())
     }
 
+    /// The local table's id: from version 0's entry, or the checkpoint the oldest readable version
+    /// is read from.
+    fn local_table_id(&self) -> Result<String, ReplicaError> {
+        let missing = |path: PathBuf| corrupt(path, "the table's metadata (its id) is not there".into());
+        match self.log.readable().first() {
+            Some((_, Base::Checkpoint(c))) => {
+                let path = PondFile::Checkpoint(*c).local_path(&self.root);
+                log::table_id_in_checkpoint(&path)?.ok_or_else(|| missing(path))
+            }
+            _ => {
+                let path = PondFile::Log(0).local_path(&self.root);
+                let text = std::fs::read_to_string(&path).map_err(|e| ReplicaError::io(&path, e))?;
+                log::table_id_in_entry(&text).ok_or_else(|| missing(path))
+            }
+        }
+    }
+
+    /// The remote table's id, read the same way (a checkpoint is fetched into a temporary file).
+    async fn remote_table_id(&self) -> Result<String, ReplicaError> {
+        let listing = self.listing.as_ref().expect("listed");
+        let readable = listing.readable()?;
+        let file = match readable.first() {
+            Some((_, Base::Checkpoint(c))) => PondFile::Checkpoint(*c),
+            _ => PondFile::Log(0),
+        };
+        let Some(&listed) = listing.files.get(&file) else { return Err(ReplicaError::Missing(file.name())) };
+        let tampered = |got: &str| ReplicaError::Tampered {
+            path: file.name(),
+            expected: "the table's metadata with its id".into(),
+            got: got.into(),
+        };
+        let id = if let PondFile::Checkpoint(_) = file {
+            let tmp = tempfile::tempdir().map_err(|e| ReplicaError::io(std::env::temp_dir(), e))?;
+            let path = tmp.path().join("checkpoint.parquet");
+            self.remote.get_to_file(&file, listed, &path, &(Arc::new(|_| {}) as remote::OnBytes)).await?;
+            let read = blocking(move || Ok(log::table_id_in_checkpoint(&path)?)).await;
+            read.map_err(|e| tampered(&format!("a checkpoint that does not read: {e}")))?
+        } else {
+            let bytes = self.remote.get_bytes(&file, listed).await?;
+            log::table_id_in_entry(&String::from_utf8_lossy(&bytes))
+        };
+        id.ok_or_else(|| tampered("none"))
+    }
+
     /// Ship every version committed now. Returns false when the stop flag ended it.
     async fn pass(&mut self, stop: &AtomicBool) -> Result<bool, ReplicaError> {
-        let version = self.local_latest()?;
-        self.read_actions(version)?;
+        self.log.refresh(&self.root)?;
+        let readable = self.log.readable();
+        let Some(&(version, _)) = readable.last() else {
+            return Err(corrupt(self.root.join(crate::layout::LOG_DIR), "no readable version".into()));
+        };
+        self.planned = readable.iter().map(|(v, _)| *v).collect();
         if self.listing.is_none() {
             self.listing = Some(self.remote.list().await?);
-            self.forget_torn_log_entries().await?;
-            self.check_remote(version).await?;
-            // The remote's version: its log entries are sent in order, so they run from 0 unbroken.
-            let versions = self.listing.as_ref().expect("listed above").log_versions();
-            self.shipped = versions.iter().enumerate().take_while(|(i, v)| *i as u64 == **v).last().map(|(_, v)| *v);
+            let checked = async {
+                self.forget_torn_log_entries().await?;
+                self.check_remote(version).await
+            };
+            if let Err(e) = checked.await {
+                self.listing = None; // checked again by the next attempt
+                return Err(e);
+            }
+            let remote = self.listing.as_ref().expect("listed above").view().readable();
+            self.shipped = remote.last().map(|(v, _)| *v);
         }
         let first = self.passes == 0;
         self.passes += 1;
@@ -308,15 +396,25 @@ impl<'a> Replicator<'a> {
             skipped.skipped_bytes += size;
         };
 
-        // Data files the remote lacks, and the objects they reference that it lacks.
+        // The versions to ship: every readable one newer than the remote's latest. One that does
+        // not follow a version the remote holds starts a run there: its checkpoint goes first,
+        // with every data file active at it.
+        let remote_readable: BTreeSet<u64> = listing.view().readable().into_iter().map(|(v, _)| v).collect();
+        let plan = ship_plan(&readable, self.shipped, |v| remote_readable.contains(&v));
+        let starts: BTreeSet<u64> = plan.iter().filter(|s| s.starts_run).map(|s| s.version).collect();
         let mut data: BTreeMap<String, u64> = BTreeMap::new();
-        for actions in &self.actions[..=version as usize] {
-            for (name, logged) in &actions.added {
-                if !self.shipped_data.contains(name) {
-                    data.insert(name.clone(), *logged);
-                }
+        let active = self
+            .log
+            .active_files(&starts, &mut |c| log::checkpoint_adds(&PondFile::Checkpoint(c).local_path(&self.root)))?;
+        for files in active.values() {
+            data.extend(files.iter().map(|(n, s)| (n.clone(), *s)));
+        }
+        for step in plan.iter().filter(|s| !s.starts_run) {
+            if let Some(actions) = self.log.entry(step.version) {
+                data.extend(actions.added.iter().cloned());
             }
         }
+        data.retain(|name, _| !self.shipped_data.contains(name));
         let mut new_data: Vec<Outgoing> = Vec::new();
         for (name, logged) in data {
             let file = PondFile::data(&name)?;
@@ -351,23 +449,41 @@ impl<'a> Replicator<'a> {
             }
         }
 
-        // Log entries, each checkpoint after its version's entry.
-        let checkpoints: BTreeSet<u64> =
-            history::checkpoint_versions(&self.root)?.into_iter().filter(|c| *c <= version).collect();
-        let mut new_log: Vec<Outgoing> = Vec::new();
-        for v in 0..=version {
-            let mut files = vec![PondFile::Log(v)];
-            if checkpoints.contains(&v) {
-                files.push(PondFile::Checkpoint(v));
+        // Log entries in version order: a run's checkpoint before its first entry (a reader must
+        // be able to read every entry it lists), any other checkpoint right after its entry.
+        let mut log_files: Vec<(PondFile, bool)> = Vec::new();
+        for step in &plan {
+            let v = step.version;
+            if step.starts_run && v > 0 {
+                log_files.push((PondFile::Checkpoint(v), true));
             }
-            for file in files {
-                let path = file.local_path(&self.root);
-                let size = local_size(&path)?;
-                if listing.has(&file, size) {
-                    skip(size);
-                } else {
-                    new_log.push((file, path, size));
-                }
+            if self.log.entry(v).is_some() {
+                log_files.push((PondFile::Log(v), true));
+            }
+            if !step.starts_run && self.log.has_checkpoint(v) {
+                log_files.push((PondFile::Checkpoint(v), false));
+            }
+        }
+        // Checkpoints of versions the remote already holds that it lacks (a run that failed
+        // sending one went on from the next version): optional, before the new entries.
+        let mut repairs: Vec<(PondFile, bool)> = Vec::new();
+        for c in self.log.checkpoints().filter(|c| remote_readable.contains(c) && self.planned.contains(c)) {
+            repairs.push((PondFile::Checkpoint(c), false));
+        }
+        // What the remote already holds of the versions it has: counted, not sent again.
+        for &v in remote_readable.iter().filter(|v| self.planned.contains(v)) {
+            if let Some(&size) = listing.files.get(&PondFile::Log(v)) {
+                skip(size);
+            }
+        }
+        let mut new_log: Vec<(Outgoing, bool)> = Vec::new();
+        for (file, required) in repairs.into_iter().chain(log_files) {
+            let path = file.local_path(&self.root);
+            let size = local_size(&path)?;
+            if listing.has(&file, size) {
+                skip(size);
+            } else {
+                new_log.push(((file, path, size), required));
             }
         }
         if first {
@@ -496,27 +612,55 @@ impl<'a> Replicator<'a> {
     }
 }
 
-/// `files` without the checkpoints among them that do not read (one torn by a power cut, say):
-/// the pond itself reads its JSON log instead (see `oplog::store`), and a replica holding a damaged
-/// checkpoint would fail verification and never restore. A checkpoint is derived from the log
-/// entries, so the remote loses nothing; `pond verify` on the pond names it.
-async fn readable_checkpoints_only(files: Vec<Outgoing>) -> Result<Vec<Outgoing>, ReplicaError> {
+/// `files` without the optional checkpoints among them that do not read (one torn by a power cut,
+/// say): the pond itself reads its JSON log instead (see `oplog::store`), and a replica holding a
+/// damaged checkpoint would fail verification and never restore. Such a checkpoint is derived from
+/// the log entries, so the remote loses nothing; `pond verify` on the pond names it. A required
+/// one (where a pruned pond's run starts: nothing else can be read from there) that does not read
+/// is an error.
+async fn readable_checkpoints_only(files: Vec<(Outgoing, bool)>) -> Result<Vec<Outgoing>, ReplicaError> {
     blocking(move || {
-        Ok(files
-            .into_iter()
-            .filter(|(file, path, _)| match file {
-                PondFile::Checkpoint(_) => match datafile::check_parquet_file(path) {
-                    Ok(()) => true,
-                    Err(e) => {
-                        tracing::warn!("not replicating {file}, which does not read: {e}");
-                        false
-                    }
-                },
-                _ => true,
-            })
-            .collect())
+        let mut out = Vec::with_capacity(files.len());
+        for ((file, path, size), required) in files {
+            if let PondFile::Checkpoint(v) = file
+                && let Err(e) = datafile::check_parquet_file(&path)
+            {
+                if required {
+                    return Err(corrupt(
+                        path,
+                        format!(
+                            "the pond's history resumes at version {v} from this checkpoint, which does not read: {e}"
+                        ),
+                    ));
+                }
+                tracing::warn!("not replicating {file}, which does not read: {e}");
+                continue;
+            }
+            out.push((file, path, size));
+        }
+        Ok(out)
     })
     .await
+}
+
+/// One version a pass ships.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct ShipStep {
+    version: u64,
+    /// It does not follow a version the remote holds (or one shipped before it in the same pass),
+    /// so it starts a run on the remote: from its checkpoint (or from nothing, at version 0).
+    starts_run: bool,
+}
+
+/// The versions of `readable` (the local pond's, with their bases) newer than `shipped` (the
+/// remote's latest readable), in order; `remote_has(v)` says whether the remote can read `v`.
+fn ship_plan(readable: &[(u64, Base)], shipped: Option<u64>, remote_has: impl Fn(u64) -> bool) -> Vec<ShipStep> {
+    let mut plan: Vec<ShipStep> = Vec::new();
+    for &(v, _) in readable.iter().filter(|(v, _)| shipped.is_none_or(|s| *v > s)) {
+        let follows = v > 0 && (plan.last().is_some_and(|p| p.version + 1 == v) || remote_has(v - 1));
+        plan.push(ShipStep { version: v, starts_run: !follows });
+    }
+    plan
 }
 
 /// The large objects that `data` files reference (read without their inline content), and the

@@ -40,6 +40,7 @@ use object_store::{GetResultPayload, ObjectStore, ObjectStoreExt};
 use super::error::ReplicaError;
 use super::local_dir;
 use crate::layout::PondFile;
+use crate::oplog::log::{Base, LogView};
 
 /// Size of one multipart part (S3 wants at least 5 MiB) and of one read or write step.
 pub const PART_SIZE: usize = 8 << 20;
@@ -78,22 +79,25 @@ impl Listing {
         self.files.keys().filter_map(|f| if let PondFile::Log(v) = f { Some(*v) } else { None }).collect()
     }
 
-    /// The oldest and newest versions of the log entries present, checked to follow one another
-    /// from the oldest, which must be version 0 or have a checkpoint (a pruned pond's log starts at
-    /// one: at its version, or right after it); None when there is no entry. Everything that goes
-    /// through versions one by one checks this first: the listing bounds the work, never a number
-    /// the remote wrote.
-    pub fn log_span(&self) -> Result<Option<(u64, u64)>, ReplicaError> {
-        let versions = self.log_versions();
-        let (Some(&oldest), Some(&newest)) = (versions.first(), versions.last()) else { return Ok(None) };
-        let checkpoint = |v: u64| self.files.contains_key(&PondFile::Checkpoint(v));
-        if oldest != 0 && !checkpoint(oldest) && !checkpoint(oldest - 1) {
-            return Err(ReplicaError::LogStart(oldest));
+    /// Which log entries and checkpoints are listed, as a log (without the entries' actions).
+    pub fn view(&self) -> LogView {
+        let checkpoints =
+            self.files.keys().filter_map(|f| if let PondFile::Checkpoint(v) = f { Some(*v) } else { None });
+        LogView::from_names(self.log_versions(), checkpoints)
+    }
+
+    /// The readable versions of the listed log with their bases (see [`LogView::readable`]),
+    /// checked: every listed entry must be readable. pond sends a run's checkpoint before the run's
+    /// first entry and entries in order, so a replica it wrote never holds one that is not; one is
+    /// damage or tampering. Everything that goes through versions works from these: the listing
+    /// bounds the work, never a number the remote wrote.
+    pub fn readable(&self) -> Result<Vec<(u64, Base)>, ReplicaError> {
+        let view = self.view();
+        match view.first_unreadable() {
+            Some((None, first)) => Err(ReplicaError::LogStart(first)),
+            Some((Some(before), after)) => Err(ReplicaError::LogGap { before, after }),
+            None => Ok(view.readable()),
         }
-        if let Some(w) = versions.windows(2).find(|w| w[1] != w[0] + 1) {
-            return Err(ReplicaError::LogGap { before: w[0], after: w[1] });
-        }
-        Ok(Some((oldest, newest)))
     }
 }
 

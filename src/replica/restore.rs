@@ -2,9 +2,12 @@
 //! checks a remote the same way without keeping the copy.
 //!
 //! Restore fetches into a staging directory beside the target (`POND.restore-tmp-<pid>`, same
-//! filesystem, so the last step is one rename): log entries `0..=N`, the data files they add,
-//! the large objects those reference, the checkpoints up to `N` and `_last_checkpoint` if it names
-//! one of them. Every name comes from the remote, so each is parsed as a [`PondFile`] before
+//! filesystem, so the last step is one rename) the history a Delta reader of version `N` reads: the
+//! run of versions `N` belongs to (from version 0, or from the checkpoint where a pruned pond's
+//! history resumes) up to `N` — its log entries and checkpoints, the data files the base
+//! checkpoint lists and the entries add, the large objects those reference and the packs those
+//! point into — and `_last_checkpoint` if it names a checkpoint fetched. Every listed log entry
+//! must be readable (see [`Listing::readable`]) before anything is fetched. Every name comes from the remote, so each is parsed as a [`PondFile`] before
 //! anything is written (a log entry naming `../x` or `/x` is refused). Then the staged pond goes
 //! through [`verify_pond`] — every chunk re-hashed, each object checked against its name and the
 //! size and SHA-256 its row records, inline content against its hashes, every data file's size
@@ -13,13 +16,13 @@
 //! directory is removed (a `Drop` guard), so no half-restored pond is ever left; one left by a
 //! killed restore is removed by the next restore to the same target once its process is gone.
 //!
-//! `verify_remote` fetches the same way into a temporary directory (under `$TMPDIR`, so it needs
+//! `verify_remote` fetches the same way, every run of the remote, into a temporary directory (under `$TMPDIR`, so it needs
 //! the replica's size in free space there), but collects what is wrong instead of stopping at the
 //! first problem, runs the same verification, and removes the copy. Simplest correct choice: one
 //! code path checks a remote exactly as restore would; streaming verification would save the disk
 //! space but duplicate `verify_pond`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,6 +30,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use futures::StreamExt;
 
 use crate::audit::{VerifyReport, verify_pond};
+use crate::oplog::log::{self, Base, describe_readable};
 use crate::oplog::{datafile, history};
 
 use super::local_dir;
@@ -54,7 +58,7 @@ pub async fn restore(
 ) -> Result<RestoreReport, ReplicaError> {
     check_target(target)?;
     let staging = Staging::create(target)?;
-    let fetched = fetch(remote, staging.path(), version, true, &progress, stop).await?;
+    let fetched = fetch(remote, staging.path(), Scope::Version(version), true, &progress, stop).await?;
     progress.begin("verifying", 0, 0);
     let report = verify(staging.path(), remote).await?;
     if !report.is_clean() {
@@ -79,7 +83,7 @@ pub async fn verify_remote(
         .prefix("pond-verify-")
         .tempdir()
         .map_err(|e| ReplicaError::io(std::env::temp_dir(), e))?;
-    let fetched = fetch(remote, tmp.path(), None, false, &progress, stop).await?;
+    let fetched = fetch(remote, tmp.path(), Scope::Everything, false, &progress, stop).await?;
     progress.begin("verifying", 0, 0);
     let mut report = verify(tmp.path(), remote).await?;
     report.damage.splice(0..0, fetched.damage);
@@ -206,28 +210,43 @@ struct Fetcher<'a> {
     fetched: Fetched,
 }
 
-/// Copy the replica at `remote` (version `version`, or its latest) into the empty directory `dest`.
+/// Which versions of a replica [`fetch`] brings.
+#[derive(Clone, Copy, Debug)]
+enum Scope {
+    /// The run of this version (its latest when None), from the run's base up to it: the history a
+    /// Delta reader of that version reads (from version 0, or from the checkpoint a prune left).
+    Version(Option<u64>),
+    /// Every readable version: to check a whole replica.
+    Everything,
+}
+
+/// Copy the replica at `remote` (the versions `scope` names) into the empty directory `dest`.
 /// `strict`: stop at the first problem; otherwise note it and go on.
 async fn fetch(
     remote: &Remote,
     dest: &Path,
-    version: Option<u64>,
+    scope: Scope,
     strict: bool,
     progress: &Arc<dyn Progress>,
     stop: &AtomicBool,
 ) -> Result<Fetched, ReplicaError> {
     let listing = remote.list().await?;
-    // Versions are fetched (and files named) one by one from here: first, check they follow one
-    // another, so a remote listing versions 0 and 10^10 is refused before anything is allocated.
-    let Some((oldest, latest)) = listing.log_span()? else { return Err(ReplicaError::Empty) };
-    if oldest != 0 {
-        // A pruned pond's replica starts at a checkpoint: restoring one is not supported yet.
-        return Err(ReplicaError::Empty);
-    }
-    let version = version.unwrap_or(latest);
-    if version > latest {
-        return Err(ReplicaError::NoSuchVersion { asked: version, latest });
-    }
+    // Versions are fetched (and files named) one by one from here: first, check every listed entry
+    // is readable, so a remote listing versions 0 and 10^10 is refused before anything is
+    // allocated, and take the versions from the listing.
+    let readable = listing.readable()?;
+    let Some(&(latest, _)) = readable.last() else { return Err(ReplicaError::Empty) };
+    let wanted: Vec<(u64, Base)> = match scope {
+        Scope::Everything => readable.clone(),
+        Scope::Version(asked) => {
+            let version = asked.unwrap_or(latest);
+            let Some(&(_, base)) = readable.iter().find(|(v, _)| *v == version) else {
+                return Err(ReplicaError::NoSuchVersion { asked: version, holds: describe_readable(&readable) });
+            };
+            readable.iter().filter(|(v, b)| *b == base && *v <= version).copied().collect()
+        }
+    };
+    let version = wanted.last().map_or(latest, |(v, _)| *v);
     for dir in [LOG_DIR.to_string(), LARGE_FILES_DIR.to_string(), format!("{LARGE_FILES_DIR}/{PACKS_DIR}")] {
         let d = dest.join(dir);
         local_dir::create_private_dirs(&d).map_err(|e| ReplicaError::io(&d, e))?;
@@ -244,11 +263,20 @@ async fn fetch(
         f.problem(ReplicaError::PathEscape(name))?;
     }
 
-    // The listed entries up to `version` (the same as 0..=version once the span is checked, but
-    // bounded by the listing whatever a later check allows).
-    let entries: Vec<u64> = f.listing.log_versions().into_iter().filter(|v| *v <= version).collect();
-    f.get_all("fetching log", entries.iter().copied().map(PondFile::Log).collect(), stop).await?;
-    let data = f.data_files(&entries)?;
+    // The log: the wanted versions' entries (a run from a checkpoint may lack its base's entry)
+    // and checkpoints, each run's base checkpoint among them.
+    let versions: BTreeSet<u64> = wanted.iter().map(|(v, _)| *v).collect();
+    let bases: BTreeSet<u64> =
+        wanted.iter().filter_map(|(_, b)| if let Base::Checkpoint(c) = b { Some(*c) } else { None }).collect();
+    let mut log = Vec::new();
+    for file in f.listing.files.keys() {
+        match file {
+            PondFile::Log(v) | PondFile::Checkpoint(v) if versions.contains(v) => log.push(file.clone()),
+            _ => {}
+        }
+    }
+    f.get_all("fetching log", log, stop).await?;
+    let data = f.data_files(&versions, &bases)?;
     let mut wanted = Vec::new();
     for (name, logged) in data {
         let file = PondFile::Data(name.clone());
@@ -268,10 +296,6 @@ async fn fetch(
     f.get_all("fetching objects", objects.iter().copied().map(PondFile::Object).collect(), stop).await?;
     let packs = f.packs(&objects).await?;
     f.get_all("fetching packs", packs, stop).await?;
-
-    let checkpoints: Vec<PondFile> =
-        f.listing.files.keys().filter(|k| matches!(k, PondFile::Checkpoint(c) if *c <= version)).cloned().collect();
-    f.get_all("fetching checkpoints", checkpoints, stop).await?;
     f.hint(version).await?;
     Ok(f.fetched)
 }
@@ -326,10 +350,25 @@ impl Fetcher<'_> {
         Ok(())
     }
 
-    /// The data files that the fetched log entries of `versions` add, with their logged sizes;
-    /// every add and remove path must be a top-level data file name.
-    fn data_files(&mut self, versions: &[u64]) -> Result<BTreeMap<String, u64>, ReplicaError> {
+    /// The data files the fetched log names for `versions`: those their entries add and those
+    /// the checkpoints of `bases` list as active, with their logged sizes; every name must be a
+    /// top-level data file's.
+    fn data_files(
+        &mut self,
+        versions: &BTreeSet<u64>,
+        bases: &BTreeSet<u64>,
+    ) -> Result<BTreeMap<String, u64>, ReplicaError> {
         let mut data = BTreeMap::new();
+        for &c in bases {
+            let path = PondFile::Checkpoint(c).local_path(self.dest);
+            if !path.exists() {
+                continue; // missing: already noted
+            }
+            match log::checkpoint_adds(&path) {
+                Ok(adds) => data.extend(adds),
+                Err(e) => self.problem(e.into())?,
+            }
+        }
         for &v in versions {
             let path = PondFile::Log(v).local_path(self.dest);
             let Ok(text) = std::fs::read_to_string(&path) else { continue }; // missing: already noted

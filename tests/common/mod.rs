@@ -341,3 +341,43 @@ impl Drop for ChildGuard {
         let _ = self.0.wait();
     }
 }
+
+/// Run `script` with `args` under the Python venv with deltalake (`POND_PY_VENV`, made by
+/// scripts/test.sh). The script's last line is followed by `os._exit(0)`: deltalake's runtime
+/// threads may abort a normal interpreter exit ("terminate called without an active exception",
+/// delta-io/delta-rs#2184), which would fail a test whose reading all went well. A script that
+/// fails still exits non-zero (its exception ends it before).
+pub fn python_deltalake(script: &str, args: &[&std::ffi::OsStr]) -> Output {
+    let venv = std::env::var("POND_PY_VENV").unwrap_or_else(|_| {
+        panic!(
+            "POND_PY_VENV is not set: run the tests through scripts/test.sh, which makes a Python venv with deltalake"
+        )
+    });
+    let script = format!("{script}\nimport os, sys\nsys.stdout.flush()\nos._exit(0)\n");
+    Command::new(Path::new(&venv).join("bin/python")).arg("-c").arg(script).args(args).output().expect("run python")
+}
+
+/// `pond cat ROOT PATH --version VERSION`.
+pub fn cat_at(root: &Path, path: &str, version: u64) -> Output {
+    pond(&["cat", root.to_str().expect("utf-8 path"), path, "--version", &version.to_string()])
+}
+
+/// One session that writes `name` (created, or truncated and rewritten) with `data`; returns the
+/// version it committed once it shuts down.
+pub fn write_version(p: &TestPond, name: &str, data: &[u8]) -> u64 {
+    let fs = p.open();
+    match fs.lookup(pond::oplog::ROOT_INO, name.as_bytes()) {
+        Ok(attr) => {
+            let fh = fs.open_file(attr.ino, libc::O_WRONLY | libc::O_TRUNC).expect("open");
+            for (i, piece) in data.chunks(128 * 1024).enumerate() {
+                fs.write(fh, (i * 128 * 1024) as u64, piece).expect("write");
+            }
+            fs.release(fh).expect("release");
+        }
+        Err(_) => {
+            write_file(&fs, pond::oplog::ROOT_INO, name, data);
+        }
+    }
+    fs.shutdown().expect("shutdown");
+    latest_version(&p.root)
+}
