@@ -27,8 +27,14 @@ use crate::oplog::{CommitSummary, Oplog};
 
 /// How long the committer waits after the first change before cutting, to group releases.
 const BATCH_WINDOW: Duration = Duration::from_millis(20);
-/// Run compaction every this many commits.
+/// Compaction falls due every this many commits ...
 const MAINTAIN_EVERY: u64 = 8;
+/// ... and runs once no change has come for this long (compaction holds the committer, and a
+/// writer that fsyncs often should not wait behind it) ...
+const IDLE_BEFORE_MAINTENANCE: Duration = Duration::from_millis(50);
+/// ... or, under changes that never pause, after this many more commits (small files must not
+/// pile up without bound).
+const MAINTENANCE_DEFERRED_AT_MOST: u64 = 8 * MAINTAIN_EVERY;
 /// At shutdown, give up on a commit that keeps failing after this many attempts.
 const SHUTDOWN_ATTEMPTS: u32 = 5;
 
@@ -270,11 +276,33 @@ fn run(
     let _stopped = MarkStopped(shared.clone());
     let mut commits = 0u64;
     let mut failures = 0u32;
+    // The commit count at which compaction fell due, if it has and has not run yet.
+    let mut maintenance_due: Option<u64> = None;
+    let maintain = |oplog: &mut Oplog| {
+        let maintained = unwind_to_error(|| rt.block_on(oplog.maintain())).and_then(|r| r.map_err(FsError::from));
+        if let Err(e) = maintained {
+            tracing::warn!("compaction failed (the pond stays correct, only slower): {e}");
+        }
+    };
     loop {
         let stop = {
             let mut st = shared.lock();
             while !st.wake && !st.stop {
-                st = shared.cv.wait(st).unwrap_or_else(|p| p.into_inner());
+                if maintenance_due.is_some() {
+                    let (guard, idle) = shared
+                        .cv
+                        .wait_timeout(st, IDLE_BEFORE_MAINTENANCE)
+                        .unwrap_or_else(|p| p.into_inner());
+                    st = guard;
+                    if idle.timed_out() && !st.wake && !st.stop {
+                        drop(st);
+                        maintain(&mut oplog);
+                        maintenance_due = None;
+                        st = shared.lock();
+                    }
+                } else {
+                    st = shared.cv.wait(st).unwrap_or_else(|p| p.into_inner());
+                }
             }
             // Gather releases for the batching window, but cut at once when an fsync (urgent) or
             // shutdown arrives meanwhile.
@@ -314,12 +342,12 @@ fn run(
                 shared.settle(st);
                 run_jobs(jobs, &mut oplog, &rt);
                 commits += 1;
-                if commits.is_multiple_of(MAINTAIN_EVERY) {
-                    let maintained =
-                        unwind_to_error(|| rt.block_on(oplog.maintain())).and_then(|r| r.map_err(FsError::from));
-                    if let Err(e) = maintained {
-                        tracing::warn!("compaction failed (the pond stays correct, only slower): {e}");
-                    }
+                if commits.is_multiple_of(MAINTAIN_EVERY) && maintenance_due.is_none() {
+                    maintenance_due = Some(commits);
+                }
+                if maintenance_due.is_some_and(|due| commits >= due + MAINTENANCE_DEFERRED_AT_MOST) {
+                    maintain(&mut oplog);
+                    maintenance_due = None;
                 }
             }
             Err((e, rows)) => {

@@ -26,7 +26,8 @@ use crate::large_files::hash::{Blake3Hash, Sha256Digest};
 use crate::parquet_bounds::{Codec, ParquetLimits, check_parquet};
 
 /// What an oplog data file may claim before it is decoded (see [`crate::parquet_bounds`]). Pond
-/// writes a flat schema with two list columns (depth 2, 27 elements) compressed with zstd. A page
+/// writes a flat schema with two list columns (depth 2, 27 elements), inline content compressed with
+/// zstd and the rest uncompressed (older ponds: all zstd). A page
 /// holds at least one value and is cut once past its size limit (64 KiB for content, 1 MiB for
 /// the rest), so the largest is an inline content of the largest threshold plus one page limit.
 /// Footers are about 10 KB per 8192-row group: 64 MiB is a data file of over 50 million rows.
@@ -71,7 +72,11 @@ pub fn write_data_file(root: &Path, name: &str, rows: &[OplogRow]) -> Result<u64
     let batch = schema::rows_to_batch(rows).map_err(|e| OplogError::Encode(e.to_string()))?;
     let props = WriterProperties::builder()
         .set_max_row_group_row_count(Some(ROWS_PER_GROUP))
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).unwrap_or_default()))
+        // Only inline content is worth compressing: the other columns are a few bytes a row, and
+        // a zstd context per column chunk (made again for every file written and read) cost more
+        // CPU than a small commit's whole data file.
+        .set_compression(Compression::UNCOMPRESSED)
+        .set_column_compression(ColumnPath::from(col::CONTENT), Compression::ZSTD(ZstdLevel::try_new(1).unwrap_or_default()))
         // Content is fetched row by row: small pages keep one fetch from decoding its neighbours.
         .set_column_data_page_size_limit(ColumnPath::from(col::CONTENT), 64 * 1024)
         .set_column_dictionary_enabled(ColumnPath::from(col::CONTENT), false)

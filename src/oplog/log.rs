@@ -74,6 +74,37 @@ impl LogView {
         }
         self.entries.retain(|v, _| present.contains(v));
         self.checkpoints = checkpoints;
+        self.fill_missed(root)?;
+        Ok(())
+    }
+
+    /// A directory listed while entries are added to it may return a newer entry and miss an older
+    /// one (readdir walks in hash order: an entry added behind its position is not returned). So
+    /// before an entry counts as unreadable, the versions right before it are looked up by name:
+    /// those there now were committed while the listing ran. (A pruned log's gaps end at a
+    /// checkpoint, so this looks up nothing there.)
+    fn fill_missed(&mut self, root: &Path) -> Result<(), OplogError> {
+        const MOST_LOOKUPS: u64 = 10_000;
+        let mut lookups = 0;
+        while let Some((_, unreadable)) = self.first_unreadable() {
+            let mut found = false;
+            let mut v = unreadable;
+            while v > 0 && !self.entries.contains_key(&(v - 1)) && lookups < MOST_LOOKUPS {
+                v -= 1;
+                lookups += 1;
+                let path = root.join(LOG_DIR).join(crate::layout::log_entry_name(v));
+                let text = match std::fs::read_to_string(&path) {
+                    Ok(text) => text,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
+                    Err(e) => return Err(OplogError::Io { path, source: e }),
+                };
+                self.entries.insert(v, parse_log_entry(&text, &path)?);
+                found = true;
+            }
+            if !found {
+                return Ok(()); // really missing: damage, or what an interrupted prune left
+            }
+        }
         Ok(())
     }
 
@@ -367,6 +398,27 @@ mod tests {
             "a run may start right after its checkpoint"
         );
         assert_eq!(LogView::from_names([0, 1, 5, 6], [5]).base_of(6), Some(Base::Checkpoint(5)));
+    }
+
+    #[test]
+    fn an_entry_the_listing_missed_is_looked_up_before_a_later_one_counts_as_unreadable() {
+        // A listing taken while versions 1 and 2 were committed returned 2 and missed 1.
+        let dir = tempfile::tempdir().expect("dir");
+        std::fs::create_dir(dir.path().join(LOG_DIR)).expect("log dir");
+        for v in 0..3 {
+            let path = dir.path().join(LOG_DIR).join(crate::layout::log_entry_name(v));
+            std::fs::write(path, "{\"commitInfo\":{}}\n").expect("entry");
+        }
+        let mut view = LogView::from_parts([(0, adds(&[])), (2, adds(&[]))].into(), BTreeSet::new());
+        assert_eq!(view.first_unreadable(), Some((Some(0), 2)));
+        view.fill_missed(dir.path()).expect("look up");
+        assert_eq!(view.versions().collect::<Vec<_>>(), [0, 1, 2]);
+        assert_eq!(view.first_unreadable(), None);
+        // One really missing stays missing, and the lookups stop there.
+        std::fs::remove_file(dir.path().join(LOG_DIR).join(crate::layout::log_entry_name(1))).expect("rm");
+        let mut view = LogView::from_parts([(0, adds(&[])), (2, adds(&[]))].into(), BTreeSet::new());
+        view.fill_missed(dir.path()).expect("look up");
+        assert_eq!(view.first_unreadable(), Some((Some(0), 2)));
     }
 
     #[test]
