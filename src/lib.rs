@@ -10,4 +10,5 @@ pub mod oplog;
 pub mod os_error;
 pub mod parquet_bounds;
 pub mod private_fs;
+pub mod remote_mount;
 pub mod replica;

@@ -146,11 +146,12 @@ pub fn check_column_pages<R: ChunkReader>(
         return Err(ParquetBoundsError::Page { offset: 0, reason: "a negative column chunk offset or size".into() });
     };
     if start.checked_add(size).is_none_or(|end| end > file.len()) {
-        return Err(ParquetBoundsError::Page { offset: start, reason: "its column chunk lies outside the file".into() });
+        return Err(ParquetBoundsError::Page {
+            offset: start,
+            reason: "its column chunk lies outside the file".into(),
+        });
     }
-    walk_pages(file, start, size, limits)
-        .map(drop)
-        .map_err(|reason| ParquetBoundsError::Page { offset: start, reason })
+    walk_pages(file, start, size, limits).map(drop).map_err(|reason| ParquetBoundsError::Page { offset: start, reason })
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]

@@ -615,6 +615,71 @@ fn mount_failures_exit_32_with_ponds_reason() {
     assert_eq!(daemon_pids(&pond.root).len(), 2);
 }
 
+/// The S3 settings mount(8) must not need in its environment (they come from a credentials file).
+const AWS_VARS: [&str; 5] =
+    ["AWS_ENDPOINT_URL", "AWS_ALLOW_HTTP", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION"];
+
+#[test]
+fn a_replica_on_s3_mounts_through_mount_t_pond_and_fstab_with_credentials_from_a_file() {
+    let _helpers = helpers();
+    let endpoint = std::env::var("POND_S3_ENDPOINT")
+        .unwrap_or_else(|_| panic!("POND_S3_ENDPOINT is not set: run through scripts/test.sh (local S3 server)"));
+    let bucket = std::env::var("POND_S3_BUCKET").unwrap_or_else(|_| "pond-test".into());
+    let pond = TestPond::new();
+    let data = pattern(200_000, 9);
+    {
+        let fs = pond.open();
+        crate::common::write_file(&fs, pond::oplog::ROOT_INO, "data", &data);
+        fs.shutdown().unwrap();
+    }
+    let url = format!("s3://{bucket}/{}/pond", uuid::Uuid::new_v4());
+    let creds = pond.dir.path().join("s3.credentials");
+    std::fs::write(
+        &creds,
+        format!(
+            "# S3 for the replica\nAWS_ENDPOINT_URL={endpoint}\nAWS_ALLOW_HTTP=true\n[default]\n\
+             aws_access_key_id = test\naws_secret_access_key = test\nregion = us-east-1\n"
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let with_creds = format!("cache={},credentials={}", s(&pond.scratch("cache")), s(&creds));
+    // The test's environment has the S3 settings (scripts/s3-local.sh): pond replicate uses them.
+    let out = run(Command::new(pond_bin()).args(["replicate", pond.path(), &url]));
+    assert!(out.status.success(), "replicate to S3: {}", describe(&out));
+    let dir = pond.scratch("mnt");
+    let _guard = Unmount::new(Path::new(&url), &dir);
+    let mount = |args: &[&str]| {
+        let mut cmd = Command::new("mount");
+        for v in AWS_VARS {
+            cmd.env_remove(v);
+        }
+        run(cmd.args(args))
+    };
+    // mount(8) passes rw unless told ro: the helper drops it, and a replica mounts read-only anyway.
+    let out = mount(&["-t", "pond", &url, s(&dir), "-o", &with_creds]);
+    assert!(out.status.success(), "mount -t pond URL: {}", describe(&out));
+    assert_eq!(mountinfo_type(&dir).as_deref(), Some("fuse.pond"));
+    assert_same_bytes(&std::fs::read(dir.join("data")).unwrap(), &data, "read through mount -t pond");
+    assert_eq!(std::fs::write(dir.join("data"), b"x").unwrap_err().raw_os_error(), Some(libc::EROFS));
+    run_ok(Command::new("umount").arg(&dir));
+    assert!(reap_daemons(Path::new(&url), Some(&dir), Duration::from_secs(10)), "the daemon exits after umount");
+
+    let fstab = pond.dir.path().join("fstab");
+    std::fs::write(&fstab, format!("{url} {} pond ro,nofail,_netdev,{with_creds} 0 0\n", s(&dir))).unwrap();
+    let out = mount(&["--fstab", s(&fstab), s(&dir)]);
+    assert!(out.status.success(), "mount from an fstab line: {}", describe(&out));
+    assert_same_bytes(&std::fs::read(dir.join("data")).unwrap(), &data, "read through an fstab line");
+    run_ok(Command::new("umount").arg(&dir));
+    assert!(!is_mounted(&dir));
+
+    // Secrets readable by others are refused, with the fix.
+    std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = mount(&["-t", "pond", &url, s(&dir), "-o", &with_creds]);
+    assert_eq!(out.status.code(), Some(32), "{}", describe(&out));
+    assert!(stderr(&out).contains("chmod 600"), "{}", describe(&out));
+}
+
 // ---------------------------------------------------------------------------------------------
 // systemd: unit files, fstab lines through systemd's generator, and systemd's own commands.
 

@@ -8,7 +8,9 @@ use pond::oplog::Oplog;
 
 use crate::common::sizes::C;
 use crate::common::store::{objects, store_files};
-use crate::common::{TestPond, assert_same_bytes, cat_at, latest_version, pattern, pond, pond_ok, runtime, write_version};
+use crate::common::{
+    TestPond, assert_same_bytes, cat_at, latest_version, pattern, pond, pond_ok, runtime, write_version,
+};
 
 /// Bytes under the pond, its private `_pond/` aside.
 fn pond_bytes(root: &Path) -> u64 {

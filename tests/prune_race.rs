@@ -28,7 +28,9 @@ fn seed() -> u64 {
     std::env::var("POND_FAULT_SEED")
         .ok()
         .and_then(|s| u64::from_str_radix(s.trim_start_matches("0x"), 16).ok())
-        .unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64)
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+        })
 }
 
 /// What the writer did to a file: its whole content after the last fsync.
@@ -154,7 +156,11 @@ fn prune_racing_commits_readers_and_a_replicate_loses_nothing() {
     // What was last fsynced is there, through the mount and after it.
     let model = model.lock().unwrap().clone();
     for (name, want) in &model {
-        assert_same_bytes(&std::fs::read(mnt.join(name)).unwrap(), want, &format!("{name} on the mount (seed {seed:#x})"));
+        assert_same_bytes(
+            &std::fs::read(mnt.join(name)).unwrap(),
+            want,
+            &format!("{name} on the mount (seed {seed:#x})"),
+        );
     }
     m.unmount();
     let mut lost = 0;

@@ -43,6 +43,8 @@ mod prune_race;
 mod prune_replica;
 /// Property test: random operations through the mount vs a native directory, with remounts.
 mod reftest;
+/// A replica mounted straight from S3 or a directory: lazy reads, refresh, tampering, a failing server.
+mod remote_mount;
 /// Replication: replicate/restore/verify URL over a directory and S3, resume, tampering, --follow; a remote
 /// that lies (gaps, sizes, links), the order replicate makes files durable, private copies.
 mod replica;

@@ -1,5 +1,6 @@
 //! `pond ls`, `pond cat`, `pond log`: read a pond without mounting, through the filesystem core opened
-//! read-only at a version (no FUSE involved).
+//! read-only at a version (no FUSE involved). A replica's URL is read the way a mount reads it:
+//! its table mirrored into the cache, large files fetched as they are read (`pond::remote_mount`).
 
 use std::io::Write;
 use std::path::Path;
@@ -10,11 +11,28 @@ use anyhow::{Context, bail};
 use pond::fs::{Attr, FsOptions, NodeKind, PondFs};
 use pond::oplog::ROOT_INO;
 use pond::oplog::history::read_history;
+use pond::remote_mount::Replica;
 
 use super::format_time;
 
 fn open(pond: &Path, version: Option<u64>) -> anyhow::Result<PondFs> {
+    if let Some(url) = url_of(pond) {
+        let replica = replica(url)?;
+        let v = replica.sync(version).with_context(|| format!("reading the log of {url}"))?;
+        return Ok(replica.open_view(v)?);
+    }
     Ok(PondFs::open(pond, FsOptions { read_only: true, version, threshold: None })?)
+}
+
+/// The replica's URL, when `pond` names one.
+fn url_of(pond: &Path) -> Option<&str> {
+    pond.to_str().filter(|p| super::sync::is_url(p))
+}
+
+/// A replica opened with the defaults a mount has (the user's cache, `AWS_*` settings).
+fn replica(url: &str) -> anyhow::Result<Replica> {
+    let cfg = super::mount_remote::config(url, &Default::default())?;
+    Ok(Replica::open(&cfg)?)
 }
 
 /// Resolve `path` (slash-separated, relative to the pond root) to an inode, without following symlinks.
@@ -114,8 +132,12 @@ pub fn cat(pond: &Path, path: &str, version: Option<u64>) -> anyhow::Result<Exit
 }
 
 pub fn log(pond: &Path) -> anyhow::Result<ExitCode> {
+    let history = match url_of(pond) {
+        Some(url) => replica(url)?.history()?,
+        None => read_history(pond)?,
+    };
     let mut out = std::io::stdout().lock();
-    for e in read_history(pond)? {
+    for e in history {
         writeln!(
             out,
             "{:>6}  {}  {:>6} files  {:>14} bytes  {}",

@@ -5,6 +5,8 @@ mod inspect;
 mod maintain;
 mod mount;
 pub mod mount_options;
+mod mount_remote;
+mod replica_options;
 mod sync;
 
 use std::path::PathBuf;
@@ -33,37 +35,47 @@ pub enum Command {
         #[arg(long)]
         threshold: Option<u64>,
     },
-    /// Serve a pond through FUSE. Without -f, returns once the mount is live.
+    /// Serve a pond through FUSE, or a replica (by URL) read-only, fetched as it is read. Without
+    /// -f, returns once the mount is live.
     Mount {
+        /// A pond directory, or a replica's URL (s3://bucket/prefix, file:///path).
+        #[arg(value_name = "POND|URL")]
         pond: PathBuf,
         mountpoint: PathBuf,
         /// Stay in the foreground (logs to stderr).
         #[arg(short = 'f', long)]
         foreground: bool,
-        /// Comma-separated options: ro, rw, allow_other, threshold=BYTES, version=N, log=FILE;
-        /// noexec, nosuid, nodev, their opposites, sync, async and dirsync (they take effect);
-        /// mount(8)'s generic ones (ignored).
+        /// Comma-separated options. A pond: ro, rw, allow_other, threshold=BYTES, version=N,
+        /// log=FILE; noexec, nosuid, nodev, their opposites, sync, async and dirsync (they take
+        /// effect). A replica: ro, allow_other, noexec, cache=DIR, cache_size=BYTES,
+        /// refresh=SECONDS, version=N, timeout=SECONDS, credentials=FILE, log=FILE. Both: mount(8)'s
+        /// generic ones (ignored).
         #[arg(short = 'o', value_name = "OPTS")]
         options: Vec<String>,
     },
     /// Unmount, returning only when everything released is committed.
     Umount { mountpoint: PathBuf },
-    /// List a directory (or show one entry) without mounting.
+    /// List a directory (or show one entry) without mounting; a replica's URL is read lazily.
     Ls {
+        #[arg(value_name = "POND|URL")]
         pond: PathBuf,
         path: Option<String>,
         #[arg(long)]
         version: Option<u64>,
     },
-    /// Print a file without mounting.
+    /// Print a file without mounting; a replica's URL is read lazily.
     Cat {
+        #[arg(value_name = "POND|URL")]
         pond: PathBuf,
         path: String,
         #[arg(long)]
         version: Option<u64>,
     },
     /// The history: one line per Delta version (version, time, files changed, bytes, operation).
-    Log { pond: PathBuf },
+    Log {
+        #[arg(value_name = "POND|URL")]
+        pond: PathBuf,
+    },
     /// Check every hash and reference of a pond, or of a replica given by URL (file:// or s3://,
     /// fetched into a temporary directory under $TMPDIR). Exit 1 with a list when anything is damaged.
     Verify {
@@ -138,9 +150,10 @@ pub fn init_logging() {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         // Mount forks before anything starts a thread, and sets up its own logging.
-        Command::Mount { pond, mountpoint, foreground, options } => {
-            mount::mount(&pond, &mountpoint, foreground, &options)
-        }
+        Command::Mount { pond, mountpoint, foreground, options } => match pond.to_str().filter(|p| sync::is_url(p)) {
+            Some(url) => mount_remote::mount(url, &mountpoint, foreground, &options),
+            None => mount::mount(&pond, &mountpoint, foreground, &options),
+        },
         command => {
             init_logging();
             match command {

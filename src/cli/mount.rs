@@ -62,7 +62,7 @@ fn unescape(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn check_mountpoint(mountpoint: &Path) -> anyhow::Result<PathBuf> {
+pub(super) fn check_mountpoint(mountpoint: &Path) -> anyhow::Result<PathBuf> {
     let canon = std::fs::canonicalize(mountpoint).with_context(|| format!("mountpoint {}", mountpoint.display()))?;
     if !canon.is_dir() {
         bail!("mountpoint {} is not a directory", mountpoint.display());
@@ -73,7 +73,7 @@ fn check_mountpoint(mountpoint: &Path) -> anyhow::Result<PathBuf> {
     Ok(canon)
 }
 
-fn check_fuse_available() -> anyhow::Result<()> {
+pub(super) fn check_fuse_available() -> anyhow::Result<()> {
     if !Path::new("/dev/fuse").exists() {
         bail!("FUSE is not available: /dev/fuse is missing (load the fuse module, or install fuse3)");
     }
@@ -282,6 +282,11 @@ pub fn umount(mountpoint: &Path) -> anyhow::Result<ExitCode> {
         if !status.map(|s| s.success()).unwrap_or(false) {
             bail!("unmounting {}: {err}", mountpoint.display());
         }
+    }
+    if super::sync::is_url(&source) {
+        // A replica's daemon has nothing to commit; wait for it to be gone all the same.
+        super::mount_remote::wait_for_daemon(&canon)?;
+        return Ok(ExitCode::SUCCESS);
     }
     // The daemon holds its mount lock until it has committed everything and is exiting.
     let deadline = Instant::now() + Duration::from_secs(600);

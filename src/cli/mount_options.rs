@@ -21,7 +21,7 @@ pub struct MountOptions {
 /// Options mount(8), fstab and systemd pass that mean nothing to pond: mount(8)'s own (who may
 /// mount, when, what to do when it fails), and the atime family (pond never updates atime on a
 /// read: it would make a commit, see README), `async` (the default) and the long-gone `mand`.
-const IGNORED: &[&str] = &[
+pub(super) const IGNORED: &[&str] = &[
     "defaults",
     "auto",
     "noauto",
@@ -52,7 +52,7 @@ const IGNORED: &[&str] = &[
 ];
 
 /// Prefixes of ignored `key` or `key=value` options (`x-systemd.automount`, `comment=...`).
-const IGNORED_PREFIXES: &[&str] =
+pub(super) const IGNORED_PREFIXES: &[&str] =
     &["x-", "comment=", "context=", "fscontext=", "defcontext=", "rootcontext=", "helper=", "uhelper="];
 
 pub fn parse(options: &[String]) -> Result<MountOptions, String> {

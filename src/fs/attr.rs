@@ -17,6 +17,9 @@ pub struct Attr {
     pub ctime_ns: i64,
     pub nlink: u32,
     pub rdev: u64,
+    /// The kernel must not cache these attributes: a replica's view moved while the file stays
+    /// open at the version before, and the two may differ in size (see `PondFs::advance_to`).
+    pub volatile: bool,
 }
 
 impl Attr {

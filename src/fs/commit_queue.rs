@@ -289,10 +289,8 @@ fn run(
             let mut st = shared.lock();
             while !st.wake && !st.stop {
                 if maintenance_due.is_some() {
-                    let (guard, idle) = shared
-                        .cv
-                        .wait_timeout(st, IDLE_BEFORE_MAINTENANCE)
-                        .unwrap_or_else(|p| p.into_inner());
+                    let (guard, idle) =
+                        shared.cv.wait_timeout(st, IDLE_BEFORE_MAINTENANCE).unwrap_or_else(|p| p.into_inner());
                     st = guard;
                     if idle.timed_out() && !st.wake && !st.stop {
                         drop(st);

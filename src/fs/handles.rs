@@ -9,10 +9,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 
-use super::attr::{DirEntry, OpenMode};
+use super::attr::{Attr, DirEntry, OpenMode};
 use super::error::FsError;
 use super::hybrid_writer::HybridWriter;
 use crate::large_files::ObjectReader;
+use crate::oplog::schema::Content;
 
 /// A reader of committed content, opened once per OpenFile (cheap to clone: shared bytes or a
 /// shared reader), so reads run outside the session lock.
@@ -45,6 +46,17 @@ pub struct Session {
     pub dirty: bool,
     /// Reader of the committed content (when there is no writer).
     pub reader: Option<ContentReader>,
+    /// Read-only: the version of the file this open reads, whatever version the view moves to.
+    pub pinned: Option<Pinned>,
+}
+
+/// The content and attributes a read-only open file keeps reading.
+#[derive(Clone, Debug)]
+pub struct Pinned {
+    pub content: Content,
+    pub attr: Attr,
+    /// The view it was opened in (see `PondFs::advance_to`).
+    pub view: u64,
 }
 
 /// Shared by every handle of one inode.

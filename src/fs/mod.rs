@@ -15,8 +15,10 @@ pub mod commit_queue;
 pub mod error;
 pub mod handles;
 pub mod hybrid_writer;
+mod kernel_pages;
 mod ops;
 pub mod tree;
+mod view;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -25,8 +27,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use bytes::Bytes;
 
 use crate::config::Threshold;
-use crate::large_files::LargeFileStore;
 use crate::large_files::hash::Blake3Hash;
+use crate::large_files::{BlobSource, LargeFileStore};
 use crate::layout::WORK_DIR;
 use crate::oplog::datafile::InlineReader;
 use crate::oplog::schema::Content;
@@ -37,7 +39,10 @@ use commit_queue::Committer;
 pub use error::FsError;
 use handles::{ContentReader, HandleTable, OpenFile, Session};
 use hybrid_writer::{Finished, HybridWriter};
+use kernel_pages::KernelPages;
+pub use kernel_pages::PageCache;
 use tree::Tree;
+pub use view::Changes;
 
 /// The content of an empty file.
 pub fn empty_content() -> Content {
@@ -111,7 +116,12 @@ pub struct PondFs {
     inline: Arc<InlineReader>,
     threshold: Threshold,
     committer: Option<Committer>,
-    version: u64,
+    /// The Delta version served (it moves only in a view, see [`PondFs::advance_to`]).
+    version: std::sync::atomic::AtomicU64,
+    /// Bumped each time a view moves: an open file remembers the one it was opened in.
+    view: std::sync::atomic::AtomicU64,
+    /// For a view that moves: what the kernel's page cache holds (see [`kernel_pages`]).
+    pages: Option<Mutex<KernelPages>>,
     /// Held from open until `shutdown` has committed everything (umount waits on it).
     lock: Mutex<Option<WriterLock>>,
     shut_down: std::sync::atomic::AtomicBool,
@@ -124,6 +134,20 @@ impl PondFs {
     /// Open the pond at `root`. Read-write unless `opts` say otherwise; read-write takes the
     /// single-writer lock and fails at once with [`FsError::Busy`] if another writer holds it.
     pub fn open(root: &Path, opts: FsOptions) -> Result<PondFs, FsError> {
+        Self::open_with(root, opts, None)
+    }
+
+    /// A read-only *view* of a replica: the table mirrored at `root` (log and data files), opened
+    /// at `version`, its large files read from `source`. The view moves to later versions with
+    /// [`PondFs::advance_to`]; each open file keeps reading the version it was opened at.
+    pub fn open_view(root: &Path, version: u64, source: Arc<dyn BlobSource>) -> Result<PondFs, FsError> {
+        let opts = FsOptions { read_only: true, version: Some(version), threshold: None };
+        let mut fs = Self::open_with(root, opts, Some(source))?;
+        fs.pages = Some(Mutex::default());
+        Ok(fs)
+    }
+
+    fn open_with(root: &Path, opts: FsOptions, source: Option<Arc<dyn BlobSource>>) -> Result<PondFs, FsError> {
         check_is_pond(root)?;
         let read_only = opts.read_only || opts.version.is_some();
         let lock = if read_only { None } else { Some(WriterLock::acquire(root)?) };
@@ -133,7 +157,10 @@ impl PondFs {
         let version = oplog.version();
         let loaded = oplog.load()?;
         let tree = Arc::new(Mutex::new(Tree::from_rows(loaded)?));
-        let store = LargeFileStore::new(root);
+        let store = match source {
+            Some(source) => LargeFileStore::with_source(root, source),
+            None => LargeFileStore::new(root),
+        };
         let inline = Arc::new(InlineReader::new(root));
         let committer = if read_only {
             None
@@ -150,7 +177,9 @@ impl PondFs {
             inline,
             threshold,
             committer,
-            version,
+            version: version.into(),
+            view: 0.into(),
+            pages: None,
             lock: Mutex::new(lock),
             shut_down: std::sync::atomic::AtomicBool::new(false),
             kernel_lookups: std::sync::atomic::AtomicBool::new(false),
@@ -164,7 +193,7 @@ impl PondFs {
 
     /// The Delta version this filesystem was opened at.
     pub fn opened_version(&self) -> u64 {
-        self.version
+        self.version.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn threshold(&self) -> Threshold {
@@ -226,6 +255,15 @@ impl PondFs {
         }
     }
 
+    /// `attr` as the kernel may cache it: volatile while files of its inode are open at a version
+    /// the view has moved past (see [`kernel_pages`]).
+    fn for_kernel(&self, mut attr: Attr) -> Attr {
+        if let Some(pages) = &self.pages {
+            attr.volatile = pages.lock().unwrap_or_else(|p| p.into_inner()).superseded(attr.ino);
+        }
+        attr
+    }
+
     fn lock_tree(&self) -> MutexGuard<'_, Tree> {
         self.tree.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -268,6 +306,11 @@ impl PondFs {
             let data = &t.node(ino)?.data;
             (data.content.clone().ok_or(FsError::IsDir)?, data.size)
         };
+        self.reader_of(ino, content, size)
+    }
+
+    /// A reader of `content` (`size` bytes), `ino`'s content in some version.
+    fn reader_of(&self, ino: u64, content: Content, size: u64) -> Result<ContentReader, FsError> {
         let (reader, len) = match content {
             Content::Inline { bytes: Some(b), .. } => (ContentReader::Inline(b.clone()), b.len() as u64),
             Content::Inline { loc: Some(loc), .. } => {
@@ -279,8 +322,11 @@ impl PondFs {
             }
             Content::Large { hash, .. } => {
                 let r = self.store.open(&hash)?;
-                // Committed content: new versions may point at its chunks.
-                self.store.remember(&r);
+                // Committed content: new versions may point at its chunks (nothing is written
+                // read-only: no need to learn them).
+                if self.committer.is_some() {
+                    self.store.remember(&r);
+                }
                 let len = r.size();
                 (ContentReader::Large(Arc::new(r)), len)
             }
@@ -376,10 +422,14 @@ impl PondFs {
         Ok(file)
     }
 
-    /// Drop a handle's hold on `ino`; the last one drops the open-file state.
-    fn detach(&self, ino: u64) {
+    /// Drop a handle's hold on `ino` (through `file`); the last one drops the open-file state. A
+    /// handle opened before a view moved holds an open-file state the new tree does not know: it
+    /// leaves the new tree's count alone.
+    fn detach(&self, ino: u64, file: &Arc<OpenFile>) {
         let mut t = self.lock_tree();
-        if let Ok(node) = t.node_mut(ino) {
+        if let Ok(node) = t.node_mut(ino)
+            && node.open.as_ref().is_some_and(|open| Arc::ptr_eq(open, file))
+        {
             node.open_count = node.open_count.saturating_sub(1);
             if node.open_count == 0 {
                 node.open = None;
@@ -406,7 +456,7 @@ impl PondFs {
             let fin = self.finalize(ino, &mut s);
             r.and_then(|r| fin.map(|_| r))
         };
-        self.detach(ino);
+        self.detach(ino, &file);
         result
     }
 }

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use super::handles::Handle;
+use super::handles::{Handle, Pinned};
 use super::tree::{Inode, check_name};
 use super::*;
 use crate::oplog::now_ns;
@@ -32,11 +32,35 @@ impl PondFs {
         let ino = t.lookup(parent, name)?;
         let attr = t.node(ino)?.attr(ino);
         self.remember(&mut t, ino);
-        Ok(attr)
+        Ok(self.for_kernel(attr))
     }
 
     pub fn getattr(&self, ino: u64) -> Result<Attr, FsError> {
-        Ok(self.lock_tree().node(ino)?.attr(ino))
+        let attr = self.lock_tree().node(ino)?.attr(ino);
+        Ok(self.for_kernel(attr))
+    }
+
+    /// `getattr` asked through open handle `fh` (the kernel does, to learn a file's size while
+    /// reading it): a file opened before a view moved answers with the attributes of the version
+    /// it reads, so the kernel never cuts its reads at another version's size.
+    pub fn getattr_via(&self, ino: u64, fh: Option<u64>) -> Result<Attr, FsError> {
+        if let Some(fh) = fh
+            && let Ok((_, file, _)) = self.file_handle(fh)
+            && let Some(pinned) = &file.lock().pinned
+            && pinned.view != self.view.load(std::sync::atomic::Ordering::SeqCst)
+        {
+            return Ok(Attr { volatile: true, ..pinned.attr.clone() });
+        }
+        self.getattr(ino)
+    }
+
+    /// How read-only handle `fh` may use the kernel's page cache (see [`PageCache`]): always
+    /// [`PageCache::Keep`] but in a view that moves.
+    pub fn page_cache(&self, fh: u64) -> PageCache {
+        match &self.pages {
+            Some(pages) => pages.lock().unwrap_or_else(|p| p.into_inner()).decision(fh),
+            None => PageCache::Keep,
+        }
     }
 
     pub fn access(&self, ino: u64, _mask: i32) -> Result<(), FsError> {
@@ -256,16 +280,33 @@ impl PondFs {
         if mode.write || mode.truncate {
             self.writable()?;
         }
-        let file = {
+        let (file, pinned) = {
             let mut t = self.lock_tree();
-            match t.node(ino)?.data.kind {
+            let node = t.node(ino)?;
+            match node.data.kind {
                 NodeKind::Dir => return Err(FsError::IsDir),
                 NodeKind::File => {}
                 _ => return Err(FsError::NotSupported("open of a special file")),
             }
-            self.attach(&mut t, ino)?
+            // Read-only: the file is read as it is now, whatever version the view moves to.
+            let pinned = match (&self.committer, &node.data.content) {
+                (None, Some(content)) => Some(Pinned {
+                    content: content.clone(),
+                    attr: node.attr(ino),
+                    view: self.view.load(std::sync::atomic::Ordering::SeqCst),
+                }),
+                _ => None,
+            };
+            (self.attach(&mut t, ino)?, pinned)
         };
+        let content_id = pinned.as_ref().map(|p| (*p.content.hash(), p.attr.size));
+        if let Some(pinned) = pinned {
+            file.lock().pinned.get_or_insert(pinned);
+        }
         let fh = self.handles.insert(Handle::File { ino, file: file.clone(), mode });
+        if let (Some(pages), Some(id)) = (&self.pages, content_id) {
+            pages.lock().unwrap_or_else(|p| p.into_inner()).open(fh, ino, id);
+        }
         if mode.truncate {
             let mut s = file.lock();
             let truncated = self.ensure_writer(ino, &mut s).and_then(|w| Ok(w.set_len(0)?));
@@ -305,9 +346,14 @@ impl PondFs {
             buf.truncate(done);
             return Ok(buf);
         }
-        let reader = match &s.reader {
-            Some(r) => r.clone(),
-            None => {
+        let reader = match (&s.reader, &s.pinned) {
+            (Some(r), _) => r.clone(),
+            (None, Some(pinned)) => {
+                let r = self.reader_of(ino, pinned.content.clone(), pinned.attr.size)?;
+                s.reader = Some(r.clone());
+                r
+            }
+            (None, None) => {
                 let r = self.content_reader(ino)?;
                 s.reader = Some(r.clone());
                 r
@@ -420,7 +466,10 @@ impl PondFs {
         if let Err(e) = &result {
             tracing::error!(ino, "release could not save the file's last changes: {e}");
         }
-        self.detach(*ino);
+        if let Some(pages) = &self.pages {
+            pages.lock().unwrap_or_else(|p| p.into_inner()).release(fh);
+        }
+        self.detach(*ino, file);
         result
     }
 
@@ -615,7 +664,7 @@ impl PondFs {
                     None => continue,
                 }
             }
-            let Some(attr) = t.nodes.get(&e.ino).map(|n| n.attr(e.ino)) else { continue };
+            let Some(attr) = t.nodes.get(&e.ino).map(|n| self.for_kernel(n.attr(e.ino))) else { continue };
             if !dots {
                 self.remember(&mut t, e.ino);
             }

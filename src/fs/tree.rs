@@ -78,6 +78,7 @@ impl Inode {
             ctime_ns: ctime,
             nlink: d.nlink,
             rdev: d.rdev,
+            volatile: false,
         }
     }
 }

@@ -21,7 +21,10 @@
 //!   cached pages of the range they write (protocol 7.39, Linux 6.6, on): the bytes go straight to
 //!   the core instead of also into a page-cache copy that the handle can neither read nor map, so a
 //!   large copy touches half the memory. Read-write opens get no flag, so the kernel drops the
-//!   inode's cached pages on such opens (the conservative default).
+//!   inode's cached pages on such opens (the conservative default). A mounted replica's view
+//!   moves to new versions while files opened before keep theirs: the core says per open whether
+//!   the pages cached are of its version ([`PageCache`]), and [`KernelCache`] drops what a move
+//!   made stale; `getattr` through an open handle answers for the handle's version.
 //! - **Whose close is a close**: a flush finalizes the file's content only when it comes from the
 //!   process that opened the handle; a forked child closing its inherited copy at exec or exit
 //!   does not make a version of a half-written file ([`openers`]).
@@ -51,6 +54,7 @@
 pub mod attr;
 mod creds;
 pub mod errno;
+pub mod kernel_cache;
 mod openers;
 mod pool;
 pub mod session;
@@ -71,13 +75,20 @@ use fuser::{
 };
 
 use crate::fs::commit_queue::Done;
-use crate::fs::{Caller, FsError, PondFs, RenameMode, SetAttr, XattrSet};
+use crate::fs::{Caller, FsError, PageCache, PondFs, RenameMode, SetAttr, XattrSet};
 use attr::{file_attr, file_type, mknod_kind, time_set};
 use creds::RequestCreds;
-pub use session::{MountConfig, Synchronous, mount_options, serve};
+pub use kernel_cache::KernelCache;
+pub use session::{MountConfig, Synchronous, mount_options, serve, serve_notifying};
 
 /// How long the kernel may cache entries and attributes.
 pub const TTL: Duration = Duration::from_secs(1);
+/// How long the kernel may cache `a`: [`TTL`], or not at all when the core says so (a file of a
+/// replica's view open at two versions, see `Attr::volatile`).
+fn ttl(a: &crate::fs::Attr) -> Duration {
+    if a.volatile { Duration::ZERO } else { TTL }
+}
+
 /// Inode numbers are never reused while mounted, so every generation is 0.
 const GENERATION: Generation = Generation(0);
 
@@ -208,7 +219,7 @@ fn reply_xattr(op: &'static str, size: u32, result: Result<Vec<u8>, FsError>, re
 
 fn reply_entry(op: &'static str, result: Result<crate::fs::Attr, FsError>, reply: ReplyEntry) {
     match result {
-        Ok(a) => reply.entry(&TTL, &file_attr(&a), GENERATION),
+        Ok(a) => reply.entry(&ttl(&a), &file_attr(&a), GENERATION),
         Err(e) => reply.error(fail(op, e)),
     }
 }
@@ -277,8 +288,8 @@ impl Filesystem for PondFuse {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         tracing::debug!(ino = ino.0, fh = fh.map(|f| f.0), "getattr");
-        match self.fs.getattr(ino.0) {
-            Ok(a) => reply.attr(&TTL, &file_attr(&a)),
+        match self.fs.getattr_via(ino.0, fh.map(|f| f.0)) {
+            Ok(a) => reply.attr(&ttl(&a), &file_attr(&a)),
             Err(e) => reply.error(fail("getattr", e)),
         }
     }
@@ -414,7 +425,14 @@ impl Filesystem for PondFuse {
         match self.fs.open_file(ino.0, flags.0) {
             Ok(fh) => {
                 self.openers.record(fh, req.pid());
-                reply.opened(FileHandle(fh), fopen_flags(flags.0, self.direct_writes))
+                let flags = match self.fs.page_cache(fh) {
+                    // A replica's view moved and another version of the file is read through
+                    // the page cache, or the pages there are of another version (see `PageCache`).
+                    PageCache::Bypass => FopenFlags::FOPEN_DIRECT_IO,
+                    PageCache::Refill => FopenFlags::empty(),
+                    PageCache::Keep => fopen_flags(flags.0, self.direct_writes),
+                };
+                reply.opened(FileHandle(fh), flags)
             }
             Err(e) => reply.error(fail("open", e)),
         }
@@ -524,7 +542,8 @@ impl Filesystem for PondFuse {
                 let mut full = false;
                 for (e, a) in entries {
                     let name = OsStr::from_bytes(&e.name);
-                    full = full || reply.add(INodeNo(e.ino), e.offset as u64, name, &TTL, &file_attr(&a), GENERATION);
+                    full =
+                        full || reply.add(INodeNo(e.ino), e.offset as u64, name, &ttl(&a), &file_attr(&a), GENERATION);
                     if full && e.name != b"." && e.name != b".." {
                         self.fs.forget(e.ino, 1); // counted by the core, never reached the kernel
                     }

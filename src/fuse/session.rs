@@ -27,7 +27,7 @@ use nix::fcntl::OFlag;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
 
-use super::PondFuse;
+use super::{KernelCache, PondFuse};
 use crate::fs::PondFs;
 
 /// Event-loop threads: a slow commit, fsync or long read must not stall `ls`.
@@ -111,6 +111,18 @@ pub fn mount_options(config: &MountConfig) -> Config {
 /// `umount`/`fusermount -u` or by SIGTERM/SIGINT/SIGHUP. Returns after the core has committed
 /// everything released; the error, if any, is the session's or else the final commit's.
 pub fn serve(fs: Arc<PondFs>, pond: &Path, mountpoint: &Path, config: &MountConfig) -> io::Result<()> {
+    serve_notifying(fs, pond, mountpoint, config, |_| {})
+}
+
+/// [`serve`], handing `on_mounted` the session's [`KernelCache`] once mounted, for a view that
+/// moves to new versions while mounted (a replica's): it tells the kernel what went stale.
+pub fn serve_notifying(
+    fs: Arc<PondFs>,
+    pond: &Path,
+    mountpoint: &Path,
+    config: &MountConfig,
+    on_mounted: impl FnOnce(KernelCache),
+) -> io::Result<()> {
     let mut cfg = mount_options(config);
     cfg.mount_options.push(MountOption::FSName(pond.display().to_string()));
     let mountpoint = mountpoint.canonicalize()?;
@@ -121,6 +133,7 @@ pub fn serve(fs: Arc<PondFs>, pond: &Path, mountpoint: &Path, config: &MountConf
     let mut session = Session::new(adapter, &mountpoint, &cfg)?;
     *unmounter_slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(session.unmount_callable());
     let watcher = signals.as_ref().map(|s| s.watch(session.unmount_callable(), mountpoint.clone())).transpose()?;
+    on_mounted(KernelCache::new(session.notifier()));
     tracing::info!(pond = %pond.display(), mountpoint = %mountpoint.display(), "mounted");
     let served = session.run();
     if let Some(w) = watcher {

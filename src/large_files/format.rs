@@ -49,8 +49,8 @@ use parquet::basic::{Compression, Encoding, ZstdLevel};
 use parquet::column::page::{CompressedPage, Page, PageWriteSpec, PageWriter};
 use parquet::errors::ParquetError;
 use parquet::file::metadata::{
-    ColumnChunkMetaData, FileMetaData, KeyValue, OffsetIndexBuilder, ParquetMetaData,
-    ParquetMetaDataBuilder, ParquetMetaDataWriter, RowGroupMetaData,
+    ColumnChunkMetaData, FileMetaData, KeyValue, OffsetIndexBuilder, ParquetMetaData, ParquetMetaDataBuilder,
+    ParquetMetaDataWriter, RowGroupMetaData,
 };
 use parquet::file::page_index::offset_index::OffsetIndexMetaData;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
@@ -589,7 +589,7 @@ impl PreadFile {
 
 /// `len` bytes at `offset` of `file`, read straight into a new buffer (a chunk read is on every
 /// read's path: zero-filling the buffer first cost 4% of a sequential read's CPU).
-fn pread_exact(file: &File, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+pub(crate) fn pread_exact(file: &File, offset: u64, len: usize) -> io::Result<Vec<u8>> {
     use std::os::fd::AsRawFd;
     let mut buf: Vec<u8> = Vec::with_capacity(len);
     let mut done = 0;

@@ -77,7 +77,7 @@ pub struct LargeFileStore {
     root: PathBuf,
     dir: PathBuf,
     tmp: PathBuf,
-    source: Arc<LocalBlobs>,
+    source: Arc<dyn BlobSource>,
     shared: Arc<Shared>,
     /// `.tmp/`, opened without following links (see `private_fs`), once something is written.
     tmp_dir: Arc<std::sync::OnceLock<PrivateDir>>,
@@ -92,13 +92,20 @@ impl std::fmt::Debug for LargeFileStore {
 impl LargeFileStore {
     /// The store of the pond rooted at `pond_root` (nothing is touched on disk).
     pub fn new(pond_root: &Path) -> Self {
+        Self::with_source(pond_root, Arc::new(LocalBlobs::new(pond_root)))
+    }
+
+    /// The store of the pond rooted at `pond_root` whose objects and packs are read from `source`
+    /// (a replica, fetched lazily: the table is at `pond_root`, its large files elsewhere). Only
+    /// reading goes through `source`; such a store is for read-only use.
+    pub fn with_source(pond_root: &Path, source: Arc<dyn BlobSource>) -> Self {
         let dir = pond_root.join(LARGE_FILES_DIR);
         let tmp = dir.join(STORE_TMP_DIR);
         LargeFileStore {
             root: pond_root.to_path_buf(),
             dir,
             tmp,
-            source: Arc::new(LocalBlobs::new(pond_root)),
+            source,
             shared: Arc::default(),
             tmp_dir: Arc::default(),
         }

@@ -6,6 +6,12 @@
 //! else that can read a byte range of a file of the layout (a remote replica, through a cache). The
 //! reader itself never assumes a local file: it asks the source for ranges, so the same code serves
 //! a mount of a pond and a lazy mount of a replica.
+//!
+//! A source that keeps copies (a cache) can be wrong about one: bytes that fail to authenticate are
+//! dropped from it ([`Blob::forget_range`], [`BlobSource::forget`]) and read once more, so a damaged
+//! cache entry is fetched again rather than served or reported as damage of the replica. A source
+//! for which reading ahead pays ([`BlobSource::reads_ahead`]) is told which chunks a sequential
+//! reader will want next ([`Blob::prefetch`]); where those chunks are is decided here, never there.
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
@@ -30,6 +36,14 @@ pub type VerifiedChunks = std::collections::HashSet<(ChunkLoc, [u8; 32])>;
 
 /// Verified chunks an open reader keeps (4 × 64 KiB).
 const CACHED_CHUNKS: usize = 4;
+/// Read-ahead of a source that wants it: the first window past a sequential read (chunks), doubled
+/// while reading stays sequential up to the largest (48 MiB: topped up half at a time, which keeps
+/// several wide requests in flight on a link with tens of milliseconds of latency).
+const READ_AHEAD_FIRST: u64 = 8;
+const READ_AHEAD_MAX: u64 = 768;
+/// A read starting this many chunks behind the furthest one read still counts as sequential (the
+/// kernel's read-ahead requests arrive on several threads, not quite in order).
+const READ_AHEAD_SLACK: u64 = 32;
 
 /// One readable file: its length and byte ranges of it.
 pub trait Blob: Send + Sync {
@@ -43,6 +57,15 @@ pub trait Blob: Send + Sync {
     fn bytes_read(&self) -> u64 {
         0
     }
+    /// Drops any copy this handle or its source keeps of the range (its bytes did not authenticate),
+    /// so the next `read_range` of it reads the original again. True when a copy was dropped (a
+    /// second read may then differ); a blob that keeps none returns false.
+    fn forget_range(&self, _offset: u64, _len: u64) -> bool {
+        false
+    }
+    /// A hint: these ranges (`(offset, len)`, ascending) will be read soon. A source where a read
+    /// costs a round trip fetches them ahead, together; others ignore it.
+    fn prefetch(&self, _ranges: &[(u64, u64)]) {}
 }
 
 /// Where the files of a pond's layout are read from.
@@ -51,6 +74,15 @@ pub trait BlobSource: Send + Sync {
     fn open(&self, file: &PondFile) -> Result<Arc<dyn Blob>, StoreError>;
     /// A path or URL naming `file`, for messages.
     fn describe(&self, file: &PondFile) -> PathBuf;
+    /// Drops any copy the source keeps of `file` (it did not authenticate), so the next `open`
+    /// reads the original. True when a copy was dropped.
+    fn forget(&self, _file: &PondFile) -> bool {
+        false
+    }
+    /// True when telling the blobs what a sequential reader wants next pays ([`Blob::prefetch`]).
+    fn reads_ahead(&self) -> bool {
+        false
+    }
 }
 
 impl Blob for PreadFile {
@@ -141,6 +173,13 @@ impl Read for BlobCursor {
     }
 }
 
+/// One attempt at reading a chunk.
+enum Attempt {
+    Done(Result<Bytes, StoreError>),
+    /// Its bytes failed to authenticate and a kept copy of them was dropped: read it again.
+    Again,
+}
+
 /// An open, authenticated object: verified random-access reads. `Send + Sync`; share it.
 pub struct ObjectReader {
     name: Blake3Hash,
@@ -155,6 +194,19 @@ pub struct ObjectReader {
     /// The last chunks verified (most recent first), so sequential small reads, and the
     /// neighbouring reads of parallel readahead, fetch and hash each chunk once.
     cache: Mutex<VecDeque<(u64, Bytes)>>,
+    /// Where sequential reading stands, for a source that reads ahead.
+    ahead: Mutex<ReadAhead>,
+}
+
+/// Sequential-read detection for [`BlobSource::reads_ahead`] sources.
+#[derive(Debug, Default)]
+struct ReadAhead {
+    /// One past the furthest chunk read so far.
+    next: u64,
+    /// One past the furthest chunk announced to the source.
+    hinted: u64,
+    /// The current window past the read (chunks); 0 while reads are not sequential.
+    window: u64,
 }
 
 impl std::fmt::Debug for ObjectReader {
@@ -166,14 +218,29 @@ impl std::fmt::Debug for ObjectReader {
 impl ObjectReader {
     /// Opens the object named `name` from `source`, checking its format, its metadata, and that its
     /// chunk hashes hash to its name.
+    ///
+    /// A copy the source kept (a cache) that fails these checks is dropped and the object read once
+    /// more: only the original can be damaged.
     pub fn open(source: Arc<dyn BlobSource>, name: &Blake3Hash) -> Result<ObjectReader, StoreError> {
         let file = PondFile::Object(*name);
-        let path = source.describe(&file);
-        let blob = match source.open(&file) {
+        match Self::open_once(&source, name, &file) {
+            Err(
+                e @ (StoreError::Malformed { .. } | StoreError::HashTreeMismatch { .. } | StoreError::Parquet { .. }),
+            ) if source.forget(&file) => {
+                tracing::warn!(object = %name, "a kept copy of the object did not authenticate ({e}); reading it again");
+                Self::open_once(&source, name, &file)
+            }
+            other => other,
+        }
+    }
+
+    fn open_once(source: &Arc<dyn BlobSource>, name: &Blake3Hash, file: &PondFile) -> Result<ObjectReader, StoreError> {
+        let path = source.describe(file);
+        let blob = match source.open(file) {
             Err(StoreError::Missing(_)) => return Err(StoreError::NotFound(*name)),
             other => other?,
         };
-        let opened = format::open_object(&BlobReader(blob.clone()), &path, &file)?;
+        let opened = format::open_object(&BlobReader(blob.clone()), &path, file)?;
         if opened.meta.blake3 != *name {
             return Err(StoreError::malformed(
                 &path,
@@ -183,6 +250,7 @@ impl ObjectReader {
         if root_from_chunk_hashes(&opened.hashes) != Some(*name) {
             return Err(StoreError::HashTreeMismatch { object: *name });
         }
+        let source = source.clone();
         let reader = ObjectReader::from_parts(
             source,
             *name,
@@ -192,7 +260,11 @@ impl ObjectReader {
             opened.hashes.into(),
             opened.locs.into(),
         );
-        reader.blobs.lock().unwrap_or_else(|p| p.into_inner()).insert(Arc::new(file), blob);
+        // A manifest is done with once opened (its chunks are elsewhere): only a self-contained
+        // object is kept open, for its chunks.
+        if reader.format == ObjectFormat::Full {
+            reader.blobs.lock().unwrap_or_else(|p| p.into_inner()).insert(Arc::new(file.clone()), blob);
+        }
         Ok(reader)
     }
 
@@ -216,6 +288,7 @@ impl ObjectReader {
             source,
             blobs: Mutex::new(HashMap::new()),
             cache: Mutex::new(VecDeque::with_capacity(CACHED_CHUNKS)),
+            ahead: Mutex::new(ReadAhead::default()),
         }
     }
 
@@ -279,6 +352,7 @@ impl ObjectReader {
     /// Reads up to `buf.len()` bytes at `offset`; short only at the end of the content (0 at or
     /// past it). Every chunk touched is verified before its bytes are returned.
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize, StoreError> {
+        self.plan_read(offset, buf.len() as u64);
         let mut done = 0;
         while done < buf.len() {
             let pos = offset.saturating_add(done as u64);
@@ -302,6 +376,7 @@ impl ObjectReader {
     /// chunk touched verified first; nothing is zero-filled on the way.
     pub fn read_to_vec(&self, offset: u64, len: usize) -> Result<Vec<u8>, StoreError> {
         let len = (len as u64).min(self.size.saturating_sub(offset)) as usize;
+        self.plan_read(offset, len as u64);
         let mut out = Vec::with_capacity(len);
         while out.len() < len {
             let pos = offset + out.len() as u64;
@@ -330,6 +405,61 @@ impl ObjectReader {
         Ok(bytes)
     }
 
+    /// For a source that reads ahead: announce the chunks a read of `len` bytes at `offset` touches
+    /// (so several in one place come in one request), and while reading is sequential, a window
+    /// past them that doubles up to [`READ_AHEAD_MAX`]. The window is topped up only once less
+    /// than half of it is left ahead of the read, so what is announced comes in wide requests
+    /// rather than a chunk or two per read. Chunks already announced are not announced again.
+    fn plan_read(&self, offset: u64, len: u64) {
+        if len == 0 || offset >= self.size || !self.source.reads_ahead() {
+            return;
+        }
+        let first = offset / CHUNK_SIZE;
+        let last = (offset.saturating_add(len).min(self.size) - 1) / CHUNK_SIZE;
+        let chunks = self.chunk_count();
+        let (from, to) = {
+            let mut a = self.ahead.lock().unwrap_or_else(|p| p.into_inner());
+            // Again over what was just read (a re-read, or a read-ahead request arriving late):
+            // nothing new to announce, and no reason to start over.
+            if last < a.next && first + READ_AHEAD_SLACK >= a.next {
+                return;
+            }
+            let sequential = first <= a.hinted && first + READ_AHEAD_SLACK >= a.next;
+            if sequential {
+                a.window = (a.window * 2).clamp(READ_AHEAD_FIRST, READ_AHEAD_MAX);
+                a.next = a.next.max(last + 1);
+            } else {
+                a.window = 0;
+                a.next = last + 1;
+                a.hinted = first;
+            }
+            let from = a.hinted.max(first);
+            let to = if a.hinted >= last + 1 + a.window / 2 { from } else { (last + 1 + a.window).min(chunks) };
+            a.hinted = a.hinted.max(to);
+            (from, to)
+        };
+        // One chunk wanted now and nothing ahead: the read itself fetches it.
+        if to <= from || (to - from == 1 && from == first) {
+            return;
+        }
+        // The raw ranges to read, by the file holding them.
+        type Ranges = Vec<(u64, u64)>;
+        let mut by_file: Vec<(Arc<PondFile>, Ranges)> = Vec::new();
+        for loc in &self.locs[from as usize..to as usize] {
+            let range = format::raw_range(loc);
+            match by_file.iter_mut().find(|(f, _)| *f == loc.file) {
+                Some((_, ranges)) => ranges.push(range),
+                None => by_file.push((loc.file.clone(), vec![range])),
+            }
+        }
+        for (file, mut ranges) in by_file {
+            if let Ok(blob) = self.blob(&file) {
+                ranges.sort_unstable();
+                blob.prefetch(&ranges);
+            }
+        }
+    }
+
     fn blob(&self, file: &Arc<PondFile>) -> Result<Arc<dyn Blob>, StoreError> {
         if let Some(b) = self.blobs.lock().unwrap_or_else(|p| p.into_inner()).get(file) {
             return Ok(b.clone());
@@ -339,39 +469,64 @@ impl ObjectReader {
         Ok(b)
     }
 
-    /// Fetches chunk `idx` (no cache) and checks its length and hash.
+    /// Fetches chunk `idx` (no cache) and checks its length and hash. Bytes that fail the check
+    /// and came from a copy the source kept are dropped there and read once more from the original.
     pub fn read_chunk_uncached(&self, idx: u64) -> Result<Bytes, StoreError> {
+        match self.read_chunk_once(idx, true) {
+            Attempt::Done(result) => result,
+            Attempt::Again => match self.read_chunk_once(idx, false) {
+                Attempt::Done(result) => result,
+                Attempt::Again => Err(StoreError::InvalidInput(format!("chunk {idx} asked for a third read"))),
+            },
+        }
+    }
+
+    /// One attempt at chunk `idx`; [`Attempt::Again`] when its bytes failed to authenticate,
+    /// `may_retry`, and the blob dropped a kept copy of them.
+    fn read_chunk_once(&self, idx: u64, may_retry: bool) -> Attempt {
         let n = self.chunk_count();
         let Some(loc) = self.locs.get(idx as usize) else {
-            return Err(StoreError::ChunkOutOfRange { object: self.name, chunk: idx, chunks: n });
+            return Attempt::Done(Err(StoreError::ChunkOutOfRange { object: self.name, chunk: idx, chunks: n }));
         };
-        let corrupt = |why: &str| {
-            tracing::warn!(object = %self.name, chunk = idx, file = %loc.file, offset = loc.offset, "{why}");
-            StoreError::CorruptChunk { object: self.name, chunk: idx, file: (*loc.file).clone(), offset: loc.offset }
+        let (start, len) = format::raw_range(loc);
+        let missing = |file: PondFile| {
+            tracing::warn!(object = %self.name, chunk = idx, %file, "the file holding a chunk is missing");
+            Attempt::Done(Err(StoreError::ChunkFileMissing { object: self.name, chunk: idx, file }))
         };
         let blob = match self.blob(&loc.file) {
             Ok(b) => b,
-            Err(StoreError::Missing(file)) => {
-                tracing::warn!(object = %self.name, chunk = idx, %file, "the file holding a chunk is missing");
-                return Err(StoreError::ChunkFileMissing { object: self.name, chunk: idx, file });
-            }
-            Err(e) => return Err(e),
+            Err(StoreError::Missing(file)) => return missing(file),
+            Err(e) => return Attempt::Done(Err(e)),
         };
-        let (start, len) = format::raw_range(loc);
+        let corrupt = |why: &str| {
+            if may_retry && blob.forget_range(start, len) {
+                tracing::warn!(object = %self.name, chunk = idx, file = %loc.file, "a kept copy of a chunk: {why}; reading it again");
+                return Attempt::Again;
+            }
+            tracing::warn!(
+                object = %self.name, chunk = idx, file = %self.source.describe(&loc.file).display(), offset = loc.offset,
+                "{why}"
+            );
+            Attempt::Done(Err(StoreError::CorruptChunk {
+                object: self.name,
+                chunk: idx,
+                file: (*loc.file).clone(),
+                offset: loc.offset,
+            }))
+        };
         let raw = match blob.read_range(start, len) {
             Ok(raw) => raw,
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                return Err(corrupt("chunk past the end of its file"));
-            }
-            Err(e) => return Err(StoreError::io(self.source.describe(&loc.file), e)),
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return corrupt("chunk past the end of its file"),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return missing((*loc.file).clone()),
+            Err(e) => return Attempt::Done(Err(StoreError::io(self.source.describe(&loc.file), e))),
         };
         let Some(bytes) = format::strip_len_prefix(raw, loc.len) else {
-            return Err(corrupt("chunk's length prefix does not match"));
+            return corrupt("chunk's length prefix does not match");
         };
         if bytes.len() as u64 != chunk_len(self.size, idx) || chunk_hash(idx, n, &bytes) != self.hashes[idx as usize] {
-            return Err(corrupt("chunk does not match its hash"));
+            return corrupt("chunk does not match its hash");
         }
-        Ok(bytes)
+        Attempt::Done(Ok(bytes))
     }
 
     /// Re-reads and re-hashes every chunk, and for a format 1 object checks the SHA-256 it records.

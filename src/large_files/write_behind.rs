@@ -60,7 +60,7 @@ pub(crate) fn queue_writeback(file: &File, offset: u64, len: u64) {
 }
 
 /// Writes the range's dirty pages back and waits until they are on the disk.
-fn wait_written(file: &File, offset: u64, len: u64) -> io::Result<()> {
+pub(crate) fn wait_written(file: &File, offset: u64, len: u64) -> io::Result<()> {
     let (offset, len) = off_t_range(offset, len)?;
     let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE | libc::SYNC_FILE_RANGE_WRITE | libc::SYNC_FILE_RANGE_WAIT_AFTER;
     // SAFETY: a valid open fd and an in-range offset and length.
@@ -76,7 +76,7 @@ fn wait_written(file: &File, offset: u64, len: u64) -> io::Result<()> {
 }
 
 /// Drops the range's clean pages from the page cache (advice only: failure changes nothing).
-fn drop_cached(file: &File, offset: u64, len: u64) {
+pub(crate) fn drop_cached(file: &File, offset: u64, len: u64) {
     let Ok((offset, len)) = off_t_range(offset, len) else { return };
     // SAFETY: a valid open fd; advice never changes the file's content.
     unsafe { libc::posix_fadvise(file.as_raw_fd(), offset, len, libc::POSIX_FADV_DONTNEED) };

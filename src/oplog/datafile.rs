@@ -76,7 +76,10 @@ pub fn write_data_file(root: &Path, name: &str, rows: &[OplogRow]) -> Result<u64
         // a zstd context per column chunk (made again for every file written and read) cost more
         // CPU than a small commit's whole data file.
         .set_compression(Compression::UNCOMPRESSED)
-        .set_column_compression(ColumnPath::from(col::CONTENT), Compression::ZSTD(ZstdLevel::try_new(1).unwrap_or_default()))
+        .set_column_compression(
+            ColumnPath::from(col::CONTENT),
+            Compression::ZSTD(ZstdLevel::try_new(1).unwrap_or_default()),
+        )
         // Content is fetched row by row: small pages keep one fetch from decoding its neighbours.
         .set_column_data_page_size_limit(ColumnPath::from(col::CONTENT), 64 * 1024)
         .set_column_dictionary_enabled(ColumnPath::from(col::CONTENT), false)

@@ -58,14 +58,14 @@ impl LogView {
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
             if let Some(v) = log_entry_version(name) {
-                if !self.entries.contains_key(&v) {
+                if let std::collections::btree_map::Entry::Vacant(slot) = self.entries.entry(v) {
                     let path = entry.path();
                     let text = match std::fs::read_to_string(&path) {
                         Ok(text) => text,
                         Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                         Err(e) => return Err(OplogError::Io { path, source: e }),
                     };
-                    self.entries.insert(v, parse_log_entry(&text, &path)?);
+                    slot.insert(parse_log_entry(&text, &path)?);
                 }
                 present.insert(v);
             } else if let Some(v) = checkpoint_version(name) {
@@ -290,10 +290,7 @@ pub fn table_id_in_checkpoint(path: &Path) -> Result<Option<String>, OplogError>
         return Err(bad("a checkpoint without metaData.id".into()));
     };
     let mask = ProjectionMask::leaves(schema, [leaf]);
-    let reader = builder
-        .with_projection(mask)
-        .build()
-        .map_err(|e| OplogError::parquet(path, e))?;
+    let reader = builder.with_projection(mask).build().map_err(|e| OplogError::parquet(path, e))?;
     for batch in reader {
         let batch = batch.map_err(|e| OplogError::arrow(path, e))?;
         let meta = batch
@@ -395,7 +392,11 @@ mod tests {
         let view = LogView::from_names([0, 1, 2, 5, 6], [6]);
         assert_eq!(view.first_unreadable(), Some((Some(2), 5)));
         assert_eq!(LogView::from_names([3, 4], []).first_unreadable(), Some((None, 3)));
-        assert_eq!(LogView::from_names([3, 4], [2]).first_unreadable(), None, "a run may start right after its checkpoint");
+        assert_eq!(
+            LogView::from_names([3, 4], [2]).first_unreadable(),
+            None,
+            "a run may start right after its checkpoint"
+        );
         assert_eq!(LogView::from_names([0, 1, 5, 6], [5]).base_of(6), Some(Base::Checkpoint(5)));
     }
 

@@ -295,7 +295,9 @@ impl<'a> Replicator<'a> {
         // may be gone from either side).
         let (local_id, remote_id) = (self.local_table_id()?, self.remote_table_id().await?);
         if local_id != remote_id {
-            return Err(diverged(format!("it is another pond's replica (table {remote_id}, this pond's is {local_id})")));
+            return Err(diverged(format!(
+                "it is another pond's replica (table {remote_id}, this pond's is {local_id})"
+            )));
         }
         // Then every version both hold must be the same size, the remote may hold none this pond
         // never had, and the latest version both hold must be the same bytes (where a pond
@@ -438,7 +440,9 @@ impl<'a> Replicator<'a> {
         let plan = ship_plan(&readable, self.shipped, |v| remote_readable.contains(&v));
         let starts: BTreeSet<u64> = plan.iter().filter(|s| s.starts_run).map(|s| s.version).collect();
         let mut data: BTreeMap<String, u64> = BTreeMap::new();
-        let active = self.log.active_files(&starts, &mut |c| Ok(log::checkpoint_adds(&PondFile::Checkpoint(c).local_path(&self.root))?))?;
+        let active = self
+            .log
+            .active_files(&starts, &mut |c| log::checkpoint_adds(&PondFile::Checkpoint(c).local_path(&self.root)))?;
         for files in active.values() {
             data.extend(files.iter().map(|(n, s)| (n.clone(), *s)));
         }
@@ -662,7 +666,9 @@ async fn readable_checkpoints_only(files: Vec<(Outgoing, bool)>) -> Result<Vec<O
                 if required {
                     return Err(corrupt(
                         path,
-                        format!("the pond's history resumes at version {v} from this checkpoint, which does not read: {e}"),
+                        format!(
+                            "the pond's history resumes at version {v} from this checkpoint, which does not read: {e}"
+                        ),
                     ));
                 }
                 tracing::warn!("not replicating {file}, which does not read: {e}");

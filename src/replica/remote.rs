@@ -163,6 +163,12 @@ impl Remote {
         Remote { store, url: url.into(), local: None }
     }
 
+    /// The object store behind the remote, for reading it other than file by file (a mounted
+    /// replica reads byte ranges: see `remote_mount`).
+    pub fn store(&self) -> Arc<dyn ObjectStore> {
+        self.store.clone()
+    }
+
     /// The URL as given.
     pub fn url(&self) -> &str {
         &self.url

@@ -399,7 +399,11 @@ impl Fetcher<'_> {
     /// The data files the fetched log names for `versions`: those their entries add and those
     /// the checkpoints of `bases` list as active, with their logged sizes; every name must be a
     /// top-level data file's.
-    fn data_files(&mut self, versions: &BTreeSet<u64>, bases: &BTreeSet<u64>) -> Result<BTreeMap<String, u64>, ReplicaError> {
+    fn data_files(
+        &mut self,
+        versions: &BTreeSet<u64>,
+        bases: &BTreeSet<u64>,
+    ) -> Result<BTreeMap<String, u64>, ReplicaError> {
         let mut data = BTreeMap::new();
         for &c in bases {
             let path = PondFile::Checkpoint(c).local_path(self.dest);

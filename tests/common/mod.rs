@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod parquet_craft;
+pub mod proxy;
 pub mod rng;
 pub mod sizes;
 pub mod soak;
@@ -348,7 +349,9 @@ impl Drop for ChildGuard {
 /// fails still exits non-zero (its exception ends it before).
 pub fn python_deltalake(script: &str, args: &[&std::ffi::OsStr]) -> Output {
     let venv = std::env::var("POND_PY_VENV").unwrap_or_else(|_| {
-        panic!("POND_PY_VENV is not set: run the tests through scripts/test.sh, which makes a Python venv with deltalake")
+        panic!(
+            "POND_PY_VENV is not set: run the tests through scripts/test.sh, which makes a Python venv with deltalake"
+        )
     });
     let script = format!("{script}\nimport os, sys\nsys.stdout.flush()\nos._exit(0)\n");
     Command::new(Path::new(&venv).join("bin/python")).arg("-c").arg(script).args(args).output().expect("run python")
@@ -378,4 +381,3 @@ pub fn write_version(p: &TestPond, name: &str, data: &[u8]) -> u64 {
     fs.shutdown().expect("shutdown");
     latest_version(&p.root)
 }
-
