@@ -622,9 +622,8 @@ const AWS_VARS: [&str; 5] =
 #[test]
 fn a_replica_on_s3_mounts_through_mount_t_pond_and_fstab_with_credentials_from_a_file() {
     let _helpers = helpers();
-    let endpoint = std::env::var("POND_S3_ENDPOINT")
-        .unwrap_or_else(|_| panic!("POND_S3_ENDPOINT is not set: run through scripts/test.sh (local S3 server)"));
-    let bucket = std::env::var("POND_S3_BUCKET").unwrap_or_else(|_| "pond-test".into());
+    let server = crate::common::s3::s3();
+    let endpoint = server.endpoint.clone();
     let pond = TestPond::new();
     let data = pattern(200_000, 9);
     {
@@ -632,7 +631,7 @@ fn a_replica_on_s3_mounts_through_mount_t_pond_and_fstab_with_credentials_from_a
         crate::common::write_file(&fs, pond::oplog::ROOT_INO, "data", &data);
         fs.shutdown().unwrap();
     }
-    let url = format!("s3://{bucket}/{}/pond", uuid::Uuid::new_v4());
+    let url = server.url();
     let creds = pond.dir.path().join("s3.credentials");
     std::fs::write(
         &creds,

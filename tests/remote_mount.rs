@@ -5,13 +5,14 @@
 
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use pond::oplog::ROOT_INO;
 use pond::remote_mount::{Replica, ReplicaConfig};
 
 use crate::common::proxy::TcpProxy;
+use crate::common::s3::{pond_env, s3};
 use crate::common::sizes::C;
 use crate::common::store::{chunk_place, corrupt_stored_chunk};
 use crate::common::{
@@ -21,50 +22,6 @@ use crate::common::{
 
 fn s(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
-}
-
-/// The local S3 server's settings (started by scripts/test.sh through scripts/s3-local.sh).
-struct S3 {
-    endpoint: String,
-    bucket: String,
-}
-
-fn s3() -> S3 {
-    let endpoint = std::env::var("POND_S3_ENDPOINT").unwrap_or_else(|_| {
-        panic!(
-            "POND_S3_ENDPOINT is not set: run these tests through scripts/test.sh, or start the local S3 server \
-             with `eval \"$(scripts/s3-local.sh start)\"`"
-        )
-    });
-    S3 { endpoint, bucket: std::env::var("POND_S3_BUCKET").unwrap_or_else(|_| "pond-test".into()) }
-}
-
-impl S3 {
-    /// A fresh prefix in the bucket.
-    fn url(&self) -> String {
-        format!("s3://{}/{}/pond", self.bucket, uuid::Uuid::new_v4())
-    }
-
-    /// The AWS settings that reach the server at `endpoint` (the server itself, or a proxy).
-    fn env_via(&self, endpoint: &str) -> Vec<(String, String)> {
-        let var = |k: &str, default: &str| std::env::var(k).unwrap_or_else(|_| default.to_string());
-        vec![
-            ("AWS_ENDPOINT_URL".into(), endpoint.to_string()),
-            ("AWS_ALLOW_HTTP".into(), "true".into()),
-            ("AWS_ACCESS_KEY_ID".into(), var("AWS_ACCESS_KEY_ID", "test")),
-            ("AWS_SECRET_ACCESS_KEY".into(), var("AWS_SECRET_ACCESS_KEY", "test")),
-            ("AWS_REGION".into(), var("AWS_REGION", "us-east-1")),
-        ]
-    }
-
-    fn env(&self) -> Vec<(String, String)> {
-        self.env_via(&self.endpoint)
-    }
-}
-
-/// `pond ARGS` with extra environment.
-fn pond_env(args: &[&str], env: &[(String, String)]) -> Output {
-    Command::new(pond_bin()).args(args).envs(env.iter().map(|(k, v)| (k, v))).output().expect("run pond")
 }
 
 fn pond_env_ok(args: &[&str], env: &[(String, String)]) -> String {

@@ -15,6 +15,7 @@ use pond::oplog::{Oplog, ROOT_INO};
 use pond::replica::{self, Quiet, Remote, Transfer};
 
 use crate::common::sizes::{C, INTERESTING, T};
+use crate::common::s3::pond_env;
 use crate::common::{
     ChildGuard, ME, Mounted, TestPond, assert_same_bytes, assert_same_tree, latest_version, pattern, pond, pond_bin,
     pond_ok, read_file, runtime, tree_snapshot, write_file,
@@ -591,25 +592,10 @@ fn restore_refuses_a_non_empty_target_and_replicate_refuses_another_ponds_remote
     assert_eq!(remote_files(&remote), before, "nothing sent to another pond's remote");
 }
 
-/// `pond` with extra environment.
-fn pond_env(args: &[&str], env: &[(&str, String)]) -> Output {
-    Command::new(pond_bin()).args(args).envs(env.iter().map(|(k, v)| (*k, v.as_str()))).output().expect("run pond")
-}
-
 #[test]
 fn replicates_to_and_restores_from_s3() {
-    let endpoint = std::env::var("POND_S3_ENDPOINT").unwrap_or_else(|_| {
-        panic!("POND_S3_ENDPOINT is not set: run the replica tests through scripts/test.sh, which starts a local S3 server (scripts/s3-local.sh)")
-    });
-    let bucket = std::env::var("POND_S3_BUCKET").unwrap_or_else(|_| "pond-test".into());
-    let var = |k: &str, default: &str| std::env::var(k).unwrap_or_else(|_| default.to_string());
-    let env = [
-        ("AWS_ENDPOINT_URL", endpoint),
-        ("AWS_ALLOW_HTTP", "true".to_string()),
-        ("AWS_ACCESS_KEY_ID", var("AWS_ACCESS_KEY_ID", "test")),
-        ("AWS_SECRET_ACCESS_KEY", var("AWS_SECRET_ACCESS_KEY", "test")),
-        ("AWS_REGION", var("AWS_REGION", "us-east-1")),
-    ];
+    let server = crate::common::s3::s3();
+    let env = server.env();
     let src = rich_pond();
     {
         // Past one multipart part (8 MiB): a streamed multipart upload.
@@ -617,7 +603,7 @@ fn replicates_to_and_restores_from_s3() {
         write_file(&fs, ROOT_INO, "huge", &pattern((9 << 20) + 17, 5));
         fs.shutdown().unwrap();
     }
-    let url = format!("s3://{bucket}/{}/pond", uuid::Uuid::new_v4());
+    let url = server.url();
     let out = pond_env(&["replicate", src.path(), &url], &env);
     assert!(out.status.success(), "replicate to S3: {}", String::from_utf8_lossy(&out.stderr));
     assert!(count_after(&summary_line(&out), "sent") > 0);

@@ -1134,24 +1134,6 @@ fn random_fault_schedules_never_leave_a_broken_version_nor_resend_what_arrived()
     total.report();
 }
 
-/// The local S3 server's settings, as scripts/test.sh exports them (scripts/s3-local.sh):
-/// (endpoint, bucket, the `AWS_*` settings pond reads).
-fn s3_settings() -> (String, String, Vec<(String, String)>) {
-    let endpoint = std::env::var("POND_S3_ENDPOINT").unwrap_or_else(|_| {
-        panic!("POND_S3_ENDPOINT is not set: run the replica tests through scripts/test.sh, which starts a local S3 server (scripts/s3-local.sh)")
-    });
-    let bucket = std::env::var("POND_S3_BUCKET").unwrap_or_else(|_| "pond-test".into());
-    let var = |k: &str, default: &str| std::env::var(k).unwrap_or_else(|_| default.to_string());
-    let aws = vec![
-        ("AWS_ENDPOINT_URL".to_string(), endpoint.clone()),
-        ("AWS_ALLOW_HTTP".to_string(), "true".to_string()),
-        ("AWS_ACCESS_KEY_ID".to_string(), var("AWS_ACCESS_KEY_ID", "test")),
-        ("AWS_SECRET_ACCESS_KEY".to_string(), var("AWS_SECRET_ACCESS_KEY", "test")),
-        ("AWS_REGION".to_string(), var("AWS_REGION", "us-east-1")),
-    ];
-    (endpoint, bucket, aws)
-}
-
 /// Multipart uploads the S3 server holds open under `prefix` (started, neither completed nor
 /// aborted: their parts stay stored, and billed, out of sight of a listing).
 fn open_uploads(endpoint: &str, bucket: &str, prefix: &str) -> usize {
@@ -1167,7 +1149,8 @@ fn open_uploads(endpoint: &str, bucket: &str, prefix: &str) -> usize {
 
 #[test]
 fn faults_against_an_s3_server_abort_broken_uploads_and_a_later_run_completes() {
-    let (endpoint, bucket, aws) = s3_settings();
+    let server = crate::common::s3::s3();
+    let (endpoint, bucket, aws) = (server.endpoint.clone(), server.bucket.clone(), server.env());
     let pond = TestPond::new();
     grow(&pond.root, 0..8, true);
     let prefix = format!("{}/pond", uuid::Uuid::new_v4());

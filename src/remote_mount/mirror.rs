@@ -30,7 +30,7 @@ use super::error::{FetchError, RemoteMountError};
 use super::fetch::Fetcher;
 use crate::layout::{LOG_DIR, MAX_LAST_CHECKPOINT_SIZE, PondFile, log_entry_name, parse_last_checkpoint};
 use crate::oplog::history::{FileActions, HistoryEntry, parse_log_entry, read_history};
-use crate::oplog::log::{Base, LogView, checkpoint_adds};
+use crate::oplog::log::{Base, LogView, checkpoint_adds, describe_readable};
 
 /// Table files downloaded at once.
 const FILES_IN_FLIGHT: usize = 16;
@@ -122,7 +122,7 @@ impl TableMirror {
         let readable = view.readable();
         let pick = match want {
             Some(n) => readable.iter().find(|(v, _)| *v == n).copied().ok_or_else(|| {
-                RemoteMountError::NoSuchVersion { url: self.url().to_string(), asked: n, holds: holds(&readable) }
+                RemoteMountError::NoSuchVersion { url: self.url().to_string(), asked: n, holds: format!("it holds {}", describe_readable(&readable)) }
             })?,
             None => *readable.last().ok_or_else(|| self.unreadable(&listed))?,
         };
@@ -369,27 +369,8 @@ impl TableMirror {
 
 /// The log's versions and checkpoints as listed (entries' contents not known yet).
 fn presence(listed: &BTreeMap<PondFile, Listed>) -> LogView {
-    let mut entries = BTreeMap::new();
-    let mut checkpoints = BTreeSet::new();
-    for file in listed.keys() {
-        match file {
-            PondFile::Log(v) => {
-                entries.insert(*v, FileActions::default());
-            }
-            PondFile::Checkpoint(v) => {
-                checkpoints.insert(*v);
-            }
-            _ => {}
-        }
-    }
-    LogView::from_parts(entries, checkpoints)
+    let entries = listed.keys().filter_map(|f| if let PondFile::Log(v) = f { Some(*v) } else { None });
+    let checkpoints = listed.keys().filter_map(|f| if let PondFile::Checkpoint(v) = f { Some(*v) } else { None });
+    LogView::from_names(entries, checkpoints)
 }
 
-/// "it holds versions 3..=9" for an error message.
-fn holds(readable: &[(u64, Base)]) -> String {
-    match (readable.first(), readable.last()) {
-        (Some((a, _)), Some((b, _))) if a == b => format!("it holds version {a} only"),
-        (Some((a, _)), Some((b, _))) => format!("it holds versions {a} to {b}"),
-        _ => "it holds no readable version".into(),
-    }
-}

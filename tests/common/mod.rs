@@ -6,6 +6,7 @@
 pub mod parquet_craft;
 pub mod proxy;
 pub mod rng;
+pub mod s3;
 pub mod sizes;
 pub mod soak;
 pub mod store;
