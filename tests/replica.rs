@@ -14,8 +14,8 @@ use pond::fs::{FsOptions, NodeKind, PondFs, SetAttr, TimeSet, XattrSet};
 use pond::oplog::{Oplog, ROOT_INO};
 use pond::replica::{self, Quiet, Remote, Transfer};
 
-use crate::common::sizes::{C, INTERESTING, T};
 use crate::common::s3::pond_env;
+use crate::common::sizes::{C, INTERESTING, T};
 use crate::common::{
     ChildGuard, ME, Mounted, TestPond, assert_same_bytes, assert_same_tree, latest_version, pattern, pond, pond_bin,
     pond_ok, read_file, runtime, tree_snapshot, write_file,

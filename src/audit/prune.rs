@@ -251,7 +251,12 @@ fn current_objects(store: &LargeFileStore, rows: &[OplogRow]) -> Result<BTreeSet
 /// The versions the rules keep, among the readable ones (the latest always). `virtual_newest`: a
 /// version newer than all (a compaction a dry run pretends to make) that the rules count first; it
 /// is not in the result.
-pub(crate) fn choose(root: &Path, log: &LogView, rules: &Rules, virtual_newest: bool) -> Result<BTreeSet<u64>, PruneError> {
+pub(crate) fn choose(
+    root: &Path,
+    log: &LogView,
+    rules: &Rules,
+    virtual_newest: bool,
+) -> Result<BTreeSet<u64>, PruneError> {
     let mut readable: Vec<u64> = log.readable().into_iter().map(|(v, _)| v).collect();
     let virtual_version = virtual_newest.then(|| readable.last().map_or(0, |v| v + 1));
     readable.extend(virtual_version);

@@ -121,9 +121,13 @@ impl TableMirror {
         let view = presence(&listed);
         let readable = view.readable();
         let pick = match want {
-            Some(n) => readable.iter().find(|(v, _)| *v == n).copied().ok_or_else(|| {
-                RemoteMountError::NoSuchVersion { url: self.url().to_string(), asked: n, holds: format!("it holds {}", describe_readable(&readable)) }
-            })?,
+            Some(n) => {
+                readable.iter().find(|(v, _)| *v == n).copied().ok_or_else(|| RemoteMountError::NoSuchVersion {
+                    url: self.url().to_string(),
+                    asked: n,
+                    holds: format!("it holds {}", describe_readable(&readable)),
+                })?
+            }
             None => *readable.last().ok_or_else(|| self.unreadable(&listed))?,
         };
         let (target, base) = pick;
@@ -373,4 +377,3 @@ fn presence(listed: &BTreeMap<PondFile, Listed>) -> LogView {
     let checkpoints = listed.keys().filter_map(|f| if let PondFile::Checkpoint(v) = f { Some(*v) } else { None });
     LogView::from_names(entries, checkpoints)
 }
-

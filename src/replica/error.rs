@@ -85,7 +85,9 @@ pub enum ReplicaError {
 
     /// The remote's lease was taken by another while this run held it (it could not renew it in
     /// time): the run stops before changing anything more.
-    #[error("{url}: lost the remote's lock (it expired while this run could not renew it); nothing more was changed, run again")]
+    #[error(
+        "{url}: lost the remote's lock (it expired while this run could not renew it); nothing more was changed, run again"
+    )]
     LockLost { url: String },
 
     #[error("{0} is not empty: restore makes a new pond and never writes over existing files")]

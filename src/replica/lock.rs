@@ -235,15 +235,7 @@ mod tests {
     use super::*;
 
     fn lease(expires_ms: i64, boot: String, pid: u32) -> Lease {
-        Lease {
-            owner: "o".into(),
-            what: "replicate".into(),
-            host: "h".into(),
-            boot,
-            pid,
-            since_ms: 0,
-            expires_ms,
-        }
+        Lease { owner: "o".into(), what: "replicate".into(), host: "h".into(), boot, pid, since_ms: 0, expires_ms }
     }
 
     #[test]
