@@ -1,7 +1,8 @@
 //! Prune racing everything else (the fault suite's prune part): on a live read-write mount, a
 //! seeded writer replaces, appends to and patches files and fsyncs them, while `pond prune` runs
 //! again and again with seeded rules (through the mount's daemon), `pond replicate --follow` ships
-//! to a directory remote, and a reader reads the files all along (a read never fails: prune must
+//! to a directory remote which `pond prune URL` prunes now and then (the remote's lock keeps the
+//! two apart), and a reader reads the files all along (a read never fails: prune must
 //! not take what a file being read needs). Nothing a kept
 //! version or an in-flight commit needs may go: at the end every file holds what was last fsynced,
 //! `pond verify` of the pond and of the remote are clean, and the remote restores equal to the pond.
@@ -137,6 +138,7 @@ fn prune_racing_commits_readers_and_a_replicate_loses_nothing() {
     // The pruner: seeded rules, again and again, through the mount's daemon.
     let mut rng = Rng::new(seed ^ 0x5eed);
     let mut prunes = 0u64;
+    let mut remote_prunes = 0u64;
     while Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(rng.between(100, 600) as u64));
         let keep = rng.between(1, 4).to_string();
@@ -147,6 +149,15 @@ fn prune_racing_commits_readers_and_a_replicate_loses_nothing() {
         let out = pond(&args);
         assert!(out.status.success(), "prune {args:?} (seed {seed:#x}): {}", crate::common::describe(&out));
         prunes += 1;
+        // The replica too, where it lies, between (and waiting for) replicate's passes.
+        if rng.chance(35) && remote.join("_delta_log").exists() {
+            let url = format!("file://{}", remote.to_str().unwrap());
+            let keep = rng.between(1, 4).to_string();
+            let args = ["prune", url.as_str(), "--keep-last", keep.as_str()];
+            let out = pond(&args);
+            assert!(out.status.success(), "prune {args:?} (seed {seed:#x}): {}", crate::common::describe(&out));
+            remote_prunes += 1;
+        }
     }
     stop.store(true, Ordering::SeqCst);
     let changes = writer.join().expect("writer");
@@ -185,7 +196,8 @@ fn prune_racing_commits_readers_and_a_replicate_loses_nothing() {
     for (name, want) in &model {
         assert_same_bytes(&pond(&["cat", restored.to_str().unwrap(), name]).stdout, want, &format!("{name} restored"));
     }
-    soak::report("prune_race", changes, prunes, lost);
+    eprintln!("prune race: {remote_prunes} prunes of the replica");
+    soak::report("prune_race", changes, prunes + remote_prunes, lost);
 }
 
 /// Waits until the remote holds the pond's latest log entry; false if it did not within `limit`.

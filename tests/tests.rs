@@ -39,6 +39,8 @@ mod privileges;
 mod prune;
 /// Prune racing a mount's commits, readers and replicate --follow: nothing kept or in flight goes.
 mod prune_race;
+/// pond prune URL on a directory and on S3; the remote's lock: a live holder is waited for, a gone one broken.
+mod prune_remote;
 /// A pruned pond replicates (a run from its checkpoint) and restores; a remote keeps what the pond pruned.
 mod prune_replica;
 /// Property test: random operations through the mount vs a native directory, with remounts.

@@ -55,6 +55,9 @@ pub struct PruneReport {
     pub dry_run: bool,
     /// The version of the compaction committed first, if one was.
     pub compacted: Option<u64>,
+    /// A dry run that would compact the latest version first (a new version).
+    #[serde(default)]
+    pub would_compact: bool,
     pub kept: Vec<u64>,
     pub dropped: Vec<u64>,
     /// Versions a checkpoint was written at, so they open without the entries before them.
@@ -166,6 +169,7 @@ pub fn prune_with(
             // The compaction would be the newest version: the rules count it, and it needs just
             // what the current rows name.
             kept = choose(&root, &log, rules, true)?;
+            report.would_compact = true;
             compacted_needs = current_objects(store, &rows.rows)?;
         } else {
             let files = oplog.data_files()?;

@@ -59,7 +59,7 @@ pub(super) fn print_prune(r: &PruneReport) {
     let (verb, freed) = if r.dry_run { ("would remove", "would free") } else { ("removed", "freed") };
     match r.compacted {
         Some(v) => println!("compacted the latest version into one data file (version {v})"),
-        None if r.dry_run && !r.dropped.is_empty() => {
+        None if r.would_compact => {
             println!("would compact the latest version into one data file first (a new version)")
         }
         None => {}

@@ -320,6 +320,9 @@ fn run(
             };
             run_jobs(jobs, &mut oplog, &rt);
             if stop {
+                // A tier that filled up over short sessions (each too brief to fall due) is
+                // merged now; a no-op when no tier is full.
+                maintain(&mut oplog);
                 return Ok(());
             }
             continue;
