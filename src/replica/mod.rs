@@ -47,8 +47,9 @@
 //! another pond's replica, told apart even when either side pruned its version 0), a version the
 //! pond never had, or a log entry of a version both hold with other bytes (this pond was restored
 //! from an older version and went on).
-//! One replicator per remote at a time; a remote changed by anything else while `--follow` runs is
-//! not noticed until the next run.
+//! One changer per remote at a time: each pass holds the remote's lease ([`lock`]), as `pond prune
+//! URL` ([`prune`]) does, and lists the remote afresh once it has it, so a pass never builds on a
+//! listing a prune changed.
 //!
 //! **Stopping.** The caller's stop flag (set on SIGINT/SIGTERM) is checked before each file: files
 //! under way finish, nothing new starts, and the report says `interrupted`.
