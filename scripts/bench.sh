@@ -33,7 +33,8 @@
 #
 # Groups (ONLY): seq (dd, cp, cold read, fio), tar, rsync, tree (find, ls -lR, rm -rf), latency,
 # history (pond and native: appends, an overwrite, rsync of an edit, sqlite, replicate, prune),
-# mount (pond of BIG_FILES files and BIG_COMMITS commits), rss, replica (vs cp -r and restic).
+# mount (pond of BIG_FILES files and BIG_COMMITS commits), rss, replica (vs cp -r and restic),
+# remote (a replica mounted from a local S3 server: scripts/bench-remote.sh; not in the default run).
 # Sizes: SEQ_MIB (1024; also the history group's large file), FIO_SECS (10), SMALL_FILES (10000) x
 # SMALL_KIB (4), MEDIUM_FILES (1000) x MEDIUM_KIB (200), TREE_MIB (~200, the rsync tree), LAT_OPS
 # (2000), HIST_FILE_MIB (100) + HIST_APPENDS (20) x 1 MiB, HIST_CHANGED_MIB (4), SQLITE_MB (10),
@@ -58,6 +59,18 @@ ONLY=${ONLY:-seq tar rsync tree latency history mount rss replica}
 work=${BENCH_DIR:-$HOME/.cache/pond-bench-main}
 results=${RESULTS_DIR:-$repo/results}
 ((ROUNDS >= 1)) || { echo "bench.sh: ROUNDS must be at least 1" >&2; exit 2; }
+# The remote group (issue 14) is its own script, scripts/bench-remote.sh: it needs the local S3
+# server, a delaying proxy and inputs of its own. It runs after the others, with the same rounds
+# and quiet settings, and writes its own results (results/remote-latest.json).
+remote_group() {
+    ROUNDS=$ROUNDS QUIET_TIMEOUT=$QUIET_TIMEOUT QUIET_BUSY=$QUIET_BUSY RESULTS_DIR=$results bash scripts/bench-remote.sh
+}
+run_remote=0
+if [[ " $ONLY " == *" remote "* ]]; then
+    run_remote=1
+    ONLY=" $ONLY "; ONLY=${ONLY// remote / }
+    if [[ -z "${ONLY// /}" ]]; then remote_group; exit; fi
+fi
 
 need=()
 for tool in fusermount3:fuse3 pkg-config:pkg-config fio:fio restic:restic rsync:rsync bc:bc fincore:util-linux \
@@ -709,3 +722,4 @@ import json, sys
 m = json.load(open(sys.argv[1])); m["elapsed_s"] = round(float(sys.argv[2])); json.dump(m, open(sys.argv[1], "w"))
 PY
 "$venv/bin/python" scripts/bench_report.py "$work/meta.json" "$records" "$results"
+if ((run_remote)); then remote_group; fi
