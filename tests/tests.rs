@@ -6,7 +6,8 @@ mod common;
 mod concurrency;
 /// The filesystem core without FUSE: write path, threshold, POSIX namespace rules, persistence.
 mod core_fs;
-/// Orphans and gc, corrupt chunks, bad command-line input, torn checkpoints and the fsync order (strace).
+/// Orphans and gc, corrupt chunks, bad command-line input, torn checkpoints and the fsync order (strace),
+/// an object a killed writer left unsynced made durable when reused.
 mod crash;
 /// Crash loop: random operations on a mount, SIGKILL at random moments, every fsynced state whole after remount.
 mod crash_loop;
