@@ -24,7 +24,7 @@ mod fuse_tools;
 mod hostile_input;
 /// The large-file store and HybridWriter: chunking, hashing, dedup, corruption, bounded memory.
 mod large_files;
-/// Resource limits: the open-file limit, threads per fsync, a thread limit after a quiet spell.
+/// Resource limits: the open-file limit (raised; commits within it), threads per fsync, a thread limit after a quiet spell.
 mod limits;
 /// mount(8)/fstab/systemd helpers, scripts/install.sh, and pond mount's daemon mode under them.
 mod mount_helper;
