@@ -8,7 +8,8 @@
 //! - a private directory is created 0700, or opened with `O_NOFOLLOW | O_DIRECTORY` and refused
 //!   when it is a symlink or not a directory; an existing one loses its group and other bits;
 //! - a private file is opened relative to its directory's descriptor with `O_NOFOLLOW`, created
-//!   0600, and refused unless it is a regular file without other hard links;
+//!   0600, and refused unless it is a regular file without other hard links (so is a file the
+//!   user names, `log=FILE`, in a directory followed as given: [`open_user_file`]);
 //! - emptying a directory never follows a symlink and never enters another filesystem (a mount
 //!   point inside is left alone).
 //!
@@ -121,33 +122,7 @@ impl PrivateDir {
     /// link; a file it creates is 0600, an existing one loses its group and other bits. Refused
     /// when it is not a regular file, or (for writing) has other hard links.
     pub fn open_file(&self, name: &str, access: FileAccess) -> Result<File, PrivateFsError> {
-        let path = self.path.join(name);
-        // O_NONBLOCK: opening a FIFO planted here must not hang; it is refused below.
-        let mut flags = OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK;
-        match access {
-            FileAccess::Lock => flags |= OFlag::O_CREAT,
-            FileAccess::ExistingLock => {}
-            FileAccess::Append => flags |= OFlag::O_CREAT | OFlag::O_APPEND,
-        }
-        let fd = match nix::fcntl::openat(&self.fd, name, flags, Mode::from_bits_truncate(FILE_MODE)) {
-            Ok(fd) => fd,
-            // A FIFO nobody reads, or a socket.
-            Err(Errno::ENXIO) => return Err(PrivateFsError::NotRegular(path)),
-            Err(e) => return Err(link_or_io(e, &path)),
-        };
-        let st = nix::sys::stat::fstat(&fd).map_err(|e| PrivateFsError::io(&path, e))?;
-        if file_type(&st) != SFlag::S_IFREG {
-            return Err(PrivateFsError::NotRegular(path));
-        }
-        if st.st_nlink > 1 {
-            return Err(PrivateFsError::Linked(path));
-        }
-        make_private(&fd, &st, FILE_MODE);
-        // Back to blocking I/O for the regular file it is.
-        let fl = nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_GETFL).map_err(|e| PrivateFsError::io(&path, e))?;
-        let fl = OFlag::from_bits_truncate(fl) & !OFlag::O_NONBLOCK;
-        nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_SETFL(fl)).map_err(|e| PrivateFsError::io(&path, e))?;
-        Ok(File::from(fd))
+        open_file_in(&self.fd, &self.path, OsStr::new(name), access)
     }
 
     /// A Unix socket listening at `name` in this directory, 0600. A socket left there (by a daemon
@@ -205,6 +180,48 @@ pub fn make_root_private(root: &Path) -> Result<Option<u32>, PrivateFsError> {
     }
     nix::sys::stat::fchmod(&fd, Mode::from_bits_truncate(mode & DIR_MODE)).map_err(|e| PrivateFsError::io(root, e))?;
     Ok(Some(mode))
+}
+
+/// The regular file at `path`, a path the user gave (`log=FILE`), opened as
+/// [`PrivateDir::open_file`] opens one: its directory is followed as given, its last component
+/// never (refused when it is a symlink, not a regular file, or has other hard links).
+pub fn open_user_file(path: &Path, access: FileAccess) -> Result<File, PrivateFsError> {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(PrivateFsError::NotRegular(path.to_path_buf()));
+    };
+    let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+    open_file_in(&open_dir(dir)?, dir, name, access)
+}
+
+/// [`PrivateDir::open_file`] in the directory `dir` (found at `dir_path`).
+fn open_file_in(dir: &OwnedFd, dir_path: &Path, name: &OsStr, access: FileAccess) -> Result<File, PrivateFsError> {
+    let path = dir_path.join(name);
+    // O_NONBLOCK: opening a FIFO planted here must not hang; it is refused below.
+    let mut flags = OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK;
+    match access {
+        FileAccess::Lock => flags |= OFlag::O_CREAT,
+        FileAccess::ExistingLock => {}
+        FileAccess::Append => flags |= OFlag::O_CREAT | OFlag::O_APPEND,
+    }
+    let fd = match nix::fcntl::openat(dir, name, flags, Mode::from_bits_truncate(FILE_MODE)) {
+        Ok(fd) => fd,
+        // A FIFO nobody reads, or a socket.
+        Err(Errno::ENXIO) => return Err(PrivateFsError::NotRegular(path)),
+        Err(e) => return Err(link_or_io(e, &path)),
+    };
+    let st = nix::sys::stat::fstat(&fd).map_err(|e| PrivateFsError::io(&path, e))?;
+    if file_type(&st) != SFlag::S_IFREG {
+        return Err(PrivateFsError::NotRegular(path));
+    }
+    if st.st_nlink > 1 {
+        return Err(PrivateFsError::Linked(path));
+    }
+    make_private(&fd, &st, FILE_MODE);
+    // Back to blocking I/O for the regular file it is.
+    let fl = nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_GETFL).map_err(|e| PrivateFsError::io(&path, e))?;
+    let fl = OFlag::from_bits_truncate(fl) & !OFlag::O_NONBLOCK;
+    nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_SETFL(fl)).map_err(|e| PrivateFsError::io(&path, e))?;
+    Ok(File::from(fd))
 }
 
 /// Open `path` as a directory, following links (a path the user gave).

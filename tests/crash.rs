@@ -1,6 +1,7 @@
 //! Crashes and damage (the SIGKILL loop is in crash_loop.rs): objects orphaned between write and
 //! commit, a corrupt chunk (EIO, never wrong bytes; named by verify), bad input on the command line,
-//! and what a power cut leaves of a checkpoint (opens fall back to the JSON log; fsync order).
+//! what a power cut leaves of a checkpoint (opens fall back to the JSON log; fsync order), and an
+//! object a killed writer left unsynced, reused by the next (fsynced before the commit naming it).
 
 use std::path::Path;
 
@@ -216,15 +217,36 @@ fn a_torn_checkpoint_or_hint_falls_back_to_the_json_log_and_every_open_works() {
     }
 }
 
-/// Set in the child run of the strace test: the directory to make a pond in.
+/// Set in the child run of a strace test: the directory its parent prepared.
 const STRACE_CHILD: &str = "POND_TEST_STRACE_CHILD";
 
+/// In the child run of a strace test (see [`strace_test`]), the directory its parent prepared.
+fn strace_child() -> Option<std::path::PathBuf> {
+    std::env::var_os(STRACE_CHILD).map(std::path::PathBuf::from)
+}
+
+/// Runs the test `name` again, under `strace -f -y` with [`STRACE_CHILD`] naming `dir`, and returns
+/// the fsync, rename and link calls it logged (each line a call, descriptors with their paths).
+fn strace_test(name: &str, dir: &Path) -> Vec<String> {
+    let trace = dir.join("trace");
+    let out = std::process::Command::new("strace")
+        .args(["-f", "-qq", "-y", "-e", "trace=fsync,fdatasync,rename,renameat,renameat2,link,linkat", "-o"])
+        .arg(&trace)
+        .arg(std::env::current_exe().unwrap())
+        .args([name, "--exact", "--test-threads=1"])
+        .env(STRACE_CHILD, dir)
+        .output()
+        .expect("strace (apt-get install strace)");
+    assert!(out.status.success(), "the traced child: {}", crate::common::describe(&out));
+    std::fs::read_to_string(&trace).unwrap().lines().map(str::to_string).collect()
+}
+
 /// The fsync, rename and link calls of a pond made and committed past its first checkpoint, through the
-/// library, as `strace -f -y` logs them: the test `name` runs itself again under strace, and
-/// `in_child` says whether this is that run (then it has made the pond, and there is no trace).
+/// library, as `strace -f -y` logs them: the test `name` runs itself again under strace; `None` in
+/// that run (which has made the pond, and has no trace).
 fn traced_commits(name: &str) -> Option<Vec<String>> {
-    if let Some(dir) = std::env::var_os(STRACE_CHILD) {
-        let root = Path::new(&dir).join("pond");
+    if let Some(dir) = strace_child() {
+        let root = dir.join("pond");
         let rt = crate::common::runtime();
         rt.block_on(async {
             let mut oplog = pond::oplog::Oplog::create(&root, pond::config::Threshold::default()).await.unwrap();
@@ -242,17 +264,7 @@ fn traced_commits(name: &str) -> Option<Vec<String>> {
         return None;
     }
     let dir = tempfile::tempdir().unwrap();
-    let trace = dir.path().join("trace");
-    let out = std::process::Command::new("strace")
-        .args(["-f", "-qq", "-y", "-e", "trace=fsync,fdatasync,rename,renameat,renameat2,link,linkat", "-o"])
-        .arg(&trace)
-        .arg(std::env::current_exe().unwrap())
-        .args([name, "--exact", "--test-threads=1"])
-        .env(STRACE_CHILD, dir.path())
-        .output()
-        .expect("strace (apt-get install strace)");
-    assert!(out.status.success(), "the traced child: {}", crate::common::describe(&out));
-    Some(std::fs::read_to_string(&trace).unwrap().lines().map(str::to_string).collect())
+    Some(strace_test(name, dir.path()))
 }
 
 #[test]
@@ -286,4 +298,49 @@ fn a_checkpoint_and_its_hint_are_each_fsynced_with_their_directory_before_the_ne
     assert!(landed < durable, "the checkpoint is fsynced after it lands");
     assert!(dir_synced(durable).is_some_and(|d| d < hint_landed), "then its directory, before the hint is written");
     assert!(hint_landed < hint_durable && dir_synced(hint_durable).is_some(), "then the hint and the directory again");
+}
+
+#[test]
+fn an_object_left_unsynced_by_a_killed_writer_is_fsynced_with_its_pack_before_the_commit_that_reuses_it() {
+    // A writer killed (-9) after publishing an object and its pack but before the commit that
+    // would have fsynced them leaves both whole in the page cache, not on disk. Storing the same
+    // content again finds the object intact and reuses it: unless the reuse makes it durable, a
+    // power cut after that commit leaves a committed file whose object is torn or gone.
+    let name =
+        "crash::an_object_left_unsynced_by_a_killed_writer_is_fsynced_with_its_pack_before_the_commit_that_reuses_it";
+    let data = pattern(2 * C + 7, 12);
+    if let Some(dir) = strace_child() {
+        let fs = pond::fs::PondFs::open(&dir.join("pond"), pond::fs::FsOptions::default()).unwrap();
+        write_file(&fs, ROOT_INO, "again", &data);
+        fs.shutdown().unwrap();
+        return;
+    }
+    let pond = TestPond::new();
+    // What the killed writer left: the object and its pack under their names, nothing committed
+    // (put_bytes fsyncs them here, but the traced run cannot tell: to it they are files on disk).
+    let left = LargeFileStore::new(&pond.root).put_bytes(&data).unwrap();
+    let packs: Vec<String> = std::fs::read_dir(pond.root.join("_large_files/packs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(packs.len(), 1, "one pack holds the content's chunks: {packs:?}");
+    let lines = strace_test(name, pond.dir.path());
+
+    let synced = |file: &str| {
+        lines
+            .iter()
+            .position(|l| l.contains("fsync(") && l.contains(&format!("/{file}>")))
+            .unwrap_or_else(|| panic!("{file} was never fsynced in the run that reused it:\n{}", lines.join("\n")))
+    };
+    let object = synced(&format!("_large_files/{}.parquet", left.hash));
+    let pack = synced(&format!("_large_files/packs/{}", packs[0]));
+    let committed = lines
+        .iter()
+        .position(|l| l.contains("link") && l.contains("/_delta_log/") && l.contains(".json\""))
+        .unwrap_or_else(|| panic!("no log entry landed:\n{}", lines.join("\n")));
+    assert!(object < committed, "the reused object is fsynced before the log entry naming it lands");
+    assert!(pack < committed, "and so is its pack");
+    // The content was reused (no second object or pack), and the committed file reads.
+    assert_eq!(LargeFileStore::new(&pond.root).list().unwrap().len(), 2, "one object and one pack");
+    assert_same_bytes(&crate::common::pond(&["cat", pond.path(), "again"]).stdout, &data, "the file");
 }

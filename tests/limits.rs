@@ -1,5 +1,6 @@
-//! Resource limits: the daemon's open-file limit, the threads concurrent fsyncs take, and a
-//! thread limit met after a quiet spell (nothing accepted may go uncommitted).
+//! Resource limits: the daemon's open-file limit (raised, and a commit with more files to make
+//! durable than it allows open), the threads concurrent fsyncs take, and a thread limit met after
+//! a quiet spell (nothing accepted may go uncommitted).
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -148,4 +149,66 @@ fn a_thread_limit_after_a_quiet_spell_fails_no_commit() {
         let out = crate::common::pond(&["cat", pond.path(), &format!("during-{i}")]);
         assert_eq!(out.stdout, b"limited", "{}", describe(&out));
     }
+}
+
+/// `pond mount POND MNT` with an open-file limit of `limit`, soft and hard (raising the soft
+/// limit to the hard one gains nothing).
+fn mount_with_nofile(pond: &TestPond, mnt: &Path, limit: u64) -> Mounted {
+    let mut mount = std::process::Command::new(pond_bin());
+    mount.args(["mount", pond.path(), mnt.to_str().unwrap()]);
+    // SAFETY: setrlimit is async-signal-safe; nothing else runs before exec.
+    unsafe {
+        mount.pre_exec(move || {
+            nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, limit, limit)?;
+            Ok(())
+        });
+    }
+    let out = mount.output().unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    Mounted { mountpoint: mnt.to_path_buf(), pond: pond.root.clone() }
+}
+
+/// A commit makes every object and pack stored since the last one durable. It opened them all
+/// before fsyncing any: past the open-file limit each attempt failed with EMFILE, and the retries
+/// (with still more files pending) failed forever.
+#[test]
+fn a_commit_with_more_files_pending_than_the_open_file_limit_allows_makes_them_durable_in_batches() {
+    use std::os::unix::fs::FileExt;
+    const LIMIT: u64 = 160;
+    // Each poke below closes the pack the file's oldest stored chunk is in, and publishes it
+    // (durable at the next commit): more of them pending than the daemon may have open.
+    const POKES: usize = 2 * LIMIT as usize;
+    const C: usize = crate::common::sizes::C;
+    let pond = TestPond::new();
+    let mnt = pond.scratch("mnt");
+    let m = mount_with_nofile(&pond, &mnt, LIMIT);
+    // Write-only: direct I/O, each write reaches the daemon as it is made. Committed empty first,
+    // so that the writes wake no commit until the fsync at the end.
+    let f = std::fs::OpenOptions::new().write(true).create_new(true).open(m.path("big")).unwrap();
+    f.sync_all().unwrap();
+    // Seventeen chunks: one past what a draft keeps in memory, so the oldest is stored in a pack.
+    let mut want = crate::common::pattern(17 * C, 5);
+    f.write_all_at(&want, 0).unwrap();
+    for k in 0..POKES {
+        // The chunk stored last is written again: its pack closes, the next chunk starts another.
+        let at = (k % 16) * C + k / 16;
+        let byte = [(k % 251) as u8 ^ 0x5a];
+        f.write_all_at(&byte, at as u64).unwrap();
+        want[at] = byte[0];
+    }
+    let pending = std::fs::read_dir(pond.root.join("_large_files/packs")).unwrap().count();
+    assert!(pending > LIMIT as usize, "{pending} packs published since the last commit: more than {LIMIT}");
+    // fsync commits: it must not fail (EMFILE, as EIO) nor hang.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f.sync_all());
+    });
+    match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(synced) => synced.unwrap_or_else(|e| panic!("fsync with {pending} packs pending: {e}")),
+        Err(_) => panic!("fsync with {pending} packs pending still waiting after 60 s"),
+    }
+    m.unmount();
+    let out = crate::common::pond(&["cat", pond.path(), "big"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    crate::common::assert_same_bytes(&out.stdout, &want, "the file after its commit");
 }

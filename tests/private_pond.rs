@@ -1,9 +1,10 @@
 //! A pond is its owner's alone: every directory 0700 and every file 0600 whatever the umask, an
 //! older pond made private when a writer opens it, and no link followed in the pond's own
 //! directories (`_pond/`, its lock, spill directory and log), so whoever can write into a pond
-//! cannot make its owner (root, for an fstab mount or `pond gc`) touch anything elsewhere.
+//! cannot make its owner (root, for an fstab mount or `pond gc`) touch anything elsewhere; a log
+//! given as `log=FILE` is a regular file of its own too (never a FIFO, a symlink or a hard link).
 
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -252,4 +253,71 @@ fn links_in_the_ponds_own_directories_are_never_followed() {
         assert_refused(&pond(&["gc", p.path()]), &format!("gc with {link} a link"));
         victim.assert_untouched(link);
     }
+}
+
+/// `pond ARGS`, killed (with the daemons it left for this pond) if it has not exited within
+/// `limit`: a test that would hang fails instead.
+fn pond_within(args: &[&str], pond_root: &Path, limit: std::time::Duration) -> Output {
+    let child = Command::new(pond_bin())
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run pond");
+    let pid = child.id() as i32;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(out) => out.expect("wait for pond"),
+        Err(_) => {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
+            for daemon in crate::common::daemons(pond_root, None) {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(daemon), nix::sys::signal::SIGKILL);
+            }
+            panic!("pond {args:?} still running after {limit:?}");
+        }
+    }
+}
+
+#[test]
+fn a_log_file_that_is_a_fifo_a_symlink_or_a_hard_link_is_refused_at_once_by_name() {
+    // A FIFO blocked the daemon's open forever (the mount never came up, nor failed); a hard link
+    // to a file elsewhere was appended to, and a symlink refused only by a lucky ELOOP.
+    let victim = Victim::new();
+    let p = TestPond::new();
+    let logs = p.scratch("logs");
+    let fifo = logs.join("fifo.log");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let symlink = logs.join("symlink.log");
+    std::os::unix::fs::symlink(&victim.file, &symlink).unwrap();
+    let hard = logs.join("hard.log");
+    std::fs::hard_link(&victim.file, &hard).unwrap();
+    let victim_mode = std::fs::metadata(&victim.file).unwrap().mode();
+    let mnt = p.scratch("mnt");
+    for (log, expect) in [
+        (&fifo, "is not a regular file (a FIFO, device or socket)"),
+        (&symlink, "is a symlink"),
+        (&hard, "has other hard links"),
+    ] {
+        // Unmounts should a refused log mount after all.
+        let _guard = Mounted { mountpoint: mnt.clone(), pond: p.root.clone() };
+        let opt = format!("log={}", s(log));
+        let out = pond_within(&["mount", p.path(), s(&mnt), "-o", &opt], &p.root, std::time::Duration::from_secs(20));
+        let what = format!("log={}", log.file_name().unwrap().to_string_lossy());
+        assert!(!out.status.success(), "{what} must be refused: {}", describe(&out));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(&format!("log file {} {expect}", s(log))), "{what}: {}", describe(&out));
+        assert!(!crate::common::is_mounted(&mnt), "{what}: not mounted");
+    }
+    assert!(std::fs::symlink_metadata(&fifo).unwrap().file_type().is_fifo(), "the FIFO is left as it was");
+    assert_eq!(std::fs::metadata(&victim.file).unwrap().mode(), victim_mode, "the linked file's mode untouched");
+    victim.assert_untouched("log=");
+    // A regular file is the log.
+    let ok = logs.join("mount.log");
+    let m = Mounted::new(&p.root, &mnt, &[&format!("log={}", s(&ok))]);
+    std::fs::write(m.path("f"), b"x").unwrap();
+    m.unmount();
+    assert_eq!(std::fs::metadata(&ok).unwrap().mode() & 0o7777, 0o600, "the log is private");
 }

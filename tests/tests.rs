@@ -6,7 +6,8 @@ mod common;
 mod concurrency;
 /// The filesystem core without FUSE: write path, threshold, POSIX namespace rules, persistence.
 mod core_fs;
-/// Orphans and gc, corrupt chunks, bad command-line input, torn checkpoints and the fsync order (strace).
+/// Orphans and gc, corrupt chunks, bad command-line input, torn checkpoints and the fsync order (strace),
+/// an object a killed writer left unsynced made durable when reused.
 mod crash;
 /// Crash loop: random operations on a mount, SIGKILL at random moments, every fsynced state whole after remount.
 mod crash_loop;
@@ -23,7 +24,7 @@ mod fuse_tools;
 mod hostile_input;
 /// The large-file store and HybridWriter: chunking, hashing, dedup, corruption, bounded memory.
 mod large_files;
-/// Resource limits: the open-file limit, threads per fsync, a thread limit after a quiet spell.
+/// Resource limits: the open-file limit (raised; commits within it), threads per fsync, a thread limit after a quiet spell.
 mod limits;
 /// mount(8)/fstab/systemd helpers, scripts/install.sh, and pond mount's daemon mode under them.
 mod mount_helper;

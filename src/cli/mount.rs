@@ -15,12 +15,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-use std::os::unix::fs::OpenOptionsExt;
-
 use pond::fs::{FsError, FsOptions, PondFs};
 use pond::fuse::MountConfig;
 use pond::layout::{WORK_DIR, WORK_LOG, WORK_MOUNTS_DIR};
-use pond::private_fs::{FileAccess, PrivateDir, PrivateFsError};
+use pond::private_fs::{FileAccess, PrivateDir, PrivateFsError, open_user_file};
 
 use super::mount_options::{self, MountOptions};
 
@@ -165,10 +163,12 @@ fn daemon(pond: &Path, mountpoint: &Path, opts: &MountOptions, report: OwnedFd) 
     }
 }
 
-/// The daemon's log, 0600: `log=FILE` (its last component never a symlink), or `POND/_pond/mount.log`
-/// opened through the private `_pond/` (see `private_fs`). A log that cannot be opened because the
-/// pond or the directory is read-only is no reason not to mount (`None`: no log); a symlink, a
-/// FIFO or a hard link where the log should be is refused.
+/// The daemon's log, 0600: `log=FILE` (its directory followed as given, the file itself never a
+/// symlink), or `POND/_pond/mount.log` opened through the private `_pond/`; both opened and checked
+/// by `private_fs`. A log that cannot be opened because the pond or the directory is read-only is
+/// no reason not to mount (`None`: no log); a symlink, anything but a regular file (a FIFO would
+/// block the open, a device is no log) or a file with other hard links where the log should be is
+/// refused.
 fn open_log(pond: &Path, opts: &MountOptions) -> anyhow::Result<Option<std::fs::File>> {
     let opened = match &opts.log {
         Some(path) => {
@@ -176,17 +176,19 @@ fn open_log(pond: &Path, opts: &MountOptions) -> anyhow::Result<Option<std::fs::
             if let Some(dir) = path.parent() {
                 let _ = std::fs::create_dir_all(dir);
             }
-            let opened = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .mode(0o600)
-                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-                .open(&path);
-            match opened {
-                Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
-                    bail!("log file {} is a symlink: give the file itself", path.display())
+            match open_user_file(&path, FileAccess::Append) {
+                Err(PrivateFsError::Symlink(p)) => bail!("log file {} is a symlink: give the file itself", p.display()),
+                Err(PrivateFsError::NotRegular(p)) => {
+                    bail!(
+                        "log file {} is not a regular file (a FIFO, device or socket): give a regular file",
+                        p.display()
+                    )
                 }
-                other => other.map_err(|source| PrivateFsError::Io { path: path.clone(), source }),
+                Err(PrivateFsError::Linked(p)) => bail!(
+                    "log file {} has other hard links: pond does not append to a file with other names; give another",
+                    p.display()
+                ),
+                other => other,
             }
         }
         None => PrivateDir::ensure(pond, WORK_DIR).and_then(|dir| dir.open_file(WORK_LOG, FileAccess::Append)),
