@@ -297,7 +297,7 @@ fn a_log_file_that_is_a_fifo_a_symlink_or_a_hard_link_is_refused_at_once_by_name
     let victim_mode = std::fs::metadata(&victim.file).unwrap().mode();
     let mnt = p.scratch("mnt");
     for (log, expect) in [
-        (&fifo, "is not a regular file (a FIFO, device or socket)"),
+        (&fifo, "is not a regular file (a FIFO or a socket)"),
         (&symlink, "is a symlink"),
         (&hard, "has other hard links"),
     ] {
@@ -320,4 +320,21 @@ fn a_log_file_that_is_a_fifo_a_symlink_or_a_hard_link_is_refused_at_once_by_name
     std::fs::write(m.path("f"), b"x").unwrap();
     m.unmount();
     assert_eq!(std::fs::metadata(&ok).unwrap().mode() & 0o7777, 0o600, "the log is private");
+    // /dev/null keeps no log (only root makes device nodes, so none is planted).
+    let m = Mounted::new(&p.root, &mnt, &["log=/dev/null"]);
+    std::fs::write(m.path("g"), b"y").unwrap();
+    m.unmount();
+    assert!(std::fs::metadata("/dev/null").unwrap().file_type().is_char_device(), "/dev/null left a device");
+    // A replica's mount opens its log= the same way.
+    let remote = p.scratch("remote");
+    let out = pond_within(&["replicate", p.path(), s(&remote)], &p.root, std::time::Duration::from_secs(60));
+    assert!(out.status.success(), "{}", describe(&out));
+    let _guard = Mounted { mountpoint: mnt.clone(), pond: p.root.clone() };
+    let url = format!("file://{}", s(&remote));
+    let opts = format!("log={},cache={}", s(&fifo), s(&p.scratch("cache")));
+    let out = pond_within(&["mount", &url, s(&mnt), "-o", &opts], &p.root, std::time::Duration::from_secs(20));
+    assert!(!out.status.success(), "a replica mount with log= a FIFO must be refused: {}", describe(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is not a regular file"), "the replica mount names the log: {}", describe(&out));
+    assert!(!crate::common::is_mounted(&mnt), "the replica is not mounted");
 }

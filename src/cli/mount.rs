@@ -163,40 +163,53 @@ fn daemon(pond: &Path, mountpoint: &Path, opts: &MountOptions, report: OwnedFd) 
     }
 }
 
-/// The daemon's log, 0600: `log=FILE` (its directory followed as given, the file itself never a
-/// symlink), or `POND/_pond/mount.log` opened through the private `_pond/`; both opened and checked
-/// by `private_fs`. A log that cannot be opened because the pond or the directory is read-only is
-/// no reason not to mount (`None`: no log); a symlink, anything but a regular file (a FIFO would
-/// block the open, a device is no log) or a file with other hard links where the log should be is
-/// refused.
+/// The daemon's log, 0600: `log=FILE` ([`open_log_file`]), or `POND/_pond/mount.log` opened
+/// through the private `_pond/` by `private_fs`. A log that cannot be opened because the pond or the
+/// directory is read-only is no reason not to mount (`None`: no log); what `open_log_file` refuses
+/// is refused.
 fn open_log(pond: &Path, opts: &MountOptions) -> anyhow::Result<Option<std::fs::File>> {
     let opened = match &opts.log {
-        Some(path) => {
-            let path = std::path::absolute(path).unwrap_or_else(|_| path.clone());
-            if let Some(dir) = path.parent() {
-                let _ = std::fs::create_dir_all(dir);
-            }
-            match open_user_file(&path, FileAccess::Append) {
-                Err(PrivateFsError::Symlink(p)) => bail!("log file {} is a symlink: give the file itself", p.display()),
-                Err(PrivateFsError::NotRegular(p)) => {
-                    bail!(
-                        "log file {} is not a regular file (a FIFO, device or socket): give a regular file",
-                        p.display()
-                    )
-                }
-                Err(PrivateFsError::Linked(p)) => bail!(
-                    "log file {} has other hard links: pond does not append to a file with other names; give another",
-                    p.display()
-                ),
-                other => other,
-            }
-        }
+        Some(path) => return open_log_file(path),
         None => PrivateDir::ensure(pond, WORK_DIR).and_then(|dir| dir.open_file(WORK_LOG, FileAccess::Append)),
     };
     match opened {
         Ok(file) => Ok(Some(file)),
         Err(PrivateFsError::Io { .. }) => Ok(None),
         Err(e) => Err(anyhow::Error::from(e).context("opening the daemon's log")),
+    }
+}
+
+/// A daemon's `log=FILE` (a pond's or a replica's mount), opened to append: its directory
+/// followed as given (and made if missing), the file itself opened by `private_fs` (never through
+/// a symlink, a regular file with no other hard links, made 0600), so whoever can write into that
+/// directory cannot make a root daemon append to a file elsewhere or block on a FIFO. A character
+/// device (`/dev/null`, to keep no log) is opened as it is: only root makes device nodes. A file
+/// that cannot be opened at all (a read-only directory) is no reason not to mount (`None`).
+pub(super) fn open_log_file(path: &Path) -> anyhow::Result<Option<std::fs::File>> {
+    use std::os::unix::fs::FileTypeExt;
+    let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    if std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_char_device()) {
+        return std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .map(Some)
+            .with_context(|| format!("opening the log device {}", path.display()));
+    }
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    match open_user_file(&path, FileAccess::Append) {
+        Ok(file) => Ok(Some(file)),
+        Err(PrivateFsError::Symlink(p)) => bail!("log file {} is a symlink: give the file itself", p.display()),
+        Err(PrivateFsError::NotRegular(p)) => {
+            bail!("log file {} is not a regular file (a FIFO or a socket): give a regular file", p.display())
+        }
+        Err(PrivateFsError::Linked(p)) => bail!(
+            "log file {} has other hard links: pond does not append to a file with other names; give another",
+            p.display()
+        ),
+        Err(PrivateFsError::Io { .. }) => Ok(None),
+        Err(e) => Err(anyhow::Error::from(e).context(format!("opening the log file {}", path.display()))),
     }
 }
 

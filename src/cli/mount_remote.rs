@@ -19,7 +19,7 @@ use anyhow::{Context, bail};
 use pond::remote_mount::refresh::Refresher;
 use pond::remote_mount::{DEFAULT_CACHE_SIZE, DEFAULT_TIMEOUT, Replica, ReplicaConfig, cache_dir};
 
-use super::mount::{check_fuse_available, check_mountpoint, fuse_mount_source};
+use super::mount::{check_fuse_available, check_mountpoint, fuse_mount_source, open_log_file};
 use super::replica_options::{self, ReplicaMountOptions, aws_settings, default_cache_root};
 
 /// The replica configuration the options and environment give.
@@ -90,7 +90,15 @@ fn daemon(cfg: &ReplicaConfig, mountpoint: &Path, opts: &ReplicaMountOptions, re
     if let Some(dir) = log_path.parent() {
         let _ = private_dir(dir);
     }
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path);
+    let mut report = std::fs::File::from(report);
+    let log = match open_log_file(&log_path) {
+        Ok(Some(log)) => Ok(log),
+        Ok(None) => Err(()),
+        Err(e) => {
+            let _ = write!(report, "err {e:#}");
+            return 2;
+        }
+    };
     if let (Ok(null), Ok(log)) = (std::fs::OpenOptions::new().read(true).write(true).open("/dev/null"), &log) {
         // SAFETY: dup2 onto the standard descriptors of this (single-threaded) process.
         unsafe {
@@ -109,7 +117,6 @@ fn daemon(cfg: &ReplicaConfig, mountpoint: &Path, opts: &ReplicaMountOptions, re
             .log_internal_errors(false)
             .try_init();
     }
-    let mut report = std::fs::File::from(report);
     match serve(cfg, mountpoint, opts, Some(&mut report)) {
         Ok(()) => 0,
         Err(e) => {
