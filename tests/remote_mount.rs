@@ -487,7 +487,8 @@ fn the_server_stopped_mid_read_gives_eio_within_the_timeout_and_the_mount_recove
     // The mount keeps serving: listing, attributes, and what is cached.
     assert!(std::fs::read_dir(mnt.mountpoint.join("dir")).unwrap().count() == 1);
     let started = Instant::now();
-    assert_same_bytes(&std::fs::read(mnt.path("dir/inner")).unwrap(), &pattern(3 * C + 7, 2), "cached, server down");
+    let inner = std::fs::read(mnt.path("dir/inner")).unwrap_or_else(|e| panic!("{e}; log:\n{}", log_text(&work)));
+    assert_same_bytes(&inner, &pattern(3 * C + 7, 2), "cached, server down");
     assert!(started.elapsed() < Duration::from_secs(1), "a cached file waits for no remote");
 
     proxy.set_up(true);

@@ -15,13 +15,29 @@ use pond::remote_mount::Replica;
 
 use super::format_time;
 
-fn open(pond: &Path, version: Option<u64>) -> anyhow::Result<PondFs> {
+/// A pond or a replica opened to read. The replica lives as long as its view, and goes after it:
+/// dropping it waits for the chunks read to be written to the cache (`Replica`'s drop), so a
+/// later reader finds them there.
+struct Opened {
+    fs: PondFs,
+    _replica: Option<Replica>,
+}
+
+impl std::ops::Deref for Opened {
+    type Target = PondFs;
+    fn deref(&self) -> &PondFs {
+        &self.fs
+    }
+}
+
+fn open(pond: &Path, version: Option<u64>) -> anyhow::Result<Opened> {
     if let Some(url) = url_of(pond) {
         let replica = replica(url)?;
         let v = replica.sync(version).with_context(|| format!("reading the log of {url}"))?;
-        return Ok(replica.open_view(v)?);
+        return Ok(Opened { fs: replica.open_view(v)?, _replica: Some(replica) });
     }
-    Ok(PondFs::open(pond, FsOptions { read_only: true, version, threshold: None })?)
+    let fs = PondFs::open(pond, FsOptions { read_only: true, version, threshold: None })?;
+    Ok(Opened { fs, _replica: None })
 }
 
 /// The replica's URL, when `pond` names one.

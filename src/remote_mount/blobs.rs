@@ -157,6 +157,22 @@ impl RemoteBlobs {
         }
     }
 
+    /// Waits, `limit` at most, until no read-ahead is in flight and every range it fetched is
+    /// written to the disk cache: a reader about to exit (`pond cat URL`, a daemon unmounted) keeps
+    /// in the cache what it read, so a later mount has it without the remote. (A read-ahead span
+    /// hands its bytes to the waiting read before it queues their write.)
+    pub fn settle(&self, limit: std::time::Duration) {
+        let deadline = std::time::Instant::now() + limit;
+        let idle = |s: &Semaphore, all: usize| s.available_permits() >= all;
+        while !(idle(&self.shared.spans, SPANS_IN_FLIGHT) && idle(&self.shared.writes, WRITES_QUEUED)) {
+            if std::time::Instant::now() >= deadline {
+                tracing::debug!("read-ahead still under way at exit; what it fetched is not all cached");
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
     /// Chunk ranges fetched because a read wanted them now (read-ahead not counted).
     pub fn demand_fetches(&self) -> u64 {
         self.shared.demand_fetches.load(Ordering::Relaxed)

@@ -71,6 +71,13 @@ pub struct Replica {
     blobs: RemoteBlobs,
 }
 
+impl Drop for Replica {
+    /// What was read stays cached for the next reader (see [`RemoteBlobs::settle`]).
+    fn drop(&mut self) {
+        self.blobs.settle(Duration::from_secs(5));
+    }
+}
+
 /// The directory of `url`'s cache under `cache_root`: named by the URL's BLAKE3, so one cache root
 /// serves any number of replicas.
 pub fn cache_dir(cache_root: &Path, url: &str) -> PathBuf {
