@@ -225,6 +225,33 @@ fn a_tampered_chunk_reads_as_eio_and_is_named_in_the_log() {
 }
 
 #[test]
+fn a_directory_replica_s_links_are_refused_not_followed() {
+    // A pack moved out of the replica and linked back holds exactly the right bytes: a mount that
+    // followed the link would serve them. It must refuse to read through it instead (EIO), as
+    // replicate and restore refuse a directory remote holding a link.
+    let (src, big) = sample_pond();
+    let remote = src.scratch("remote");
+    replicate(&src, s(&remote), &[]);
+    let outside = src.scratch("outside");
+    let packs = remote.join("_large_files/packs");
+    for entry in std::fs::read_dir(&packs).unwrap() {
+        let pack = entry.unwrap().path();
+        let moved = outside.join(pack.file_name().unwrap());
+        std::fs::rename(&pack, &moved).unwrap();
+        std::os::unix::fs::symlink(&moved, &pack).unwrap();
+    }
+    let work = src.scratch("work");
+    let mnt = ReplicaMount::new(&file_url(&remote), &work.join("mnt"), &options(&work, &["timeout=5"]), &[]);
+    assert_eq!(std::fs::read(mnt.path("small")).unwrap(), b"small file\n", "inline content needs no pack");
+    let started = Instant::now();
+    let err = std::fs::read(mnt.path("big")).expect_err("a chunk behind a link must not be read");
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(4), "refused at once, not retried: {:?}", started.elapsed());
+    drop(mnt);
+    assert_ne!(big.len(), 0);
+}
+
+#[test]
 fn a_corrupted_cache_entry_is_fetched_again_not_served() {
     let (src, big) = sample_pond();
     let remote = src.scratch("remote");

@@ -57,6 +57,7 @@
 pub mod error;
 pub mod local_dir;
 pub mod lock;
+pub mod no_links;
 pub mod prune;
 pub mod remote;
 pub mod restore;

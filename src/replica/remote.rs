@@ -1,5 +1,6 @@
 //! `Remote`: where a replica lives, as an [`ObjectStore`] opened from a URL — a path or
-//! `file:///path` (object_store's `LocalFileSystem`) or `s3://bucket/prefix` (`AmazonS3`). It
+//! `file:///path` (object_store's `LocalFileSystem`, read through [`NoLinkStore`] so that no read
+//! follows a link) or `s3://bucket/prefix` (`AmazonS3`). It
 //! lists with sizes, streams a local file up, and streams an object down to a file, all in bounded
 //! memory; it knows nothing of versions.
 //!
@@ -32,13 +33,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
-use object_store::local::LocalFileSystem;
 use object_store::path::Path as StorePath;
 use object_store::prefix::PrefixStore;
 use object_store::{GetResultPayload, ObjectStore, ObjectStoreExt};
 
 use super::error::ReplicaError;
 use super::local_dir;
+use super::no_links::NoLinkStore;
 use crate::layout::PondFile;
 use crate::oplog::log::{Base, LogView};
 
@@ -151,7 +152,7 @@ impl Remote {
         } else if !dir.is_dir() {
             return Err(bad_url(url, "no such directory"));
         }
-        let store = LocalFileSystem::new_with_prefix(&dir).map_err(|e| bad_url(url, e.to_string()))?;
+        let store = NoLinkStore::new(dir.clone()).map_err(|e| bad_url(url, e.to_string()))?;
         let dir = std::fs::canonicalize(&dir).map_err(|e| ReplicaError::io(&dir, e))?;
         Ok(Remote { store: Arc::new(store), url: url.to_string(), local: Some(dir) })
     }
