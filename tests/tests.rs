@@ -1,5 +1,7 @@
 //! The one integration test binary (each extra binary is another slow link with deltalake in the tree).
 
+/// Chunk-level storage end to end: what a change stores through a mount and rsync, shared and missing chunks, versions.
+mod chunk_paths;
 /// Temp ponds, the mount guard, sizes relative to the threshold, trees and byte comparisons.
 mod common;
 /// Writers, readers, ls -lR, replicate --follow and verify at once on one mount: no stall, no torn read, no lost update.

@@ -46,8 +46,37 @@ impl VerifyReport {
     }
 }
 
-/// Which object each large-file row references: the size and SHA-256 the row records, and where.
-type References = BTreeMap<Blake3Hash, (u64, Option<Sha256Digest>, String)>;
+/// Which object each large-file row references: the size and SHA-256 the first such row records,
+/// where it is, and every inode whose rows reference the object (a copy or an unchanged version
+/// shares it), so damage to the object names each file it breaks.
+type References = BTreeMap<Blake3Hash, Reference>;
+
+struct Reference {
+    size: u64,
+    sha256: Option<Sha256Digest>,
+    from: String,
+    /// The inode of that first row.
+    first: u64,
+    inodes: BTreeSet<u64>,
+}
+
+/// Inodes named after the first reference at most, the rest counted.
+const OTHER_INODES_NAMED: usize = 8;
+
+impl Reference {
+    /// `inode 3 in part-....parquet`, then the other inodes: `, inode 2, inode 7`.
+    fn users(&self) -> String {
+        let others: Vec<u64> = self.inodes.iter().copied().filter(|i| *i != self.first).collect();
+        let mut out = self.from.clone();
+        for ino in others.iter().take(OTHER_INODES_NAMED) {
+            out.push_str(&format!(", inode {ino}"));
+        }
+        if others.len() > OTHER_INODES_NAMED {
+            out.push_str(&format!(" and {} more inodes", others.len() - OTHER_INODES_NAMED));
+        }
+        out
+    }
+}
 
 /// Check the pond at `root`. `Err` only when `root` is not a pond at all; damage is in the report.
 pub fn verify_pond(root: &Path) -> Result<VerifyReport, OplogError> {
@@ -209,13 +238,15 @@ fn check_objects(store: &LargeFileStore, refs: &References) -> Vec<ObjectCheck> 
 fn check_object(
     store: &LargeFileStore,
     hash: &Blake3Hash,
-    (size, sha256, from): &(u64, Option<Sha256Digest>, String),
+    claimed: &Reference,
     seen: &Mutex<VerifiedChunks>,
 ) -> ObjectCheck {
+    let (size, sha256, from) = (&claimed.size, &claimed.sha256, &claimed.from);
+    let users = claimed.users();
     let reader = match store.open(hash) {
         Err(e) => {
             return ObjectCheck {
-                damage: vec![format!("object {hash} (referenced by {from}): {e}")],
+                damage: vec![format!("object {hash} (referenced by {users}): {e}")],
                 ..Default::default()
             };
         }
@@ -231,7 +262,7 @@ fn check_object(
         damage.push(format!("object {hash}: SHA-256 {recorded} but {from} records {row}"));
     }
     if let Err(errors) = reader.verify(Some(seen)) {
-        damage.extend(errors.into_iter().map(|e| format!("object {hash} (referenced by {from}): {e}")));
+        damage.extend(errors.into_iter().map(|e| format!("object {hash} (referenced by {users}): {e}")));
     }
     ObjectCheck { size: Some(reader.size()), damage, data_files: reader.data_files() }
 }
@@ -352,7 +383,16 @@ fn check_row(rel: &str, row: &OplogRow, report: &mut VerifyReport, refs: &mut Re
             report.damage.push(format!("data file {rel}: inode {ino}: inline content missing"));
         }
         Some(Content::Large { hash, sha256 }) => {
-            refs.entry(*hash).or_insert_with(|| (d.size, *sha256, format!("inode {ino} in {rel}")));
+            refs.entry(*hash)
+                .or_insert_with(|| Reference {
+                    size: d.size,
+                    sha256: *sha256,
+                    from: format!("inode {ino} in {rel}"),
+                    first: *ino,
+                    inodes: BTreeSet::new(),
+                })
+                .inodes
+                .insert(*ino);
         }
         None => {}
     }

@@ -280,7 +280,7 @@ impl PondFs {
         if mode.write || mode.truncate {
             self.writable()?;
         }
-        let (file, pinned) = {
+        let (file, pinned, large) = {
             let mut t = self.lock_tree();
             let node = t.node(ino)?;
             match node.data.kind {
@@ -288,6 +288,7 @@ impl PondFs {
                 NodeKind::File => {}
                 _ => return Err(FsError::NotSupported("open of a special file")),
             }
+            let large = matches!(node.data.content, Some(Content::Large { .. }));
             // Read-only: the file is read as it is now, whatever version the view moves to.
             let pinned = match (&self.committer, &node.data.content) {
                 (None, Some(content)) => Some(Pinned {
@@ -297,8 +298,22 @@ impl PondFs {
                 }),
                 _ => None,
             };
-            (self.attach(&mut t, ino)?, pinned)
+            (self.attach(&mut t, ino)?, pinned, large)
         };
+        // A writable session learns where a large file's committed chunks are when the file is
+        // opened, not only once it is read: a tool that rebuilds a file beside its old version
+        // (rsync opens the old one as its basis, writes a temp file and renames it over) then
+        // finds the chunks it repeats already stored, in a session that never read the old file.
+        // The reader is the one the first read would open; one that fails is left to that read.
+        if large && self.committer.is_some() && !mode.truncate {
+            let mut s = file.lock();
+            if s.writer.is_none() && s.reader.is_none() {
+                match self.content_reader(ino) {
+                    Ok(r) => s.reader = Some(r),
+                    Err(e) => tracing::debug!(ino, "open could not read the committed content yet: {e}"),
+                }
+            }
+        }
         let content_id = pinned.as_ref().map(|p| (*p.content.hash(), p.attr.size));
         if let Some(pinned) = pinned {
             file.lock().pinned.get_or_insert(pinned);

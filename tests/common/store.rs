@@ -34,3 +34,20 @@ pub fn objects(root: &Path) -> Vec<Blake3Hash> {
 pub fn store_files(root: &Path) -> Vec<PondFile> {
     LargeFileStore::new(root).list().expect("list the store")
 }
+
+/// Bytes in the files under `root`'s `_large_files/` (objects, packs and anything else the store
+/// left there), its `.tmp/` of files being written aside: what the store takes on disk.
+pub fn large_files_bytes(root: &Path) -> u64 {
+    fn walk(dir: &Path) -> u64 {
+        let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+        entries
+            .flatten()
+            .filter(|e| e.file_name() != pond::layout::STORE_TMP_DIR)
+            .map(|e| {
+                let m = e.metadata().expect("stat a store file");
+                if m.is_dir() { walk(&e.path()) } else { m.len() }
+            })
+            .sum()
+    }
+    walk(&root.join(pond::layout::LARGE_FILES_DIR))
+}
