@@ -95,33 +95,45 @@ fn concurrent_fsyncs_do_not_each_take_a_thread() {
     assert_eq!(crate::common::pond(&["cat", pond.path(), "f299"]).stdout, b"data");
 }
 
-/// The daemon moved into a pids cgroup (v1) whose limit is what it has: no new thread may start.
+/// A pids cgroup (v1): the daemon moved into it with a limit of what it has (no new thread may
+/// start), or an empty one a child process joins itself.
 struct ThreadLimit {
     cgroup: PathBuf,
-    pid: i32,
+    pid: Option<i32>,
 }
 
 impl ThreadLimit {
-    fn new(pid: i32) -> ThreadLimit {
+    fn root() -> &'static Path {
         let root = Path::new("/sys/fs/cgroup/pids");
         assert!(
             root.join("cgroup.procs").exists(),
             "this test needs the cgroup v1 pids controller at {} (to limit a process's threads, even root's)",
             root.display()
         );
-        let cgroup = root.join(format!("pond-test-{pid}"));
-        std::fs::create_dir(&cgroup).unwrap();
-        let limit = ThreadLimit { cgroup, pid };
+        root
+    }
+
+    fn new(pid: i32) -> ThreadLimit {
+        let mut limit = ThreadLimit::empty(&pid.to_string());
+        limit.pid = Some(pid);
         std::fs::write(limit.cgroup.join("cgroup.procs"), pid.to_string()).unwrap();
         let current = std::fs::read_to_string(limit.cgroup.join("pids.current")).unwrap();
         std::fs::write(limit.cgroup.join("pids.max"), current.trim()).unwrap();
         limit
     }
+
+    fn empty(name: &str) -> ThreadLimit {
+        let cgroup = ThreadLimit::root().join(format!("pond-test-{name}"));
+        std::fs::create_dir(&cgroup).unwrap();
+        ThreadLimit { cgroup, pid: None }
+    }
 }
 
 impl Drop for ThreadLimit {
     fn drop(&mut self) {
-        let _ = std::fs::write("/sys/fs/cgroup/pids/cgroup.procs", self.pid.to_string());
+        if let Some(pid) = self.pid {
+            let _ = std::fs::write(ThreadLimit::root().join("cgroup.procs"), pid.to_string());
+        }
         let _ = std::fs::remove_dir(&self.cgroup);
     }
 }
@@ -211,4 +223,84 @@ fn a_commit_with_more_files_pending_than_the_open_file_limit_allows_makes_them_d
     let out = crate::common::pond(&["cat", pond.path(), "big"]);
     assert!(out.status.success(), "{}", describe(&out));
     crate::common::assert_same_bytes(&out.stdout, &want, "the file after its commit");
+}
+
+/// The child half of [`a_thread_limit_met_while_opening_refuses_the_open_or_commits`]: joins the
+/// cgroup it is given, allows itself `POND_LIMIT_EXTRA` more threads than it has, opens the pond
+/// read-write and writes, fsyncs and releases a file, printing `OUTCOME <what happened>`.
+#[test]
+#[ignore = "run in a child process by a_thread_limit_met_while_opening_refuses_the_open_or_commits"]
+fn open_under_a_thread_limit_child() {
+    use pond::fs::{FsOptions, PondFs};
+    let var = |k: &str| std::env::var(k).unwrap_or_else(|_| panic!("{k}: set by the parent test"));
+    let (root, cgroup) = (PathBuf::from(var("POND_LIMIT_POND")), PathBuf::from(var("POND_LIMIT_CGROUP")));
+    let extra: u64 = var("POND_LIMIT_EXTRA").parse().unwrap();
+    std::fs::write(cgroup.join("cgroup.procs"), std::process::id().to_string()).unwrap();
+    let current: u64 = std::fs::read_to_string(cgroup.join("pids.current")).unwrap().trim().parse().unwrap();
+    std::fs::write(cgroup.join("pids.max"), (current + extra).to_string()).unwrap();
+    let outcome = match PondFs::open(&root, FsOptions { read_only: false, version: None, threshold: None }) {
+        Err(e) => format!("refused: {e}"),
+        Ok(fs) => {
+            let written = fs
+                .create(pond::oplog::ROOT_INO, b"f", 0o644, libc::O_WRONLY | libc::O_CREAT, crate::common::ME)
+                .and_then(|(_, fh)| fs.write(fh, 0, b"limited").and_then(|_| fs.fsync(fh, false)).map(|()| fh));
+            match written.and_then(|fh| fs.release(fh)) {
+                Ok(()) => "committed".to_string(),
+                Err(e) => format!("failed: {e}"),
+            }
+        }
+    };
+    println!("OUTCOME {outcome}");
+    // Nothing more to check here, and dropping a pond that could not start its threads may
+    // itself need one.
+    std::process::exit(0);
+}
+
+/// Opening a pond read-write starts threads (the I/O runtime's, the committer); a process or
+/// thread limit can refuse any of them. Whichever is refused, the open must fail or the pond must
+/// work: never an open that accepts a write whose fsync then waits forever (a committer thread
+/// whose failed start was swallowed). Every number of threads the open may start is tried.
+#[test]
+fn a_thread_limit_met_while_opening_refuses_the_open_or_commits() {
+    let pond = TestPond::new();
+    pond.open().shutdown().unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let mut outcomes = Vec::new();
+    // Below 17 extra threads the I/O runtime cannot start (1 worker, 16 blocking threads); at 17
+    // the committer cannot; past it the open works.
+    for extra in [0u64, 1, 2, 3, 8, 15, 16, 17, 18, 19, 20, 22, 24, 28, 32, 40, 48, 64] {
+        let limit = ThreadLimit::empty(&format!("open-{}-{extra}", std::process::id()));
+        let child = std::process::Command::new(&exe)
+            .args([
+                "--ignored",
+                "--exact",
+                "limits::open_under_a_thread_limit_child",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("POND_LIMIT_POND", &pond.root)
+            .env("POND_LIMIT_CGROUP", &limit.cgroup)
+            .env("POND_LIMIT_EXTRA", extra.to_string())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = crate::common::wait_with_timeout(child, Duration::from_secs(30)).unwrap_or_else(|| {
+            panic!("with {extra} more threads allowed, the child did not finish in 30 s (an fsync waiting forever?)")
+        });
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let outcome = text.lines().find_map(|l| l.split_once("OUTCOME ")).map(|(_, o)| o.to_string());
+        let outcome = outcome.unwrap_or_else(|| panic!("with {extra} more threads: no outcome; {}", describe(&out)));
+        outcomes.push(format!("{extra}: {outcome}"));
+        drop(limit);
+        if outcome == "committed" {
+            break;
+        }
+    }
+    let summary = outcomes.join("\n");
+    eprintln!("outcomes by extra threads allowed:\n{summary}");
+    assert!(outcomes.iter().any(|o| o.contains("refused")), "some limit refuses the open:\n{summary}");
+    assert!(outcomes.last().unwrap().ends_with("committed"), "enough threads open and commit:\n{summary}");
+    let out = crate::common::pond(&["cat", pond.path(), "f"]);
+    assert_eq!(out.stdout, b"limited", "{}\n{summary}", describe(&out));
 }

@@ -264,21 +264,12 @@ fn pond_within(args: &[&str], pond_root: &Path, limit: std::time::Duration) -> O
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("run pond");
-    let pid = child.id() as i32;
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(limit) {
-        Ok(out) => out.expect("wait for pond"),
-        Err(_) => {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
-            for daemon in crate::common::daemons(pond_root, None) {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(daemon), nix::sys::signal::SIGKILL);
-            }
-            panic!("pond {args:?} still running after {limit:?}");
+    crate::common::wait_with_timeout(child, limit).unwrap_or_else(|| {
+        for daemon in crate::common::daemons(pond_root, None) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(daemon), nix::sys::signal::SIGKILL);
         }
-    }
+        panic!("pond {args:?} still running after {limit:?}");
+    })
 }
 
 #[test]

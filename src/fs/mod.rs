@@ -91,22 +91,65 @@ impl WriterLock {
 /// when the OS refuses a new thread for now (EAGAIN: a thread or pid limit). A committer that met
 /// a thread limit after a quiet spell would otherwise fail every commit until the limit lifts.
 fn runtime() -> Result<tokio::runtime::Runtime, FsError> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .max_blocking_threads(BLOCKING_THREADS)
-        .thread_keep_alive(std::time::Duration::from_secs(365 * 24 * 3600))
-        .thread_name("pond-io")
-        .enable_all()
-        .build()?;
-    let started = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| rt.block_on(rt.spawn_blocking(|| ()))));
+    // tokio panics, rather than failing, when the OS refuses its worker thread (at build) or a
+    // blocking thread (at the first spawn_blocking): both are caught here.
+    let started = std::panic::catch_unwind(|| {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .max_blocking_threads(BLOCKING_THREADS)
+            .thread_keep_alive(std::time::Duration::from_secs(365 * 24 * 3600))
+            .thread_name("pond-io")
+            .enable_all()
+            .build()?;
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| start_blocking_threads(&rt))) {
+            Ok(true) => Ok(rt),
+            _ => Err(std::io::Error::other("not every blocking thread started")),
+        }
+    });
     match started {
-        Ok(Ok(())) => Ok(rt),
+        Ok(Ok(rt)) => Ok(rt),
         _ => Err(FsError::Io("cannot start a thread for the pond's file I/O (a thread or process limit?)".into())),
     }
 }
 
 /// The most blocking threads the runtime keeps (they stay once started, see [`runtime`]).
 const BLOCKING_THREADS: usize = 16;
+
+/// How long starting the blocking threads may take before a thread limit is assumed.
+const BLOCKING_THREADS_START: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Starts all [`BLOCKING_THREADS`] of `rt` now; false when they did not all start in
+/// [`BLOCKING_THREADS_START`]. A pool that could start only some threads deadlocks later rather
+/// than failing: tokio queues a blocking task it has no thread for behind the running ones, and the
+/// Delta library runs blocking tasks that wait for other blocking tasks (an open under a thread
+/// limit hung so). Each task waits until all have started, so each runs on a thread of its own.
+fn start_blocking_threads(rt: &tokio::runtime::Runtime) -> bool {
+    use std::sync::Condvar;
+    let started = Arc::new((Mutex::new(0usize), Condvar::new()));
+    let deadline = std::time::Instant::now() + BLOCKING_THREADS_START;
+    let wait_all = move |(count, cv): &(Mutex<usize>, Condvar), arrive: bool| {
+        let mut n = count.lock().unwrap_or_else(|p| p.into_inner());
+        // Only arrivals in time count: once the others gave up, one thread may run every task
+        // left in the queue.
+        if arrive && std::time::Instant::now() < deadline {
+            *n += 1;
+            cv.notify_all();
+        }
+        while *n < BLOCKING_THREADS {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            n = cv.wait_timeout(n, left).unwrap_or_else(|p| p.into_inner()).0;
+        }
+        *n == BLOCKING_THREADS
+    };
+    for _ in 0..BLOCKING_THREADS {
+        let started = started.clone();
+        drop(rt.spawn_blocking(move || wait_all(&started, true)));
+    }
+    wait_all(&started, false)
+}
 
 pub struct PondFs {
     root: PathBuf,

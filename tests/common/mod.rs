@@ -382,3 +382,19 @@ pub fn write_version(p: &TestPond, name: &str, data: &[u8]) -> u64 {
     fs.shutdown().expect("shutdown");
     latest_version(&p.root)
 }
+
+/// Waits for `child` (its output piped) for `limit` at most: its output, or `None` after killing it.
+pub fn wait_with_timeout(child: std::process::Child, limit: Duration) -> Option<std::process::Output> {
+    let pid = child.id() as i32;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(out) => Some(out.expect("wait for a child process")),
+        Err(_) => {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
+            None
+        }
+    }
+}
