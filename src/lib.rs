@@ -12,3 +12,4 @@ pub mod parquet_bounds;
 pub mod private_fs;
 pub mod remote_mount;
 pub mod replica;
+mod store_delegate;

@@ -213,7 +213,10 @@ fn a_commit_with_more_files_pending_than_the_open_file_limit_allows_makes_them_d
     // fsync commits: it must not fail (EMFILE, as EIO) nor hang.
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let _ = tx.send(f.sync_all());
+        let synced = f.sync_all();
+        // Closed before the unmount below may run (an open file keeps the mount busy).
+        drop(f);
+        let _ = tx.send(synced);
     });
     match rx.recv_timeout(Duration::from_secs(60)) {
         Ok(synced) => synced.unwrap_or_else(|e| panic!("fsync with {pending} packs pending: {e}")),

@@ -96,24 +96,7 @@ pub fn mount(pond: &Path, mountpoint: &Path, foreground: bool, options: &[String
             drop(write_end);
             // The daemon writes `ok` and keeps running (the pipe stays open), or writes its error
             // and exits (the pipe closes).
-            let mut pipe = std::fs::File::from(read_end);
-            let mut msg = Vec::new();
-            let mut buf = [0u8; 4096];
-            loop {
-                let n = pipe.read(&mut buf)?;
-                msg.extend_from_slice(&buf[..n]);
-                if msg.starts_with(b"ok") {
-                    return Ok(ExitCode::SUCCESS);
-                }
-                if n == 0 {
-                    break;
-                }
-            }
-            let msg = String::from_utf8_lossy(&msg);
-            if msg.is_empty() {
-                bail!("the mount daemon exited without reporting; see its log");
-            }
-            bail!("{}", msg.trim_start_matches("err ").trim_end())
+            daemon_report(read_end)
         }
         nix::unistd::ForkResult::Child => {
             drop(read_end);
@@ -161,6 +144,28 @@ fn daemon(pond: &Path, mountpoint: &Path, opts: &MountOptions, report: OwnedFd) 
             2
         }
     }
+}
+
+/// What a mount daemon reports through the pipe `read_end`: `ok` once it serves (the pipe stays
+/// open) or `err <message>` before it exits; nothing at all when it died first.
+pub(super) fn daemon_report(read_end: OwnedFd) -> anyhow::Result<ExitCode> {
+    let mut pipe = std::fs::File::from(read_end);
+    let (mut msg, mut buf) = (Vec::new(), [0u8; 4096]);
+    loop {
+        let n = pipe.read(&mut buf)?;
+        msg.extend_from_slice(&buf[..n]);
+        if msg.starts_with(b"ok") {
+            return Ok(ExitCode::SUCCESS);
+        }
+        if n == 0 {
+            break;
+        }
+    }
+    let msg = String::from_utf8_lossy(&msg);
+    if msg.is_empty() {
+        bail!("the mount daemon exited without reporting; see its log");
+    }
+    bail!("{}", msg.trim_start_matches("err ").trim_end())
 }
 
 /// The daemon's log, 0600: `log=FILE` ([`open_log_file`]), or `POND/_pond/mount.log` opened

@@ -7,7 +7,7 @@
 //! the kernel what each move made stale. It holds a lock per mountpoint in the runtime directory
 //! for its whole life, so `pond umount` returns only once it has exited.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -19,7 +19,7 @@ use anyhow::{Context, bail};
 use pond::remote_mount::refresh::Refresher;
 use pond::remote_mount::{DEFAULT_CACHE_SIZE, DEFAULT_TIMEOUT, Replica, ReplicaConfig, cache_dir};
 
-use super::mount::{check_fuse_available, check_mountpoint, fuse_mount_source, open_log_file};
+use super::mount::{check_fuse_available, check_mountpoint, daemon_report, fuse_mount_source, open_log_file};
 use super::replica_options::{self, ReplicaMountOptions, aws_settings, default_cache_root};
 
 /// The replica configuration the options and environment give.
@@ -55,23 +55,7 @@ pub fn mount(url: &str, mountpoint: &Path, foreground: bool, options: &[String])
             drop(write_end);
             // The daemon writes `ok` and keeps running (the pipe stays open), or writes its error
             // and exits (the pipe closes).
-            let mut pipe = std::fs::File::from(read_end);
-            let (mut msg, mut buf) = (Vec::new(), [0u8; 4096]);
-            loop {
-                let n = pipe.read(&mut buf)?;
-                msg.extend_from_slice(&buf[..n]);
-                if msg.starts_with(b"ok") {
-                    return Ok(ExitCode::SUCCESS);
-                }
-                if n == 0 {
-                    break;
-                }
-            }
-            let msg = String::from_utf8_lossy(&msg);
-            if msg.is_empty() {
-                bail!("the mount daemon exited without reporting; see its log");
-            }
-            bail!("{}", msg.trim_start_matches("err ").trim_end())
+            daemon_report(read_end)
         }
         nix::unistd::ForkResult::Child => {
             drop(read_end);

@@ -364,21 +364,7 @@ mod tests {
     use super::*;
 
     fn dir_inode(parent: u64) -> Inode {
-        let data = NodeData {
-            kind: NodeKind::Dir,
-            mode: 0o755,
-            uid: 0,
-            gid: 0,
-            size: 0,
-            atime_ns: 0,
-            mtime_ns: 0,
-            ctime_ns: 0,
-            nlink: 2,
-            rdev: 0,
-            symlink: None,
-            xattrs: Vec::new(),
-            content: None,
-        };
+        let data = NodeData::empty_dir(0, 0, 0);
         let dir = Some(Dir { entries: BTreeMap::new(), parent });
         Inode { data, dir, open: None, open_count: 0, live: None, lookups: 0 }
     }

@@ -41,7 +41,7 @@ use url::Url;
 use crate::config::{LARGE_FILE_THRESHOLD, Threshold};
 use crate::layout::{LOG_DIR, PondFile, any_checkpoint_version, log_entry_name, read_last_checkpoint};
 pub use error::OplogError;
-use schema::{NodeData, NodeKind, OplogRow, RowKey};
+use schema::{NodeData, OplogRow, RowKey};
 use store::PondStore;
 
 /// Table property holding the pond's inline/large threshold in bytes.
@@ -174,25 +174,7 @@ impl Oplog {
         let mut oplog = Oplog::with_table(root, url, table)?;
         let now = now_ns();
         let (uid, gid) = (nix::unistd::geteuid().as_raw(), nix::unistd::getegid().as_raw());
-        let root_row = OplogRow::Node {
-            ino: ROOT_INO,
-            seq: 1,
-            data: Some(NodeData {
-                kind: NodeKind::Dir,
-                mode: 0o755,
-                uid,
-                gid,
-                size: 0,
-                atime_ns: now,
-                mtime_ns: now,
-                ctime_ns: now,
-                nlink: 2,
-                rdev: 0,
-                symlink: None,
-                xattrs: Vec::new(),
-                content: None,
-            }),
-        };
+        let root_row = OplogRow::Node { ino: ROOT_INO, seq: 1, data: Some(NodeData::empty_dir(uid, gid, now)) };
         oplog.commit_batch(vec![root_row], CommitSummary { operation: "init", files_changed: 1, bytes: 0 }).await?;
         Ok(oplog)
     }

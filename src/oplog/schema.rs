@@ -143,6 +143,27 @@ pub struct NodeData {
     pub content: Option<Content>,
 }
 
+impl NodeData {
+    /// A new, empty directory (mode 0755, two links), owned by `uid`:`gid`, its times `time_ns`.
+    pub fn empty_dir(uid: u32, gid: u32, time_ns: i64) -> NodeData {
+        NodeData {
+            kind: NodeKind::Dir,
+            mode: 0o755,
+            uid,
+            gid,
+            size: 0,
+            atime_ns: time_ns,
+            mtime_ns: time_ns,
+            ctime_ns: time_ns,
+            nlink: 2,
+            rdev: 0,
+            symlink: None,
+            xattrs: Vec::new(),
+            content: None,
+        }
+    }
+}
+
 /// A row of the oplog.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum OplogRow {

@@ -17,10 +17,8 @@
 //! changes: read-only opens stay read-only, and `pond verify` still reports the damage.
 
 use std::collections::BTreeSet;
-use std::future::Future;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -28,14 +26,10 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as StorePath;
-use object_store::{
-    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore, PutMultipartOptions,
-    PutOptions, PutPayload, PutResult, RenameOptions,
-};
+use object_store::{GetOptions, GetResult, ListResult, ObjectMeta, ObjectStore, PutOptions, PutPayload, PutResult};
 
 use crate::layout::{LAST_CHECKPOINT, LOG_DIR, any_checkpoint_version, checkpoint_name, read_last_checkpoint};
-
-type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = object_store::Result<T>> + Send + 'a>>;
+use crate::store_delegate::{StoreFuture, delegate_object_store};
 
 /// The store one pond's table is opened through (see the module doc).
 #[derive(Debug)]
@@ -147,19 +141,6 @@ impl ObjectStore for PondStore {
         })
     }
 
-    fn put_multipart_opts<'life0, 'life1, 'async_trait>(
-        &'life0 self,
-        location: &'life1 StorePath,
-        opts: PutMultipartOptions,
-    ) -> StoreFuture<'async_trait, Box<dyn MultipartUpload>>
-    where
-        'life0: 'async_trait,
-        'life1: 'async_trait,
-        Self: 'async_trait,
-    {
-        self.inner.put_multipart_opts(location, opts)
-    }
-
     fn get_opts<'life0, 'life1, 'async_trait>(
         &'life0 self,
         location: &'life1 StorePath,
@@ -193,13 +174,6 @@ impl ObjectStore for PondStore {
             return Box::pin(async move { Err(e) });
         }
         self.inner.get_ranges(location, ranges)
-    }
-
-    fn delete_stream(
-        &self,
-        locations: BoxStream<'static, object_store::Result<StorePath>>,
-    ) -> BoxStream<'static, object_store::Result<StorePath>> {
-        self.inner.delete_stream(locations)
     }
 
     fn list(&self, prefix: Option<&StorePath>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
@@ -238,33 +212,5 @@ impl ObjectStore for PondStore {
         })
     }
 
-    fn copy_opts<'life0, 'life1, 'life2, 'async_trait>(
-        &'life0 self,
-        from: &'life1 StorePath,
-        to: &'life2 StorePath,
-        options: CopyOptions,
-    ) -> StoreFuture<'async_trait, ()>
-    where
-        'life0: 'async_trait,
-        'life1: 'async_trait,
-        'life2: 'async_trait,
-        Self: 'async_trait,
-    {
-        self.inner.copy_opts(from, to, options)
-    }
-
-    fn rename_opts<'life0, 'life1, 'life2, 'async_trait>(
-        &'life0 self,
-        from: &'life1 StorePath,
-        to: &'life2 StorePath,
-        options: RenameOptions,
-    ) -> StoreFuture<'async_trait, ()>
-    where
-        'life0: 'async_trait,
-        'life1: 'async_trait,
-        'life2: 'async_trait,
-        Self: 'async_trait,
-    {
-        self.inner.rename_opts(from, to, options)
-    }
+    delegate_object_store!(inner: put_multipart_opts, delete_stream, copy_opts, rename_opts);
 }

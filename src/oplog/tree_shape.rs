@@ -73,21 +73,7 @@ mod tests {
     use crate::oplog::schema::NodeData;
 
     fn dir(ino: u64) -> OplogRow {
-        let data = NodeData {
-            kind: NodeKind::Dir,
-            mode: 0o755,
-            uid: 0,
-            gid: 0,
-            size: 0,
-            atime_ns: 0,
-            mtime_ns: 0,
-            ctime_ns: 0,
-            nlink: 2,
-            rdev: 0,
-            symlink: None,
-            xattrs: Vec::new(),
-            content: None,
-        };
+        let data = NodeData::empty_dir(0, 0, 0);
         OplogRow::Node { ino, seq: ino, data: Some(data) }
     }
 

@@ -7,24 +7,17 @@
 //! `LocalFileSystem` (what a listing names is only read through here).
 
 use std::fmt;
-use std::future::Future;
 use std::ops::Range;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::time::SystemTime;
 
-use futures::stream::BoxStream;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as StorePath;
-use object_store::{
-    Attributes, CopyOptions, GetOptions, GetResult, GetResultPayload, ListResult, MultipartUpload, ObjectMeta,
-    ObjectStore, PutMultipartOptions, PutOptions, PutPayload, PutResult, RenameOptions,
-};
+use object_store::{Attributes, GetOptions, GetResult, GetResultPayload, ObjectMeta, ObjectStore};
 
 use super::local_dir;
-
-type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = object_store::Result<T>> + Send + 'a>>;
+use crate::store_delegate::{StoreFuture, delegate_object_store};
 
 /// A directory remote's files, read without following links (see the module doc).
 #[derive(Debug)]
@@ -75,36 +68,8 @@ impl fmt::Display for NoLinkStore {
     }
 }
 
-// The trait is declared with #[async_trait]; these are its methods written out as that macro
-// expands them (as in oplog::store).
+// Written out as #[async_trait] expands it (see store_delegate).
 impl ObjectStore for NoLinkStore {
-    fn put_opts<'life0, 'life1, 'async_trait>(
-        &'life0 self,
-        location: &'life1 StorePath,
-        payload: PutPayload,
-        opts: PutOptions,
-    ) -> StoreFuture<'async_trait, PutResult>
-    where
-        'life0: 'async_trait,
-        'life1: 'async_trait,
-        Self: 'async_trait,
-    {
-        self.inner.put_opts(location, payload, opts)
-    }
-
-    fn put_multipart_opts<'life0, 'life1, 'async_trait>(
-        &'life0 self,
-        location: &'life1 StorePath,
-        opts: PutMultipartOptions,
-    ) -> StoreFuture<'async_trait, Box<dyn MultipartUpload>>
-    where
-        'life0: 'async_trait,
-        'life1: 'async_trait,
-        Self: 'async_trait,
-    {
-        self.inner.put_multipart_opts(location, opts)
-    }
-
     fn get_opts<'life0, 'life1, 'async_trait>(
         &'life0 self,
         location: &'life1 StorePath,
@@ -135,66 +100,16 @@ impl ObjectStore for NoLinkStore {
         })
     }
 
-    fn delete_stream(
-        &self,
-        locations: BoxStream<'static, object_store::Result<StorePath>>,
-    ) -> BoxStream<'static, object_store::Result<StorePath>> {
-        self.inner.delete_stream(locations)
-    }
-
-    fn list(&self, prefix: Option<&StorePath>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
-        self.inner.list(prefix)
-    }
-
-    fn list_with_offset(
-        &self,
-        prefix: Option<&StorePath>,
-        offset: &StorePath,
-    ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
-        self.inner.list_with_offset(prefix, offset)
-    }
-
-    fn list_with_delimiter<'life0, 'life1, 'async_trait>(
-        &'life0 self,
-        prefix: Option<&'life1 StorePath>,
-    ) -> StoreFuture<'async_trait, ListResult>
-    where
-        'life0: 'async_trait,
-        'life1: 'async_trait,
-        Self: 'async_trait,
-    {
-        self.inner.list_with_delimiter(prefix)
-    }
-
-    fn copy_opts<'life0, 'life1, 'life2, 'async_trait>(
-        &'life0 self,
-        from: &'life1 StorePath,
-        to: &'life2 StorePath,
-        options: CopyOptions,
-    ) -> StoreFuture<'async_trait, ()>
-    where
-        'life0: 'async_trait,
-        'life1: 'async_trait,
-        'life2: 'async_trait,
-        Self: 'async_trait,
-    {
-        self.inner.copy_opts(from, to, options)
-    }
-
-    fn rename_opts<'life0, 'life1, 'life2, 'async_trait>(
-        &'life0 self,
-        from: &'life1 StorePath,
-        to: &'life2 StorePath,
-        options: RenameOptions,
-    ) -> StoreFuture<'async_trait, ()>
-    where
-        'life0: 'async_trait,
-        'life1: 'async_trait,
-        'life2: 'async_trait,
-        Self: 'async_trait,
-    {
-        self.inner.rename_opts(from, to, options)
-    }
+    delegate_object_store!(
+        inner: put_opts,
+        put_multipart_opts,
+        delete_stream,
+        list,
+        list_with_offset,
+        list_with_delimiter,
+        copy_opts,
+        rename_opts
+    );
 }
 
 #[cfg(test)]
