@@ -115,6 +115,16 @@ fn open_replica(url: &str, dir: &Path, env: &[(String, String)]) -> Replica {
     .expect("open the replica")
 }
 
+/// `pond` replicated to a directory (returned), opened as a library-level replica (its cache in
+/// the pond's scratch space) and viewed at its newest version.
+fn directory_replica(pond: &TestPond) -> (PathBuf, Replica, pond::fs::PondFs) {
+    let remote = pond.scratch("remote");
+    replicate(pond, s(&remote), &[]);
+    let view = open_replica(&file_url(&remote), &pond.scratch("work"), &[]);
+    let fs = view.open_view(view.sync(None).unwrap()).unwrap();
+    (remote, view, fs)
+}
+
 fn file_url(dir: &Path) -> String {
     format!("file://{}", s(dir))
 }
@@ -173,11 +183,7 @@ fn rw_and_unknown_options_are_refused_with_the_reason() {
 #[test]
 fn a_cold_4k_random_read_costs_two_round_trips_and_a_warm_one_none() {
     let (src, big) = sample_pond();
-    let remote = src.scratch("remote");
-    replicate(&src, s(&remote), &[]);
-    let work = src.scratch("work");
-    let view = open_replica(&file_url(&remote), &work, &[]);
-    let fs = view.open_view(view.sync(None).unwrap()).unwrap();
+    let (_remote, view, fs) = directory_replica(&src);
     let ino = fs.lookup(ROOT_INO, b"big").unwrap().ino;
     let fh = fs.open_file(ino, libc::O_RDONLY).unwrap();
     let before = view.requests();
@@ -546,11 +552,7 @@ fn a_pond_read_lazily_matches_its_file_when_opened_through_the_library() {
         files.push((ino, data));
     }
     fs.shutdown().unwrap();
-    let remote = pond.scratch("remote");
-    replicate(&pond, s(&remote), &[]);
-    let work = pond.scratch("work");
-    let view = open_replica(&file_url(&remote), &work, &[]);
-    let lazy = view.open_view(view.sync(None).unwrap()).unwrap();
+    let (_remote, _view, lazy) = directory_replica(&pond);
     for (ino, data) in &files {
         assert_same_bytes(&read_file(&lazy, *ino), data, &format!("inode {ino} of {} bytes", data.len()));
     }
@@ -560,11 +562,7 @@ fn a_pond_read_lazily_matches_its_file_when_opened_through_the_library() {
 fn a_view_moves_to_a_new_version_and_says_what_changed_while_open_files_keep_theirs() {
     use pond::fs::PageCache;
     let (src, big) = sample_pond();
-    let remote = src.scratch("remote");
-    replicate(&src, s(&remote), &[]);
-    let work = src.scratch("work");
-    let view = open_replica(&file_url(&remote), &work, &[]);
-    let fs = view.open_view(view.sync(None).unwrap()).unwrap();
+    let (remote, view, fs) = directory_replica(&src);
     let big_ino = fs.lookup(ROOT_INO, b"big").unwrap().ino;
     let small_ino = fs.lookup(ROOT_INO, b"small").unwrap().ino;
     let old = fs.open_file(big_ino, libc::O_RDONLY).unwrap();

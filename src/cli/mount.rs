@@ -88,22 +88,8 @@ pub fn mount(pond: &Path, mountpoint: &Path, foreground: bool, options: &[String
         super::init_logging();
         return serve(&pond, &mountpoint, &opts, None).map(|_| ExitCode::SUCCESS);
     }
-    let (read_end, write_end) = nix::unistd::pipe()?;
-    // SAFETY: no thread has been started yet in this process (clap parsing only), so the child may
-    // keep running Rust code after fork.
-    match unsafe { nix::unistd::fork() }? {
-        nix::unistd::ForkResult::Parent { .. } => {
-            drop(write_end);
-            // The daemon writes `ok` and keeps running (the pipe stays open), or writes its error
-            // and exits (the pipe closes).
-            daemon_report(read_end)
-        }
-        nix::unistd::ForkResult::Child => {
-            drop(read_end);
-            let code = daemon(&pond, &mountpoint, &opts, write_end);
-            std::process::exit(code)
-        }
-    }
+    // SAFETY: no thread has been started yet in this process (clap parsing only).
+    unsafe { fork_daemon(|report| daemon(&pond, &mountpoint, &opts, report)) }
 }
 
 fn daemon(pond: &Path, mountpoint: &Path, opts: &MountOptions, report: OwnedFd) -> i32 {
@@ -146,9 +132,31 @@ fn daemon(pond: &Path, mountpoint: &Path, opts: &MountOptions, report: OwnedFd) 
     }
 }
 
+/// Forks the mount daemon, which runs `daemon` with the write end of a pipe to report on, and
+/// waits for its report ([`daemon_report`]).
+///
+/// # Safety
+/// No other thread may run in this process: the child goes on running Rust code after fork.
+pub(super) unsafe fn fork_daemon(daemon: impl FnOnce(OwnedFd) -> i32) -> anyhow::Result<ExitCode> {
+    let (read_end, write_end) = nix::unistd::pipe()?;
+    // SAFETY: the caller promises a single-threaded process.
+    match unsafe { nix::unistd::fork() }? {
+        nix::unistd::ForkResult::Parent { .. } => {
+            drop(write_end);
+            // The daemon writes `ok` and keeps running (the pipe stays open), or writes its error
+            // and exits (the pipe closes).
+            daemon_report(read_end)
+        }
+        nix::unistd::ForkResult::Child => {
+            drop(read_end);
+            std::process::exit(daemon(write_end))
+        }
+    }
+}
+
 /// What a mount daemon reports through the pipe `read_end`: `ok` once it serves (the pipe stays
 /// open) or `err <message>` before it exits; nothing at all when it died first.
-pub(super) fn daemon_report(read_end: OwnedFd) -> anyhow::Result<ExitCode> {
+fn daemon_report(read_end: OwnedFd) -> anyhow::Result<ExitCode> {
     let mut pipe = std::fs::File::from(read_end);
     let (mut msg, mut buf) = (Vec::new(), [0u8; 4096]);
     loop {

@@ -19,7 +19,7 @@ use anyhow::{Context, bail};
 use pond::remote_mount::refresh::Refresher;
 use pond::remote_mount::{DEFAULT_CACHE_SIZE, DEFAULT_TIMEOUT, Replica, ReplicaConfig, cache_dir};
 
-use super::mount::{check_fuse_available, check_mountpoint, daemon_report, fuse_mount_source, open_log_file};
+use super::mount::{check_fuse_available, check_mountpoint, fork_daemon, fuse_mount_source, open_log_file};
 use super::replica_options::{self, ReplicaMountOptions, aws_settings, default_cache_root};
 
 /// The replica configuration the options and environment give.
@@ -47,21 +47,8 @@ pub fn mount(url: &str, mountpoint: &Path, foreground: bool, options: &[String])
         super::init_logging();
         return serve(&cfg, &mountpoint, &opts, None).map(|_| ExitCode::SUCCESS);
     }
-    let (read_end, write_end) = nix::unistd::pipe()?;
-    // SAFETY: no thread has been started yet in this process (clap and option parsing only), so the
-    // child may keep running Rust code after fork.
-    match unsafe { nix::unistd::fork() }? {
-        nix::unistd::ForkResult::Parent { .. } => {
-            drop(write_end);
-            // The daemon writes `ok` and keeps running (the pipe stays open), or writes its error
-            // and exits (the pipe closes).
-            daemon_report(read_end)
-        }
-        nix::unistd::ForkResult::Child => {
-            drop(read_end);
-            std::process::exit(daemon(&cfg, &mountpoint, &opts, write_end))
-        }
-    }
+    // SAFETY: no thread has been started yet in this process (clap and option parsing only).
+    unsafe { fork_daemon(|report| daemon(&cfg, &mountpoint, &opts, report)) }
 }
 
 fn daemon(cfg: &ReplicaConfig, mountpoint: &Path, opts: &ReplicaMountOptions, report: OwnedFd) -> i32 {
