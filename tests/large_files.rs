@@ -516,6 +516,49 @@ fn a_corrupt_chunk_reads_as_an_error_naming_it_and_the_others_still_read() {
     assert!(matches!(errs[0], E::CorruptChunk { chunk: 2, .. }));
 }
 
+/// Small reads (4 KiB at random places) verify the 4 KiB pieces they touch once an earlier small
+/// read checked the chunk whole; a piece changed afterwards still reads as an error, never as
+/// its new bytes, while the chunk's untouched pieces read.
+#[test]
+fn small_reads_verify_only_their_pieces_and_a_changed_piece_is_still_refused() {
+    const P: usize = 4096;
+    let (_d, store) = store();
+    let data = pattern(4 * C, 23);
+    let (out, r) = put_open(&store, &data);
+    // First small read of chunk 1 (checks it whole, keeps its pieces' hashes), then others in it,
+    // across a piece boundary too.
+    for (i, (at, len)) in
+        [(C + 5 * P, P), (C + 7 * P, P), (C + 3 * P - 100, 300), (C, 16), (2 * C - P, P)].into_iter().enumerate()
+    {
+        let before = r.bytes_read_from_disk();
+        let got = r.read_to_vec(at as u64, len).expect("small read");
+        assert_same_bytes(&got, &data[at..at + len], &format!("{len} bytes at {at}"));
+        let read = r.bytes_read_from_disk() - before;
+        let pieces = (at + len - 1) / P - at / P + 1;
+        if i > 0 {
+            assert_eq!(read, (pieces * P) as u64, "{len} bytes at {at}: only the pieces touched are read");
+        } else {
+            assert!(read >= C as u64, "the first small read of a chunk reads it whole ({read} bytes)");
+        }
+    }
+    // Change a byte of piece 7 of chunk 1 on disk (the reader has its pieces' hashes).
+    let loc = &r.chunk_locs()[1];
+    let path = store.path_of(&loc.file);
+    let mut file = fs::read(&path).expect("read");
+    file[loc.offset as usize + 7 * P + 33] ^= 0x5a;
+    fs::write(&path, &file).expect("write");
+    let err = r.read_to_vec((C + 7 * P) as u64, P).expect_err("a changed piece must not read");
+    assert!(matches!(&err, E::CorruptChunk { object, chunk: 1, .. } if *object == out.hash), "{err}");
+    let err = r.read_to_vec((C + 7 * P + 40) as u64, 8).expect_err("nor any byte of it");
+    assert!(matches!(&err, E::CorruptChunk { chunk: 1, .. }), "{err}");
+    let got = r.read_to_vec((C + 2 * P) as u64, P).expect("an untouched piece of the chunk is still authentic");
+    assert_same_bytes(&got, &data[C + 2 * P..C + 3 * P], "piece 2 of chunk 1");
+    // A reader that never read the chunk checks it whole: the change is found there too.
+    let fresh = store.open(&out.hash).expect("open");
+    let err = fresh.read_to_vec((C + 2 * P) as u64, P).expect_err("the chunk no longer matches its hash");
+    assert!(matches!(&err, E::CorruptChunk { chunk: 1, .. }), "{err}");
+}
+
 #[test]
 fn a_corrupt_shared_chunk_fails_every_object_that_uses_it() {
     let (_d, store) = store();

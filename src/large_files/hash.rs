@@ -109,6 +109,25 @@ pub fn chunk_cv(index: u64, data: &[u8]) -> [u8; 32] {
     hasher.finalize_non_root()
 }
 
+/// A chunk's verification unit for small reads: 4 KiB, four BLAKE3 chunks (see
+/// `ObjectReader::read_to_vec`).
+pub const PIECE_SIZE: u64 = 4096;
+
+/// The chaining value of the [`PIECE_SIZE`] bytes `data` at `offset` in content of more than one
+/// chunk (`offset` a multiple of `PIECE_SIZE`): a subtree of the BLAKE3 tree, so a full chunk's
+/// pieces merge ([`merge_pieces`]) into its [`chunk_cv`].
+pub fn piece_cv(offset: u64, data: &[u8]) -> [u8; 32] {
+    let mut hasher = blake3::Hasher::new();
+    hasher.set_input_offset(offset);
+    hasher.update(data);
+    hasher.finalize_non_root()
+}
+
+/// The chaining value of a full chunk from its pieces' ([`piece_cv`]), in order.
+pub fn merge_pieces(pieces: &[[u8; 32]]) -> [u8; 32] {
+    subtree_cv(pieces)
+}
+
 /// The root (standard BLAKE3 of the whole content) from the chunk hashes; `None` for no chunks.
 pub fn root_from_chunk_hashes(hashes: &[[u8; 32]]) -> Option<Blake3Hash> {
     match hashes.len() {
@@ -135,4 +154,26 @@ fn subtree_cv(hashes: &[[u8; 32]]) -> [u8; 32] {
     }
     let (left, right) = hashes.split_at(left_subtree_chunks(hashes.len()));
     merge_subtrees_non_root(&subtree_cv(left), &subtree_cv(right), Mode::Hash)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_chunk_s_pieces_merge_into_its_chaining_value() {
+        let data: Vec<u8> = (0..3 * CHUNK_SIZE).map(|i| (i * 7 % 251) as u8).collect();
+        for index in 0..3u64 {
+            let chunk = &data[(index * CHUNK_SIZE) as usize..((index + 1) * CHUNK_SIZE) as usize];
+            let pieces: Vec<[u8; 32]> = chunk
+                .chunks(PIECE_SIZE as usize)
+                .enumerate()
+                .map(|(j, p)| piece_cv(index * CHUNK_SIZE + j as u64 * PIECE_SIZE, p))
+                .collect();
+            assert_eq!(merge_pieces(&pieces), chunk_cv(index, chunk), "chunk {index}");
+            let mut other = pieces.clone();
+            other[5][0] ^= 1;
+            assert_ne!(merge_pieces(&other), chunk_cv(index, chunk), "a changed piece changes the chunk's value");
+        }
+    }
 }
