@@ -334,10 +334,16 @@ fn an_object_left_unsynced_by_a_killed_writer_is_fsynced_with_its_pack_before_th
     };
     let object = synced(&format!("_large_files/{}.parquet", left.hash));
     let pack = synced(&format!("_large_files/packs/{}", packs[0]));
+    // The version that first holds the content (an earlier commit may hold the file still empty).
+    let latest = crate::common::latest_version(&pond.root);
+    let version = (1..=latest)
+        .find(|v| crate::common::pond(&["cat", pond.path(), "again", "--version", &v.to_string()]).stdout == data)
+        .unwrap_or_else(|| panic!("no version up to {latest} holds the content"));
+    let entry = format!("/_delta_log/{version:020}.json");
     let committed = lines
         .iter()
-        .position(|l| l.contains("link") && l.contains("/_delta_log/") && l.contains(".json\""))
-        .unwrap_or_else(|| panic!("no log entry landed:\n{}", lines.join("\n")));
+        .position(|l| l.contains("link") && l.contains(&entry))
+        .unwrap_or_else(|| panic!("the log entry of version {version} never landed:\n{}", lines.join("\n")));
     assert!(object < committed, "the reused object is fsynced before the log entry naming it lands");
     assert!(pack < committed, "and so is its pack");
     // The content was reused (no second object or pack), and the committed file reads.
