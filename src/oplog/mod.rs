@@ -44,6 +44,8 @@ pub use error::OplogError;
 use schema::{NodeData, OplogRow, RowKey};
 use store::PondStore;
 
+/// Tries of [`Oplog::open`] before a Delta error is the answer.
+const OPEN_ATTEMPTS: u32 = 3;
 /// Table property holding the pond's inline/large threshold in bytes.
 pub const THRESHOLD_PROPERTY: &str = "pond.threshold";
 /// The root directory's inode number.
@@ -181,6 +183,23 @@ impl Oplog {
 
     /// Open an existing pond at its latest version, or at `version`.
     pub async fn open(root: &Path, version: Option<u64>) -> Result<Oplog, OplogError> {
+        // The Delta library lists the whole log to open any version. Beside a writer, a listing
+        // taken while commits land can miss an entry made during it (directories list in hash
+        // order) and see a gap that is not there (`pond verify` of a mounted pond reported one).
+        // A gap or damage on disk is still there when tried again.
+        let mut attempt = 1;
+        loop {
+            match Self::open_once(root, version).await {
+                Err(OplogError::Delta { .. }) if attempt < OPEN_ATTEMPTS => {
+                    attempt += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                result => return result,
+            }
+        }
+    }
+
+    async fn open_once(root: &Path, version: Option<u64>) -> Result<Oplog, OplogError> {
         check_is_pond(root)?;
         let hidden = damaged_checkpoints(root, version)?;
         let url = table_url(root)?;
