@@ -296,6 +296,9 @@ fn serve(
     Ok(())
 }
 
+/// How long `pond umount` tries again while the mount is busy.
+const UMOUNT_BUSY_WAIT: Duration = Duration::from_secs(2);
+
 pub fn umount(mountpoint: &Path) -> anyhow::Result<ExitCode> {
     let canon = std::fs::canonicalize(mountpoint).with_context(|| format!("mountpoint {}", mountpoint.display()))?;
     let Some(source) = fuse_mount_source(&canon) else {
@@ -303,13 +306,25 @@ pub fn umount(mountpoint: &Path) -> anyhow::Result<ExitCode> {
     };
     let pond = PathBuf::from(&source);
     let c = std::ffi::CString::new(canon.as_os_str().as_encoded_bytes())?;
-    // SAFETY: plain syscall on a NUL-terminated path.
-    if unsafe { libc::umount2(c.as_ptr(), 0) } != 0 {
+    // A file closed just now can keep the mount busy for a moment more (a copy of its descriptor
+    // in a process another thread forked and has not yet exec'd, a process exiting): EBUSY is
+    // tried again for a little while before it is the answer.
+    let busy_until = Instant::now() + UMOUNT_BUSY_WAIT;
+    loop {
+        // SAFETY: plain syscall on a NUL-terminated path.
+        if unsafe { libc::umount2(c.as_ptr(), 0) } == 0 {
+            break;
+        }
         let err = std::io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::EBUSY) && Instant::now() < busy_until {
+            std::thread::sleep(Duration::from_millis(50));
+            continue;
+        }
         let status = std::process::Command::new("fusermount3").arg("-u").arg(&canon).status();
         if !status.map(|s| s.success()).unwrap_or(false) {
             bail!("unmounting {}: {err}", mountpoint.display());
         }
+        break;
     }
     if super::sync::is_url(&source) {
         // A replica's daemon has nothing to commit; wait for it to be gone all the same.
