@@ -115,8 +115,9 @@ fn runtime() -> Result<tokio::runtime::Runtime, FsError> {
 /// The most blocking threads the runtime keeps (they stay once started, see [`runtime`]).
 const BLOCKING_THREADS: usize = 16;
 
-/// How long starting the blocking threads may take before a thread limit is assumed.
-const BLOCKING_THREADS_START: std::time::Duration = std::time::Duration::from_secs(2);
+/// How long starting the blocking threads may take before a thread limit is assumed (generous: a
+/// loaded machine may be slow to run a new thread, and only a refused open waits it out).
+const BLOCKING_THREADS_START: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Starts all [`BLOCKING_THREADS`] of `rt` now; false when they did not all start in
 /// [`BLOCKING_THREADS_START`]. A pool that could start only some threads deadlocks later rather
