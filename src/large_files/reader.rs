@@ -430,7 +430,7 @@ impl ObjectReader {
         if u64::from(loc.len) != CHUNK_SIZE {
             return None;
         }
-        if let Some((_, bytes)) = self.cache.lock().unwrap_or_else(|p| p.into_inner()).iter().find(|(i, _)| *i == idx) {
+        if let Some(bytes) = self.cached_chunk(idx) {
             return Some(bytes[within as usize..within as usize + len].to_vec());
         }
         let known = self.pieces.lock().unwrap_or_else(|p| p.into_inner()).get(&idx).cloned();
@@ -438,7 +438,8 @@ impl ObjectReader {
         let Some(pieces) = known else {
             // The first small read of this chunk: read it whole, hash it by pieces, and keep the
             // pieces' hashes if they merge into the chunk's.
-            let raw = blob.read_range(format::raw_range(loc).0, format::raw_range(loc).1).ok()?;
+            let (start, raw_len) = format::raw_range(loc);
+            let raw = blob.read_range(start, raw_len).ok()?;
             let chunk = format::strip_len_prefix(raw, loc.len)?;
             let mut pieces = [[0u8; 32]; PIECES];
             for (j, piece) in chunk.chunks(PIECE_SIZE as usize).enumerate() {
@@ -470,10 +471,16 @@ impl ObjectReader {
         Some(raw[from..from + len].to_vec())
     }
 
+    /// Chunk `idx` from the last chunks verified, if it is one of them.
+    fn cached_chunk(&self, idx: u64) -> Option<Bytes> {
+        let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        cache.iter().find(|(i, _)| *i == idx).map(|(_, bytes)| bytes.clone())
+    }
+
     /// The verified bytes of chunk `idx`.
     pub fn read_chunk(&self, idx: u64) -> Result<Bytes, StoreError> {
-        if let Some((_, bytes)) = self.cache.lock().unwrap_or_else(|p| p.into_inner()).iter().find(|(i, _)| *i == idx) {
-            return Ok(bytes.clone());
+        if let Some(bytes) = self.cached_chunk(idx) {
+            return Ok(bytes);
         }
         let bytes = self.read_chunk_uncached(idx)?;
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
