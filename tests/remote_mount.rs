@@ -309,6 +309,52 @@ fn a_corrupted_cache_entry_is_fetched_again_not_served() {
 }
 
 #[test]
+fn a_damaged_piece_of_a_cached_chunk_is_fetched_again_on_a_small_read() {
+    use std::os::unix::fs::OpenOptionsExt;
+    let (src, big) = sample_pond();
+    let remote = src.scratch("remote");
+    replicate(&src, s(&remote), &[]);
+    let work = src.scratch("work");
+    let url = file_url(&remote);
+    let mnt = ReplicaMount::new(&url, &work.join("mnt"), &options(&work, &[]), &[]);
+    // O_DIRECT: every 4 KiB read reaches the daemon (the kernel's page cache would answer re-reads).
+    let f = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_DIRECT).open(mnt.path("big")).unwrap();
+    let mut buf = AlignedPage::default();
+    let chunk = 7;
+    let at = |piece: usize| (chunk * C + piece * 4096) as u64;
+    // The chunk's first small read fetches it whole and learns its 4 KiB pieces' hashes; the next
+    // reads piece 3 alone, from the cache.
+    f.read_exact_at(&mut buf.0, at(0)).unwrap();
+    assert_same_bytes(&buf.0, &big[at(0) as usize..at(1) as usize], "first small read");
+    let blobs = pond::remote_mount::cache_dir(&work.join("cache"), &url).join("blobs");
+    let (pack, offset) = chunk_place(&remote, &big, chunk);
+    let name = pack.file_name().unwrap().to_string_lossy().trim_end_matches(".parquet").to_string();
+    let cached =
+        std::fs::OpenOptions::new().read(true).write(true).open(blobs.join(&name[..2]).join(format!("p{name}")));
+    let cached = cached.expect("the chunk's pack is cached");
+    let mut byte = [0u8];
+    cached.read_exact_at(&mut byte, offset + 3 * 4096 + 10).unwrap();
+    cached.write_all_at(&[byte[0] ^ 0x40], offset + 3 * 4096 + 10).unwrap();
+
+    f.read_exact_at(&mut buf.0, at(3)).unwrap();
+    assert_same_bytes(&buf.0, &big[at(3) as usize..at(4) as usize], "a small read over a damaged piece");
+    let log = log_text(&work);
+    assert!(log.contains("reading it again"), "the log says the kept copy was read again:\n{log}");
+    cached.read_exact_at(&mut byte, offset + 3 * 4096 + 10).unwrap();
+    assert_eq!(byte[0], big[at(3) as usize + 10], "the damaged byte was fetched again and put back");
+}
+
+/// One page, aligned as `O_DIRECT` wants its buffers.
+#[repr(C, align(4096))]
+struct AlignedPage([u8; 4096]);
+
+impl Default for AlignedPage {
+    fn default() -> Self {
+        AlignedPage([0; 4096])
+    }
+}
+
+#[test]
 fn the_chunk_cache_stays_within_cache_size() {
     let (src, big) = sample_pond();
     let remote = src.scratch("remote");

@@ -38,7 +38,7 @@ pub type VerifiedChunks = std::collections::HashSet<(ChunkLoc, [u8; 32])>;
 
 /// Verified chunks an open reader keeps (4 × 64 KiB).
 const CACHED_CHUNKS: usize = 4;
-/// A read of at most this many bytes inside one full chunk of a local object is a *small read*:
+/// A read of at most this many bytes inside one full chunk of an object is a *small read*:
 /// verified piece by piece ([`PIECE_SIZE`]) once the chunk's piece hashes are known (see
 /// [`ObjectReader::read_to_vec`]).
 const SMALL_READ: u64 = 4 * PIECE_SIZE;
@@ -387,17 +387,18 @@ impl ObjectReader {
     /// Up to `len` bytes at `offset` as a new vector (short only at the end of the content), every
     /// chunk touched verified first; nothing is zero-filled on the way.
     ///
-    /// A small read (a 4 KiB random read) inside one full chunk of a local object reads and hashes
+    /// A small read (a 4 KiB random read) inside one full chunk of an object reads and hashes
     /// only the 4 KiB pieces it touches once the chunk has been verified whole by an earlier small
     /// read: that check computed the pieces' chaining values and merged them into the chunk's hash,
     /// so each piece is authenticated on its own. (Reading and hashing the whole 64 KiB chunk for
     /// every 4 KiB miss held random reads to about half a passthrough's rate.)
     pub fn read_to_vec(&self, offset: u64, len: usize) -> Result<Vec<u8>, StoreError> {
         let len = (len as u64).min(self.size.saturating_sub(offset)) as usize;
-        if let Some(small) = self.read_small(offset, len) {
+        // Announced before a small read too: 4 KiB reads in order (`O_DIRECT`) still read ahead.
+        self.plan_read(offset, len as u64);
+        if let Some(small) = self.read_small(offset, len)? {
             return Ok(small);
         }
-        self.plan_read(offset, len as u64);
         let mut out = Vec::with_capacity(len);
         while out.len() < len {
             let pos = offset + out.len() as u64;
@@ -414,61 +415,68 @@ impl ObjectReader {
 
     /// A small read by pieces (see [`ObjectReader::read_to_vec`]); `None` when the read is not one,
     /// or anything on the way is not as expected: the whole-chunk path then reads it, and reports
-    /// what is wrong.
-    fn read_small(&self, offset: u64, len: usize) -> Option<Vec<u8>> {
+    /// what is wrong. An I/O error is the read's answer, though: the whole-chunk path would only
+    /// ask the source again (and wait for a remote that is down a second time).
+    fn read_small(&self, offset: u64, len: usize) -> Result<Option<Vec<u8>>, StoreError> {
+        let failed = |file: &PondFile, e: io::Error| match e.kind() {
+            io::ErrorKind::UnexpectedEof | io::ErrorKind::NotFound => Ok(None),
+            _ => Err(StoreError::io(self.source.describe(file), e)),
+        };
         let (idx, within) = (offset / CHUNK_SIZE, offset % CHUNK_SIZE);
         if len == 0
             || len as u64 > SMALL_READ
             || within + len as u64 > CHUNK_SIZE
-            || self.source.reads_ahead()
             || self.chunk_count() < 2
             || chunk_len(self.size, idx) != CHUNK_SIZE
         {
-            return None;
+            return Ok(None);
         }
-        let loc = self.locs.get(idx as usize)?;
-        if u64::from(loc.len) != CHUNK_SIZE {
-            return None;
-        }
+        let Some(loc) = self.locs.get(idx as usize).filter(|loc| u64::from(loc.len) == CHUNK_SIZE) else {
+            return Ok(None);
+        };
         if let Some(bytes) = self.cached_chunk(idx) {
-            return Some(bytes[within as usize..within as usize + len].to_vec());
+            return Ok(Some(bytes[within as usize..within as usize + len].to_vec()));
         }
         let known = self.pieces.lock().unwrap_or_else(|p| p.into_inner()).get(&idx).cloned();
-        let blob = self.blob(&loc.file).ok()?;
+        let Ok(blob) = self.blob(&loc.file) else { return Ok(None) };
         let Some(pieces) = known else {
             // The first small read of this chunk: read it whole, hash it by pieces, and keep the
             // pieces' hashes if they merge into the chunk's.
             let (start, raw_len) = format::raw_range(loc);
-            let raw = blob.read_range(start, raw_len).ok()?;
-            let chunk = format::strip_len_prefix(raw, loc.len)?;
+            let raw = match blob.read_range(start, raw_len) {
+                Ok(raw) => raw,
+                Err(e) => return failed(&loc.file, e),
+            };
+            let Some(chunk) = format::strip_len_prefix(raw, loc.len) else { return Ok(None) };
             let mut pieces = [[0u8; 32]; PIECES];
             for (j, piece) in chunk.chunks(PIECE_SIZE as usize).enumerate() {
                 pieces[j] = piece_cv(idx * CHUNK_SIZE + j as u64 * PIECE_SIZE, piece);
             }
             if merge_pieces(&pieces) != self.hashes[idx as usize] {
-                return None;
+                return Ok(None);
             }
             let mut kept = self.pieces.lock().unwrap_or_else(|p| p.into_inner());
             if kept.len() >= KEPT_PIECE_HASHES {
                 kept.clear();
             }
             kept.insert(idx, Arc::new(pieces));
-            return Some(chunk[within as usize..within as usize + len].to_vec());
+            return Ok(Some(chunk[within as usize..within as usize + len].to_vec()));
         };
         let (first, last) = (within / PIECE_SIZE, (within + len as u64 - 1) / PIECE_SIZE);
         let span = (last - first + 1) * PIECE_SIZE;
-        let raw = blob.read_range(loc.offset + first * PIECE_SIZE, span).ok()?;
-        if raw.len() as u64 != span {
-            return None;
-        }
+        let raw = match blob.read_range(loc.offset + first * PIECE_SIZE, span) {
+            Ok(raw) if raw.len() as u64 == span => raw,
+            Ok(_) => return Ok(None),
+            Err(e) => return failed(&loc.file, e),
+        };
         for (k, piece) in raw.chunks(PIECE_SIZE as usize).enumerate() {
             let j = first + k as u64;
             if piece_cv(idx * CHUNK_SIZE + j * PIECE_SIZE, piece) != pieces[j as usize] {
-                return None;
+                return Ok(None);
             }
         }
         let from = (within - first * PIECE_SIZE) as usize;
-        Some(raw[from..from + len].to_vec())
+        Ok(Some(raw[from..from + len].to_vec()))
     }
 
     /// Chunk `idx` from the last chunks verified, if it is one of them.

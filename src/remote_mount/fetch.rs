@@ -21,9 +21,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::StreamExt;
 use object_store::path::Path as StorePath;
-use object_store::{GetOptions, GetRange, ObjectMeta, ObjectStore};
+use object_store::{GetOptions, GetRange, GetResultPayload, ObjectMeta, ObjectStore};
 
 use super::error::FetchError;
+use super::span_buf::{Span, SpanBuf};
 use crate::layout::PondFile;
 
 /// The first pause between attempts; it doubles up to [`MAX_BACKOFF`].
@@ -140,6 +141,41 @@ impl Fetcher {
             return Err(FetchError::PastEnd);
         }
         Ok(bytes)
+    }
+
+    /// `range` of `file` in a pooled, page-aligned buffer ([`Span`]): read-ahead's requests, which
+    /// the disk cache writes with `O_DIRECT` (exactly `range`: more or fewer is
+    /// [`FetchError::PastEnd`]).
+    pub async fn get_span(&self, file: &PondFile, range: Range<u64>, deadline: Instant) -> Result<Span, FetchError> {
+        let location = Self::location(file);
+        let want = usize::try_from(range.end - range.start).map_err(|_| FetchError::PastEnd)?;
+        let span = self
+            .retrying(deadline, || {
+                let options = GetOptions { range: Some(GetRange::Bounded(range.clone())), ..Default::default() };
+                let location = location.clone();
+                let start = range.start;
+                async move {
+                    let got = self.store.get_opts(&location, options).await?;
+                    let mut buf = SpanBuf::new(start, want);
+                    match got.payload {
+                        GetResultPayload::File(file, _) => {
+                            let from = got.range.start;
+                            let read = tokio::task::spawn_blocking(move || buf.read_from(&file, from).map(|()| buf));
+                            buf = read.await.map_err(generic)?.map_err(generic)?;
+                        }
+                        GetResultPayload::Stream(mut body) => {
+                            while let Some(piece) = body.next().await {
+                                if !buf.fill(&piece?) {
+                                    return Ok(None);
+                                }
+                            }
+                        }
+                    }
+                    Ok(buf.is_full().then(|| buf.freeze()))
+                }
+            })
+            .await?;
+        span.ok_or(FetchError::PastEnd)
     }
 
     /// The last `n` bytes of `file` (all of it when shorter) and its length.
@@ -352,4 +388,10 @@ fn past_end(e: &(dyn std::error::Error + 'static)) -> bool {
         cur = err.source();
     }
     false
+}
+
+/// A local error on the way to a request's bytes (reading a replica directory's file), as the
+/// object store's own errors are: retried like them.
+fn generic(e: impl std::error::Error + Send + Sync + 'static) -> object_store::Error {
+    object_store::Error::Generic { store: "replica", source: Box::new(e) }
 }

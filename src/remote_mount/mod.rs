@@ -28,6 +28,7 @@ pub mod error;
 mod fetch;
 mod mirror;
 pub mod refresh;
+mod span_buf;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -1,0 +1,262 @@
+//! [`SpanBuf`]: the memory a read-ahead request's body lands in — page-aligned, so that the disk
+//! cache can write its whole pages with `O_DIRECT` (no copy into the page cache, no writeback to
+//! wait for), and reused, so that a cold read does not fault fresh pages in for every request.
+//!
+//! A buffer holds the bytes of a file from the page boundary at or before the request's start:
+//! file offset `x` lies at `x - page_floor(start)` in it, so every page of the file inside the
+//! request is a page of memory. Filled once ([`SpanBuf::fill`]), it becomes [`Bytes`] that slices
+//! share; when the last slice goes, the buffer goes back to a small pool ([`POOLED`] at most) for
+//! the next request. Measured before (1 GiB cold read from the local S3 server): a quarter of the
+//! daemon's CPU went to faulting in the pages of a new 8-12 MiB buffer per request.
+
+use std::alloc::Layout;
+use std::ptr::NonNull;
+use std::sync::Mutex;
+
+use bytes::Bytes;
+
+/// Memory pages, and the unit of an `O_DIRECT` write.
+pub const PAGE: u64 = 4096;
+/// Free buffers kept for reuse: enough for the requests that end while others start.
+const POOLED: usize = 3;
+/// Buffers are allocated in multiples of this, so that one freed serves the next request of a
+/// similar size (pages never written are not resident).
+const ROUND: usize = 4 << 20;
+
+/// Free buffers.
+struct Pool(Mutex<Vec<Block>>);
+
+/// The pool of read-ahead buffers.
+static POOL: Pool = Pool(Mutex::new(Vec::new()));
+
+impl Pool {
+    /// A free block of at least `capacity` bytes: a pooled one when one is big enough.
+    fn take(&self, capacity: usize) -> Block {
+        let mut free = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match free.iter().position(|b| b.capacity >= capacity) {
+            Some(i) => free.swap_remove(i),
+            None => {
+                drop(free);
+                Block::new(capacity.div_ceil(ROUND) * ROUND)
+            }
+        }
+    }
+
+    /// Keeps `block` for reuse; when [`POOLED`] are kept already, the smallest goes (small ones
+    /// kept from a read's first requests would otherwise turn every later one away).
+    fn give_back(&self, block: Block) {
+        let mut free = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        free.push(block);
+        if free.len() > POOLED
+            && let Some(smallest) = (0..free.len()).min_by_key(|&i| free[i].capacity)
+        {
+            let gone = free.swap_remove(smallest);
+            drop(free);
+            drop(gone);
+        }
+    }
+}
+
+/// One page-aligned allocation.
+struct Block {
+    ptr: NonNull<u8>,
+    capacity: usize,
+}
+
+// SAFETY: a Block owns its allocation outright; nothing else points into it while it is pooled.
+unsafe impl Send for Block {}
+
+impl Block {
+    fn new(capacity: usize) -> Block {
+        let layout = Layout::from_size_align(capacity.max(1), PAGE as usize).expect("a page-aligned layout");
+        // SAFETY: the layout has a non-zero size.
+        let ptr = unsafe { std::alloc::alloc(layout) };
+        let Some(ptr) = NonNull::new(ptr) else { std::alloc::handle_alloc_error(layout) };
+        Block { ptr, capacity: capacity.max(1) }
+    }
+}
+
+impl Drop for Block {
+    fn drop(&mut self) {
+        let layout = Layout::from_size_align(self.capacity, PAGE as usize).expect("the layout it was made with");
+        // SAFETY: allocated in `Block::new` with this layout, freed once.
+        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), layout) };
+    }
+}
+
+/// The owner behind a filled buffer's [`Bytes`]: gives the block back to the pool when the last
+/// slice of it is dropped.
+struct Filled {
+    block: Option<Block>,
+    len: usize,
+    pool: &'static Pool,
+}
+
+impl AsRef<[u8]> for Filled {
+    fn as_ref(&self) -> &[u8] {
+        match &self.block {
+            // SAFETY: the first `len` bytes were written by `fill` (the invariant of `Filled`).
+            Some(b) => unsafe { std::slice::from_raw_parts(b.ptr.as_ptr(), self.len) },
+            None => &[],
+        }
+    }
+}
+
+impl Drop for Filled {
+    fn drop(&mut self) {
+        if let Some(block) = self.block.take() {
+            self.pool.give_back(block);
+        }
+    }
+}
+
+/// A request's body on its way in: the bytes of `[start, start + want)` of a file.
+pub struct SpanBuf {
+    block: Block,
+    pool: &'static Pool,
+    /// Where `start` lies in the block (`start % PAGE`).
+    head: usize,
+    want: usize,
+    got: usize,
+}
+
+impl SpanBuf {
+    /// Room for `want` bytes of a file from offset `start`.
+    pub fn new(start: u64, want: usize) -> SpanBuf {
+        SpanBuf::from_pool(&POOL, start, want)
+    }
+
+    fn from_pool(pool: &'static Pool, start: u64, want: usize) -> SpanBuf {
+        let head = (start % PAGE) as usize;
+        SpanBuf { block: pool.take(head + want), pool, head, want, got: 0 }
+    }
+
+    /// Appends the next piece of the body; false (and nothing kept) when it would run past `want`.
+    pub fn fill(&mut self, piece: &[u8]) -> bool {
+        if piece.len() > self.want - self.got {
+            return false;
+        }
+        // SAFETY: `head + got + piece.len() <= head + want <= capacity`, and `piece` is not in the block.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                piece.as_ptr(),
+                self.block.ptr.as_ptr().add(self.head + self.got),
+                piece.len(),
+            )
+        };
+        self.got += piece.len();
+        true
+    }
+
+    /// Reads the rest of the bytes from `file`, where the request's start lies at `start` (a
+    /// replica directory's objects are read so, not through a stream of small pieces). Stops
+    /// short at the file's end ([`SpanBuf::is_full`] then says so).
+    pub fn read_from(&mut self, file: &std::fs::File, start: u64) -> std::io::Result<()> {
+        use std::os::fd::AsRawFd;
+        while self.got < self.want {
+            let at = i64::try_from(start + self.got as u64).map_err(|_| std::io::ErrorKind::InvalidInput)?;
+            // SAFETY: pread writes at most `want - got` bytes from `head + got`, inside the block.
+            let n = unsafe {
+                libc::pread(
+                    file.as_raw_fd(),
+                    self.block.ptr.as_ptr().add(self.head + self.got).cast(),
+                    self.want - self.got,
+                    at,
+                )
+            };
+            match n {
+                0 => break,
+                n if n > 0 => self.got += n as usize,
+                _ => {
+                    let e = std::io::Error::last_os_error();
+                    if e.kind() != std::io::ErrorKind::Interrupted {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// True once all `want` bytes are in.
+    pub fn is_full(&self) -> bool {
+        self.got == self.want
+    }
+
+    /// The filled buffer as [`Span`]: the bytes asked for, and the page-aligned bytes around them.
+    pub fn freeze(self) -> Span {
+        let (head, got) = (self.head, self.got);
+        let all = Bytes::from_owner(Filled { block: Some(self.block), len: head + got, pool: self.pool });
+        Span { data: all.slice(head..), padded: all }
+    }
+}
+
+/// A request's bytes: `data` (what was asked for) inside `padded`, which starts at a page boundary
+/// of the file and of memory.
+#[derive(Clone)]
+pub struct Span {
+    pub data: Bytes,
+    pub padded: Bytes,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_span_keeps_its_bytes_where_their_pages_are_and_refuses_too_many() {
+        let start = 3 * PAGE + 100;
+        let mut buf = SpanBuf::new(start, 10_000);
+        assert!(buf.fill(&[7u8; 6_000]));
+        assert!(!buf.is_full());
+        assert!(!buf.fill(&[8u8; 4_001]), "past what was asked for");
+        assert!(buf.fill(&[9u8; 4_000]));
+        assert!(buf.is_full());
+        let span = buf.freeze();
+        assert_eq!(span.data.len(), 10_000);
+        assert_eq!((span.data[0], span.data[5_999], span.data[6_000], span.data[9_999]), (7, 7, 9, 9));
+        assert_eq!(span.padded.len(), 100 + 10_000);
+        assert_eq!(span.padded.as_ptr() as usize % PAGE as usize, 0, "the file's page boundary is memory's");
+        assert_eq!(span.data.as_ptr() as usize - span.padded.as_ptr() as usize, 100);
+    }
+
+    #[test]
+    fn a_span_read_from_a_file_stops_at_its_end() {
+        let mut f = tempfile::tempfile().unwrap();
+        std::io::Write::write_all(&mut f, &(0..=255u8).cycle().take(10_000).collect::<Vec<_>>()).unwrap();
+        let mut buf = SpanBuf::new(5_000, 3_000);
+        buf.read_from(&f, 5_000).unwrap();
+        assert!(buf.is_full());
+        assert_eq!(buf.freeze().data[..3], [(5_000 % 256) as u8, (5_001 % 256) as u8, (5_002 % 256) as u8]);
+        let mut past = SpanBuf::new(9_000, 3_000);
+        past.read_from(&f, 9_000).unwrap();
+        assert!(!past.is_full(), "only 1,000 bytes are there");
+    }
+
+    #[test]
+    fn a_buffer_whose_slices_are_gone_is_reused_and_the_pool_stays_small() {
+        let pool: &'static Pool = Box::leak(Box::new(Pool(Mutex::new(Vec::new()))));
+        let filled = |start: u64, n: usize| {
+            let mut buf = SpanBuf::from_pool(pool, start, n);
+            assert!(buf.fill(&vec![1u8; n]));
+            buf.freeze()
+        };
+        let span = filled(0, 3 * PAGE as usize);
+        let at = span.padded.as_ptr() as usize;
+        let slice = span.data.slice(10..20);
+        drop(span);
+        assert!(pool.0.lock().unwrap().is_empty(), "a slice keeps its buffer");
+        assert_eq!(slice[..], [1u8; 10]);
+        drop(slice);
+        assert_eq!(pool.0.lock().unwrap().len(), 1);
+        let again = filled(PAGE + 5, 2 * PAGE as usize);
+        assert_eq!(again.padded.as_ptr() as usize, at, "the freed buffer serves the next request");
+        let many: Vec<Span> = (0..POOLED + 2).map(|i| filled(i as u64, 100)).collect();
+        drop((again, many));
+        assert_eq!(pool.0.lock().unwrap().len(), POOLED, "at most {POOLED} are kept");
+        let big = filled(0, ROUND + 1);
+        drop(big);
+        let sizes: Vec<usize> = pool.0.lock().unwrap().iter().map(|b| b.capacity).collect();
+        assert!(sizes.contains(&(2 * ROUND)), "a larger one freed replaces a smaller one kept: {sizes:?}");
+    }
+}
