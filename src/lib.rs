@@ -1,4 +1,5 @@
 //! pond: a filesystem you mount like any directory, kept in a Delta Lake table.
+mod aligned_buf;
 pub mod audit;
 pub mod config;
 pub mod control;

@@ -59,9 +59,9 @@ use parquet::file::writer::{SerializedPageWriter, TrackedWrite};
 use parquet::schema::types::ColumnPath;
 use parquet::schema::types::SchemaDescPtr;
 
+use super::direct_sink::DirectSink;
 use super::error::StoreError;
 use super::hash::{Blake3Hash, Sha256Digest, chunk_count, chunk_len};
-use super::write_behind::WriteBehind;
 use crate::config::CHUNK_SIZE;
 use crate::layout::PondFile;
 use crate::parquet_bounds::{Codec, ParquetBoundsError, ParquetLimits, check_column_pages, check_footer};
@@ -277,17 +277,17 @@ struct OpenGroup {
 /// the chunk's own buffer, so its place is known at once and nothing is buffered but the current
 /// row group's `(index, hash)` pairs. A row group's index and hash columns are written after its
 /// data pages (parquet lets a row group's column chunks lie in any order), then the page index and
-/// footer at the end. The result reads like any parquet file of [`chunk_schema`].
+/// footer at the end. The result reads like any parquet file of [`chunk_schema`]. The bytes go to
+/// the file through a [`DirectSink`] (gathered, then written without the page cache).
 pub(crate) struct PackWriter {
-    sink: TrackedWrite<File>,
+    sink: TrackedWrite<DirectSink>,
+    /// The sink's handle kept to finish it once the footer is written.
+    direct: DirectSink,
     schema: SchemaDescPtr,
     group: OpenGroup,
     groups: Vec<RowGroupMetaData>,
     offset_index: Vec<Vec<OffsetIndexMetaData>>,
     rows: usize,
-    /// Hands the file's bytes to the disk as it grows (see [`WriteBehind`]).
-    behind: WriteBehind,
-    file: File,
     /// The pack's name: a new random id, known from the start so chunks get their place at once.
     name: Blake3Hash,
 }
@@ -297,18 +297,17 @@ impl PackWriter {
     pub(crate) fn new(file: File, path: &Path) -> Result<Self, StoreError> {
         let schema =
             Arc::new(ArrowSchemaConverter::new().convert(&chunk_schema()).map_err(|e| StoreError::parquet(path, e))?);
-        let handle = file.try_clone().map_err(|e| StoreError::io(path, e))?;
-        let mut sink = TrackedWrite::new(file);
+        let direct = DirectSink::new(file, path.to_path_buf());
+        let mut sink = TrackedWrite::new(direct.clone());
         sink.write_all(b"PAR1").map_err(|e| StoreError::io(path, e))?;
         Ok(PackWriter {
             sink,
+            direct,
             schema,
             group: OpenGroup::default(),
             groups: Vec::new(),
             offset_index: Vec::new(),
             rows: 0,
-            behind: WriteBehind::default(),
-            file: handle,
             name: random_name(),
         })
     }
@@ -348,8 +347,6 @@ impl PackWriter {
             self.close_group(path)?;
         }
         self.sink.flush().map_err(|e| StoreError::io(path, e))?;
-        let written = self.sink.bytes_written() as u64;
-        self.behind.advance(&self.file, written).map_err(|e| StoreError::io(path, e))?;
         Ok((spec.offset + spec.bytes_written - len, len as u32))
     }
 
@@ -425,7 +422,8 @@ impl PackWriter {
         Ok(())
     }
 
-    /// Writes the last row group, the page index and the footer (no fsync).
+    /// Writes the last row group, the page index and the footer, and everything still buffered
+    /// (no fsync).
     pub(crate) fn finish(mut self, path: &Path) -> Result<(), StoreError> {
         self.close_group(path)?;
         let kvs = vec![kv(KEY_FORMAT, FORMAT_PACK.into()), kv(KEY_CHUNK_SIZE, CHUNK_SIZE.to_string())];
@@ -435,7 +433,8 @@ impl PackWriter {
             .set_row_groups(self.groups)
             .set_offset_index(Some(self.offset_index))
             .build();
-        ParquetMetaDataWriter::new_with_tracked(self.sink, &meta).finish().map_err(|e| StoreError::parquet(path, e))
+        ParquetMetaDataWriter::new_with_tracked(self.sink, &meta).finish().map_err(|e| StoreError::parquet(path, e))?;
+        self.direct.finish().map_err(|e| StoreError::io(path, e))
     }
 }
 

@@ -14,6 +14,7 @@
 //! and cleaning crash leftovers. An existing object is never rewritten: identical content is stored
 //! once.
 
+mod direct_sink;
 pub mod draft;
 pub mod error;
 pub mod format;

@@ -1,14 +1,10 @@
-//! [`WriteBehind`]: how an object file being written hands its bytes to the disk as it grows,
-//! instead of leaving them all dirty in the page cache for the fsync at the end.
-//!
-//! Every [`WINDOW`] bytes the new range is queued for writeback (`sync_file_range(WRITE)`, no
-//! wait). The range queued the time before has had a whole window of encoding to reach the disk:
-//! it is waited for and then dropped from the page cache (`posix_fadvise(DONTNEED)`). An object is
-//! written once and read back rarely (and through the mount's own cache when it is), so keeping
-//! its pages buys little, while a stream that keeps taking fresh pages is slow where memory is
-//! expensive to touch for the first time (a VM's guest memory: a page the host has never backed
-//! costs far more than one just freed). Measured in the benchmark: see README "Benchmark".
-//! At most two windows of the object stay in the page cache; the fsync at commit finds them.
+//! Writeback by hand for files pond writes front to back through the page cache: queue a range
+//! for writeback without waiting (`sync_file_range(WRITE)`), wait for a range queued before, and
+//! drop it from the page cache (`posix_fadvise(DONTNEED)`). A file's bytes then reach the disk as
+//! it grows, instead of all waiting, dirty, for the fsync at the end; and a stream of fresh pages
+//! does not pile up where memory is expensive to touch for the first time (a VM's guest memory).
+//! Used by a replica's chunk cache for what it writes through the page cache; packs are written
+//! without the page cache (`direct_sink`).
 //!
 //! A failed wait is an error of the write (the disk refused the bytes: EIO, or ENOSPC with
 //! delayed allocation): it is reported here, because the wait consumes the error the later fsync
@@ -17,36 +13,6 @@
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
-
-/// Bytes of an object between two writeback steps.
-pub const WINDOW: u64 = 8 << 20;
-
-/// Writeback progress of one file written front to back (see the module doc).
-#[derive(Debug, Default)]
-pub(crate) struct WriteBehind {
-    /// End of the range last queued for writeback.
-    queued: u64,
-    /// End of the range already written back and dropped from the page cache.
-    dropped: u64,
-}
-
-impl WriteBehind {
-    /// Called as `file` grows to `len` bytes: queues and retires whole windows.
-    pub(crate) fn advance(&mut self, file: &File, len: u64) -> io::Result<()> {
-        if len < self.queued + WINDOW {
-            return Ok(());
-        }
-        if self.queued > self.dropped {
-            let (start, end) = (self.dropped, self.queued);
-            wait_written(file, start, end - start)?;
-            drop_cached(file, start, end - start);
-            self.dropped = end;
-        }
-        queue_writeback(file, self.queued, len - self.queued);
-        self.queued = len;
-        Ok(())
-    }
-}
 
 /// Asks the kernel to start writing `file`'s dirty pages in the range back, without waiting for it
 /// (a length of 0 means to the end of the file).
@@ -97,22 +63,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn windows_are_queued_then_retired_one_behind() {
+    fn written_back_and_dropped_ranges_keep_the_file_s_bytes() {
         let mut file = tempfile::tempfile().unwrap();
-        let mut wb = WriteBehind::default();
-        let block = vec![7u8; (WINDOW / 2) as usize];
-        let mut len = 0;
-        let mut seen = Vec::new();
-        for _ in 0..7 {
+        let block = vec![7u8; 1 << 20];
+        for _ in 0..3 {
             file.write_all(&block).unwrap();
-            len += block.len() as u64;
-            wb.advance(&file, len).unwrap();
-            seen.push((wb.queued / WINDOW * 2, wb.dropped / WINDOW * 2));
         }
-        // In half windows: queued after every second block, the previous queue retired then.
-        assert_eq!(seen, [(0, 0), (2, 0), (2, 0), (4, 2), (4, 2), (6, 4), (6, 4)]);
+        queue_writeback(&file, 0, 0);
+        wait_written(&file, 0, 2 << 20).unwrap();
+        drop_cached(&file, 0, 2 << 20);
         let content = std::fs::read(format!("/proc/self/fd/{}", file.as_raw_fd())).unwrap();
-        assert_eq!(content.len() as u64, len, "dropping pages from the cache must not change the file");
+        assert_eq!(content.len(), 3 << 20, "dropping pages from the cache must not change the file");
         assert!(content.iter().all(|&b| b == 7));
     }
 }

@@ -9,14 +9,14 @@
 //! the next request. Measured before (1 GiB cold read from the local S3 server): a quarter of the
 //! daemon's CPU went to faulting in the pages of a new 8-12 MiB buffer per request.
 
-use std::alloc::Layout;
-use std::ptr::NonNull;
 use std::sync::Mutex;
 
 use bytes::Bytes;
 
+use crate::aligned_buf::AlignedBuf;
+
 /// Memory pages, and the unit of an `O_DIRECT` write.
-pub const PAGE: u64 = 4096;
+pub const PAGE: u64 = crate::aligned_buf::PAGE as u64;
 /// Free buffers kept for reuse: enough for the requests that end while others start.
 const POOLED: usize = 3;
 /// Buffers are allocated in multiples of this, so that one freed serves the next request of a
@@ -24,31 +24,31 @@ const POOLED: usize = 3;
 const ROUND: usize = 4 << 20;
 
 /// Free buffers.
-struct Pool(Mutex<Vec<Block>>);
+struct Pool(Mutex<Vec<AlignedBuf>>);
 
 /// The pool of read-ahead buffers.
 static POOL: Pool = Pool(Mutex::new(Vec::new()));
 
 impl Pool {
     /// A free block of at least `capacity` bytes: a pooled one when one is big enough.
-    fn take(&self, capacity: usize) -> Block {
+    fn take(&self, capacity: usize) -> AlignedBuf {
         let mut free = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        match free.iter().position(|b| b.capacity >= capacity) {
+        match free.iter().position(|b| b.capacity() >= capacity) {
             Some(i) => free.swap_remove(i),
             None => {
                 drop(free);
-                Block::new(capacity.div_ceil(ROUND) * ROUND)
+                AlignedBuf::new(capacity.div_ceil(ROUND) * ROUND)
             }
         }
     }
 
     /// Keeps `block` for reuse; when [`POOLED`] are kept already, the smallest goes (small ones
     /// kept from a read's first requests would otherwise turn every later one away).
-    fn give_back(&self, block: Block) {
+    fn give_back(&self, block: AlignedBuf) {
         let mut free = self.0.lock().unwrap_or_else(|p| p.into_inner());
         free.push(block);
         if free.len() > POOLED
-            && let Some(smallest) = (0..free.len()).min_by_key(|&i| free[i].capacity)
+            && let Some(smallest) = (0..free.len()).min_by_key(|&i| free[i].capacity())
         {
             let gone = free.swap_remove(smallest);
             drop(free);
@@ -57,48 +57,17 @@ impl Pool {
     }
 }
 
-/// One page-aligned allocation.
-struct Block {
-    ptr: NonNull<u8>,
-    capacity: usize,
-}
-
-// SAFETY: a Block owns its allocation outright; nothing else points into it while it is pooled.
-unsafe impl Send for Block {}
-
-impl Block {
-    fn new(capacity: usize) -> Block {
-        let layout = Layout::from_size_align(capacity.max(1), PAGE as usize).expect("a page-aligned layout");
-        // SAFETY: the layout has a non-zero size.
-        let ptr = unsafe { std::alloc::alloc(layout) };
-        let Some(ptr) = NonNull::new(ptr) else { std::alloc::handle_alloc_error(layout) };
-        Block { ptr, capacity: capacity.max(1) }
-    }
-}
-
-impl Drop for Block {
-    fn drop(&mut self) {
-        let layout = Layout::from_size_align(self.capacity, PAGE as usize).expect("the layout it was made with");
-        // SAFETY: allocated in `Block::new` with this layout, freed once.
-        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), layout) };
-    }
-}
-
 /// The owner behind a filled buffer's [`Bytes`]: gives the block back to the pool when the last
 /// slice of it is dropped.
 struct Filled {
-    block: Option<Block>,
+    block: Option<AlignedBuf>,
     len: usize,
     pool: &'static Pool,
 }
 
 impl AsRef<[u8]> for Filled {
     fn as_ref(&self) -> &[u8] {
-        match &self.block {
-            // SAFETY: the first `len` bytes were written by `fill` (the invariant of `Filled`).
-            Some(b) => unsafe { std::slice::from_raw_parts(b.ptr.as_ptr(), self.len) },
-            None => &[],
-        }
+        self.block.as_ref().map_or(&[], |b| &b.as_slice()[..self.len])
     }
 }
 
@@ -112,7 +81,7 @@ impl Drop for Filled {
 
 /// A request's body on its way in: the bytes of `[start, start + want)` of a file.
 pub struct SpanBuf {
-    block: Block,
+    block: AlignedBuf,
     pool: &'static Pool,
     /// Where `start` lies in the block (`start % PAGE`).
     head: usize,
@@ -136,14 +105,8 @@ impl SpanBuf {
         if piece.len() > self.want - self.got {
             return false;
         }
-        // SAFETY: `head + got + piece.len() <= head + want <= capacity`, and `piece` is not in the block.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                piece.as_ptr(),
-                self.block.ptr.as_ptr().add(self.head + self.got),
-                piece.len(),
-            )
-        };
+        let at = self.head + self.got;
+        self.block.as_mut_slice()[at..at + piece.len()].copy_from_slice(piece);
         self.got += piece.len();
         true
     }
@@ -152,27 +115,14 @@ impl SpanBuf {
     /// replica directory's objects are read so, not through a stream of small pieces). Stops
     /// short at the file's end ([`SpanBuf::is_full`] then says so).
     pub fn read_from(&mut self, file: &std::fs::File, start: u64) -> std::io::Result<()> {
-        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::FileExt;
         while self.got < self.want {
-            let at = i64::try_from(start + self.got as u64).map_err(|_| std::io::ErrorKind::InvalidInput)?;
-            // SAFETY: pread writes at most `want - got` bytes from `head + got`, inside the block.
-            let n = unsafe {
-                libc::pread(
-                    file.as_raw_fd(),
-                    self.block.ptr.as_ptr().add(self.head + self.got).cast(),
-                    self.want - self.got,
-                    at,
-                )
-            };
-            match n {
-                0 => break,
-                n if n > 0 => self.got += n as usize,
-                _ => {
-                    let e = std::io::Error::last_os_error();
-                    if e.kind() != std::io::ErrorKind::Interrupted {
-                        return Err(e);
-                    }
-                }
+            let (from, to) = (self.head + self.got, self.head + self.want);
+            match file.read_at(&mut self.block.as_mut_slice()[from..to], start + self.got as u64) {
+                Ok(0) => break,
+                Ok(n) => self.got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
             }
         }
         Ok(())
@@ -256,7 +206,7 @@ mod tests {
         assert_eq!(pool.0.lock().unwrap().len(), POOLED, "at most {POOLED} are kept");
         let big = filled(0, ROUND + 1);
         drop(big);
-        let sizes: Vec<usize> = pool.0.lock().unwrap().iter().map(|b| b.capacity).collect();
+        let sizes: Vec<usize> = pool.0.lock().unwrap().iter().map(|b| b.capacity()).collect();
         assert!(sizes.contains(&(2 * ROUND)), "a larger one freed replaces a smaller one kept: {sizes:?}");
     }
 }

@@ -1,0 +1,79 @@
+//! [`AlignedBuf`]: a zero-initialised buffer that starts on a memory page, as `O_DIRECT` wants
+//! the memory it writes from. Used where pond writes large runs of bytes without the page cache:
+//! a pack being written (`large_files::direct_sink`) and a replica's read-ahead requests
+//! (`remote_mount::span_buf`).
+
+use std::alloc::Layout;
+use std::ptr::NonNull;
+
+/// Memory pages, and the unit of an `O_DIRECT` write's offset and length.
+pub(crate) const PAGE: usize = 4096;
+
+/// `capacity` bytes, page-aligned, all initialised (to zero when new).
+pub(crate) struct AlignedBuf {
+    ptr: NonNull<u8>,
+    capacity: usize,
+}
+
+// SAFETY: an AlignedBuf owns its allocation outright, like a Vec<u8>.
+unsafe impl Send for AlignedBuf {}
+// SAFETY: shared access only reads.
+unsafe impl Sync for AlignedBuf {}
+
+impl AlignedBuf {
+    pub(crate) fn new(capacity: usize) -> AlignedBuf {
+        let capacity = capacity.max(1);
+        let layout = Self::layout(capacity);
+        // SAFETY: the layout has a non-zero size. Zeroed: fresh pages come zeroed from the kernel
+        // anyway, and every byte is initialised for the slices below.
+        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+        let Some(ptr) = NonNull::new(ptr) else { std::alloc::handle_alloc_error(layout) };
+        AlignedBuf { ptr, capacity }
+    }
+
+    fn layout(capacity: usize) -> Layout {
+        Layout::from_size_align(capacity, PAGE).expect("a page-aligned layout of a sane size")
+    }
+
+    pub(crate) fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    pub(crate) fn as_slice(&self) -> &[u8] {
+        // SAFETY: `capacity` initialised bytes owned by self.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.capacity) }
+    }
+
+    pub(crate) fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: `capacity` initialised bytes owned by self, borrowed mutably once.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.capacity) }
+    }
+}
+
+impl Drop for AlignedBuf {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this layout, freed once.
+        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), Self::layout(self.capacity)) };
+    }
+}
+
+impl std::fmt::Debug for AlignedBuf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AlignedBuf").field("capacity", &self.capacity).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_buffer_starts_on_a_page_and_is_zeroed() {
+        let mut buf = AlignedBuf::new(3 * PAGE + 5);
+        assert_eq!(buf.as_slice().as_ptr() as usize % PAGE, 0);
+        assert_eq!(buf.capacity(), 3 * PAGE + 5);
+        assert!(buf.as_slice().iter().all(|&b| b == 0));
+        buf.as_mut_slice()[3 * PAGE + 4] = 7;
+        assert_eq!(buf.as_slice()[3 * PAGE + 4], 7);
+    }
+}
