@@ -5,6 +5,7 @@
 
 use std::alloc::Layout;
 use std::ptr::NonNull;
+use std::sync::Mutex;
 
 /// Memory pages, and the unit of an `O_DIRECT` write's offset and length.
 pub(crate) const PAGE: usize = 4096;
@@ -60,6 +61,53 @@ impl Drop for AlignedBuf {
 impl std::fmt::Debug for AlignedBuf {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AlignedBuf").field("capacity", &self.capacity).finish()
+    }
+}
+
+/// Freed buffers kept for the next user.
+pub(crate) struct Pool {
+    free: Mutex<Vec<AlignedBuf>>,
+    /// Buffers kept at most.
+    keep: usize,
+    /// New buffers are allocated in multiples of this.
+    round: usize,
+}
+
+impl Pool {
+    pub(crate) const fn new(keep: usize, round: usize) -> Pool {
+        Pool { free: Mutex::new(Vec::new()), keep, round }
+    }
+
+    /// A buffer of at least `capacity` bytes: a kept one when one is big enough (its bytes are
+    /// whatever its last user left).
+    pub(crate) fn take(&self, capacity: usize) -> AlignedBuf {
+        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        match free.iter().position(|b| b.capacity() >= capacity) {
+            Some(i) => free.swap_remove(i),
+            None => {
+                drop(free);
+                AlignedBuf::new(capacity.div_ceil(self.round) * self.round)
+            }
+        }
+    }
+
+    /// Keeps `buf` for reuse; when `keep` are kept already, the smallest goes (small ones kept
+    /// would otherwise turn every larger request away).
+    pub(crate) fn give_back(&self, buf: AlignedBuf) {
+        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        free.push(buf);
+        if free.len() > self.keep
+            && let Some(smallest) = (0..free.len()).min_by_key(|&i| free[i].capacity())
+        {
+            let gone = free.swap_remove(smallest);
+            drop(free);
+            drop(gone);
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn kept(&self) -> Vec<usize> {
+        self.free.lock().unwrap().iter().map(AlignedBuf::capacity).collect()
     }
 }
 

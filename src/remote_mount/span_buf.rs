@@ -5,57 +5,20 @@
 //! A buffer holds the bytes of a file from the page boundary at or before the request's start:
 //! file offset `x` lies at `x - page_floor(start)` in it, so every page of the file inside the
 //! request is a page of memory. Filled once ([`SpanBuf::fill`]), it becomes [`Bytes`] that slices
-//! share; when the last slice goes, the buffer goes back to a small pool ([`POOLED`] at most) for
+//! share; when the last slice goes, the buffer goes back to a small pool ([`POOL`]) for
 //! the next request. Measured before (1 GiB cold read from the local S3 server): a quarter of the
 //! daemon's CPU went to faulting in the pages of a new 8-12 MiB buffer per request.
 
-use std::sync::Mutex;
-
 use bytes::Bytes;
 
-use crate::aligned_buf::AlignedBuf;
+use crate::aligned_buf::{AlignedBuf, Pool};
 
 /// Memory pages, and the unit of an `O_DIRECT` write.
 pub const PAGE: u64 = crate::aligned_buf::PAGE as u64;
-/// Free buffers kept for reuse: enough for the requests that end while others start.
-const POOLED: usize = 3;
-/// Buffers are allocated in multiples of this, so that one freed serves the next request of a
-/// similar size (pages never written are not resident).
-const ROUND: usize = 4 << 20;
-
-/// Free buffers.
-struct Pool(Mutex<Vec<AlignedBuf>>);
-
-/// The pool of read-ahead buffers.
-static POOL: Pool = Pool(Mutex::new(Vec::new()));
-
-impl Pool {
-    /// A free block of at least `capacity` bytes: a pooled one when one is big enough.
-    fn take(&self, capacity: usize) -> AlignedBuf {
-        let mut free = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        match free.iter().position(|b| b.capacity() >= capacity) {
-            Some(i) => free.swap_remove(i),
-            None => {
-                drop(free);
-                AlignedBuf::new(capacity.div_ceil(ROUND) * ROUND)
-            }
-        }
-    }
-
-    /// Keeps `block` for reuse; when [`POOLED`] are kept already, the smallest goes (small ones
-    /// kept from a read's first requests would otherwise turn every later one away).
-    fn give_back(&self, block: AlignedBuf) {
-        let mut free = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        free.push(block);
-        if free.len() > POOLED
-            && let Some(smallest) = (0..free.len()).min_by_key(|&i| free[i].capacity())
-        {
-            let gone = free.swap_remove(smallest);
-            drop(free);
-            drop(gone);
-        }
-    }
-}
+/// The pool of read-ahead buffers: three kept (enough for the requests that end while others
+/// start), allocated in multiples of 4 MiB so that one freed serves the next request of a similar
+/// size (pages never written are not resident).
+static POOL: Pool = Pool::new(3, 4 << 20);
 
 /// The owner behind a filled buffer's [`Bytes`]: gives the block back to the pool when the last
 /// slice of it is dropped.
@@ -185,7 +148,9 @@ mod tests {
 
     #[test]
     fn a_buffer_whose_slices_are_gone_is_reused_and_the_pool_stays_small() {
-        let pool: &'static Pool = Box::leak(Box::new(Pool(Mutex::new(Vec::new()))));
+        const KEEP: usize = 3;
+        const ROUND: usize = 4 << 20;
+        let pool: &'static Pool = Box::leak(Box::new(Pool::new(KEEP, ROUND)));
         let filled = |start: u64, n: usize| {
             let mut buf = SpanBuf::from_pool(pool, start, n);
             assert!(buf.fill(&vec![1u8; n]));
@@ -195,18 +160,18 @@ mod tests {
         let at = span.padded.as_ptr() as usize;
         let slice = span.data.slice(10..20);
         drop(span);
-        assert!(pool.0.lock().unwrap().is_empty(), "a slice keeps its buffer");
+        assert!(pool.kept().is_empty(), "a slice keeps its buffer");
         assert_eq!(slice[..], [1u8; 10]);
         drop(slice);
-        assert_eq!(pool.0.lock().unwrap().len(), 1);
+        assert_eq!(pool.kept().len(), 1);
         let again = filled(PAGE + 5, 2 * PAGE as usize);
         assert_eq!(again.padded.as_ptr() as usize, at, "the freed buffer serves the next request");
-        let many: Vec<Span> = (0..POOLED + 2).map(|i| filled(i as u64, 100)).collect();
+        let many: Vec<Span> = (0..KEEP + 2).map(|i| filled(i as u64, 100)).collect();
         drop((again, many));
-        assert_eq!(pool.0.lock().unwrap().len(), POOLED, "at most {POOLED} are kept");
+        assert_eq!(pool.kept().len(), KEEP, "at most {KEEP} are kept");
         let big = filled(0, ROUND + 1);
         drop(big);
-        let sizes: Vec<usize> = pool.0.lock().unwrap().iter().map(|b| b.capacity()).collect();
+        let sizes = pool.kept();
         assert!(sizes.contains(&(2 * ROUND)), "a larger one freed replaces a smaller one kept: {sizes:?}");
     }
 }
