@@ -1,6 +1,6 @@
 //! [`DirectSink`]: where a pack's bytes go while it is written. They are gathered in a
-//! page-aligned buffer of [`BUF`] bytes; each full buffer is written with `O_DIRECT` by a writer
-//! thread of the pack while the next one fills, so the bytes go from pond's memory to the disk
+//! page-aligned buffer of [`BUF`] bytes; each full buffer is written with `O_DIRECT` by one of the
+//! pack's writer threads ([`IN_FLIGHT`] writes at once) while the next one fills, so the bytes go from pond's memory to the disk
 //! without a copy into the page cache, and encoding overlaps the disk's work. The last, partial
 //! buffer is written at [`DirectSink::finish`]: its whole pages with `O_DIRECT`, the rest through
 //! the page cache. A pack smaller than one buffer is written once, through the page cache.
@@ -24,8 +24,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::aligned_buf::{AlignedBuf, PAGE, Pool};
 
-/// Bytes of a pack gathered before they are written; two such buffers per pack being written.
+/// Bytes of a pack gathered before they are written.
 pub(crate) const BUF: usize = 2 << 20;
+/// Buffers being written at once per pack, each by its own writer thread (one more fills).
+const IN_FLIGHT: usize = 2;
 
 /// Buffers of finished packs, for the next: a new one per pack cost `tar -x` of many 200 KiB
 /// files 10-20% (a fresh mapping faulted in, then unmapped, per file).
@@ -47,11 +49,11 @@ struct Sink {
     len: usize,
     start: u64,
     /// The other buffer, back from the writer.
-    spare: Option<AlignedBuf>,
+    spare: Vec<AlignedBuf>,
     direct: Direct,
     writer: Option<Writer>,
-    /// A buffer is with the writer.
-    in_flight: bool,
+    /// Buffers with the writers.
+    in_flight: usize,
     /// Set once a write failed: every later call fails the same way.
     failed: Option<(io::ErrorKind, Option<i32>, String)>,
 }
@@ -67,7 +69,7 @@ enum Direct {
 struct Writer {
     to: Sender<(AlignedBuf, u64)>,
     back: Receiver<(AlignedBuf, io::Result<()>)>,
-    thread: std::thread::JoinHandle<()>,
+    threads: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl DirectSink {
@@ -80,10 +82,10 @@ impl DirectSink {
                 buf: None,
                 len: 0,
                 start: 0,
-                spare: None,
+                spare: Vec::new(),
                 direct: Direct::Untried,
                 writer: None,
-                in_flight: false,
+                in_flight: 0,
                 failed: None,
             })),
         }
@@ -132,7 +134,7 @@ impl Sink {
     fn write_all(&mut self, mut data: &[u8]) -> io::Result<()> {
         self.check()?;
         while !data.is_empty() {
-            let spare = self.spare.take();
+            let spare = self.spare.pop();
             let buf = self.buf.get_or_insert_with(|| spare.unwrap_or_else(|| POOL.take(BUF)));
             let n = (BUF - self.len).min(data.len());
             buf.as_mut_slice()[self.len..self.len + n].copy_from_slice(&data[..n]);
@@ -147,7 +149,10 @@ impl Sink {
 
     /// Hands the full buffer to the writer (or writes it here when there is none).
     fn submit(&mut self) -> io::Result<()> {
-        self.reclaim()?;
+        if self.in_flight == IN_FLIGHT {
+            self.reclaim_one()?;
+        }
+        self.check()?;
         let Some(buf) = self.buf.take() else { return Ok(()) };
         let at = self.start;
         self.start += BUF as u64;
@@ -159,7 +164,7 @@ impl Sink {
             let buf = match &self.writer {
                 Some(w) => match w.to.send((buf, at)) {
                     Ok(()) => {
-                        self.in_flight = true;
+                        self.in_flight += 1;
                         return Ok(());
                     }
                     Err(std::sync::mpsc::SendError((buf, _))) => {
@@ -171,28 +176,37 @@ impl Sink {
                 None => buf,
             };
             let written = write_direct_or_cached(&direct, &self.file, buf.as_slice(), at);
-            self.spare = Some(buf);
+            self.spare.push(buf);
             return written.map_err(|e| self.fail(e));
         }
         let written = self.file.write_all_at(buf.as_slice(), at);
-        self.spare = Some(buf);
+        self.spare.push(buf);
         written.map_err(|e| self.fail(e))
     }
 
-    /// Waits for the buffer with the writer; keeps it as the spare; reports its write's error.
-    fn reclaim(&mut self) -> io::Result<()> {
-        if !self.in_flight {
-            return self.check();
-        }
-        self.in_flight = false;
+    /// Waits for one buffer with the writers; keeps it as a spare; reports its write's error.
+    fn reclaim_one(&mut self) -> io::Result<()> {
+        self.in_flight -= 1;
         let back = self.writer.as_ref().map(|w| w.back.recv());
         match back {
             Some(Ok((buf, result))) => {
-                self.spare = Some(buf);
+                self.spare.push(buf);
                 result.map_err(|e| self.fail(e))
             }
             _ => Err(self.fail(io::Error::other("the pack's writer thread stopped"))),
         }
+    }
+
+    /// Waits for every buffer with the writers; reports the first error.
+    fn reclaim(&mut self) -> io::Result<()> {
+        let mut first = Ok(());
+        while self.in_flight > 0 {
+            let result = self.reclaim_one();
+            if first.is_ok() {
+                first = result;
+            }
+        }
+        first.and_then(|()| self.check())
     }
 
     /// The `O_DIRECT` descriptor, opened on first use; `None` where the filesystem refuses it.
@@ -235,17 +249,20 @@ impl Sink {
     }
 
     fn stop_writer(&mut self) {
-        if let Some(Writer { to, back, thread }) = self.writer.take() {
+        if let Some(Writer { to, back, threads }) = self.writer.take() {
             drop((to, back));
-            let _ = thread.join();
+            for thread in threads {
+                let _ = thread.join();
+            }
         }
+        self.in_flight = 0;
     }
 }
 
 impl Drop for Sink {
     fn drop(&mut self) {
         self.stop_writer();
-        for buf in [self.buf.take(), self.spare.take()].into_iter().flatten() {
+        for buf in self.buf.take().into_iter().chain(self.spare.drain(..)) {
             POOL.give_back(buf);
         }
     }
@@ -260,24 +277,35 @@ fn write_direct_or_cached(direct: &File, cached: &File, bytes: &[u8], at: u64) -
     }
 }
 
-/// The writer thread of one pack: writes each full buffer it is given and hands it back with the
-/// result. `None` when no thread can be started (the caller then writes itself).
+/// The writer threads of one pack ([`IN_FLIGHT`]): each writes a full buffer it is given and hands
+/// it back with the result. `None` when no thread can be started (the caller then writes itself).
 fn spawn_writer(direct: Arc<File>, cached: Arc<File>) -> Option<Writer> {
     let (to, jobs) = channel::<(AlignedBuf, u64)>();
+    let jobs = Arc::new(Mutex::new(jobs));
     let (done, back) = channel();
-    let thread = std::thread::Builder::new()
-        .name("pond-pack-writer".into())
-        .spawn(move || {
-            for (buf, at) in jobs {
+    let mut threads = Vec::new();
+    for _ in 0..IN_FLIGHT {
+        let (jobs, done, direct, cached) = (jobs.clone(), done.clone(), direct.clone(), cached.clone());
+        let spawned = std::thread::Builder::new().name("pond-pack-writer".into()).spawn(move || {
+            loop {
+                let job = jobs.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                let Ok((buf, at)) = job else { return };
                 let result = write_direct_or_cached(&direct, &cached, buf.as_slice(), at);
                 if done.send((buf, result)).is_err() {
                     return;
                 }
             }
-        })
-        .map_err(|e| tracing::debug!("no writer thread for a pack ({e}): writing it in the caller"))
-        .ok()?;
-    Some(Writer { to, back, thread })
+        });
+        match spawned {
+            Ok(t) => threads.push(t),
+            Err(e) => tracing::debug!("a writer thread for a pack could not start ({e})"),
+        }
+    }
+    if threads.is_empty() {
+        tracing::debug!("no writer thread for a pack: writing it in the caller");
+        return None;
+    }
+    Some(Writer { to, back, threads })
 }
 
 #[cfg(test)]
