@@ -167,9 +167,10 @@ impl Sink {
                         self.in_flight += 1;
                         return Ok(());
                     }
-                    Err(std::sync::mpsc::SendError((buf, _))) => {
+                    Err(_) => {
+                        // The writers are gone (a panic): what they held may not be written.
                         self.stop_writer();
-                        buf
+                        return Err(self.fail(io::Error::other("the pack's writer threads stopped")));
                     }
                 },
                 // No writer (a thread limit): written here, held up by the disk but not wrong.
