@@ -257,13 +257,29 @@ fn a_directory_replica_s_links_are_refused_not_followed() {
     assert_ne!(big.len(), 0);
 }
 
-#[test]
-fn a_corrupted_cache_entry_is_fetched_again_not_served() {
+/// The sample pond replicated to a directory: the pond (its scratch space), big's bytes, the
+/// remote, a work directory (mount logs, the cache) and the remote's URL.
+fn sample_directory_replica() -> (TestPond, Vec<u8>, PathBuf, PathBuf, String) {
     let (src, big) = sample_pond();
     let remote = src.scratch("remote");
     replicate(&src, s(&remote), &[]);
     let work = src.scratch("work");
     let url = file_url(&remote);
+    (src, big, remote, work, url)
+}
+
+/// Where a mount's disk cache under `work` keeps chunk `chunk` of `big`: the cache's file, the
+/// remote's pack it mirrors, and the chunk's offset (the same in both).
+fn cached_chunk_place(work: &Path, url: &str, remote: &Path, big: &[u8], chunk: usize) -> (PathBuf, PathBuf, u64) {
+    let (pack, offset) = chunk_place(remote, big, chunk);
+    let name = pack.file_name().unwrap().to_string_lossy().trim_end_matches(".parquet").to_string();
+    let blobs = pond::remote_mount::cache_dir(&work.join("cache"), url).join("blobs");
+    (blobs.join(&name[..2]).join(format!("p{name}")), pack, offset)
+}
+
+#[test]
+fn a_corrupted_cache_entry_is_fetched_again_not_served() {
+    let (_src, big, remote, work, url) = sample_directory_replica();
     {
         let mnt = ReplicaMount::new(&url, &work.join("mnt"), &options(&work, &[]), &[]);
         assert_same_bytes(&std::fs::read(mnt.path("big")).unwrap(), &big, "first read");
@@ -273,9 +289,7 @@ fn a_corrupted_cache_entry_is_fetched_again_not_served() {
     let blobs = pond::remote_mount::cache_dir(&work.join("cache"), &url).join("blobs");
     let mut flipped = Vec::new();
     for chunk in 0..big.len().div_ceil(C) {
-        let (pack, offset) = chunk_place(&remote, &big, chunk);
-        let name = pack.file_name().unwrap().to_string_lossy().trim_end_matches(".parquet").to_string();
-        let cached = blobs.join(&name[..2]).join(format!("p{name}"));
+        let (cached, pack, offset) = cached_chunk_place(&work, &url, &remote, &big, chunk);
         let f = std::fs::OpenOptions::new().read(true).write(true).open(&cached).expect("the chunk's pack is cached");
         let mut byte = [0u8];
         f.read_exact_at(&mut byte, offset + 10).unwrap();
@@ -311,11 +325,7 @@ fn a_corrupted_cache_entry_is_fetched_again_not_served() {
 #[test]
 fn a_damaged_piece_of_a_cached_chunk_is_fetched_again_on_a_small_read() {
     use std::os::unix::fs::OpenOptionsExt;
-    let (src, big) = sample_pond();
-    let remote = src.scratch("remote");
-    replicate(&src, s(&remote), &[]);
-    let work = src.scratch("work");
-    let url = file_url(&remote);
+    let (_src, big, remote, work, url) = sample_directory_replica();
     let mnt = ReplicaMount::new(&url, &work.join("mnt"), &options(&work, &[]), &[]);
     // O_DIRECT: every 4 KiB read reaches the daemon (the kernel's page cache would answer re-reads).
     let f = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_DIRECT).open(mnt.path("big")).unwrap();
@@ -326,12 +336,8 @@ fn a_damaged_piece_of_a_cached_chunk_is_fetched_again_on_a_small_read() {
     // reads piece 3 alone, from the cache.
     f.read_exact_at(&mut buf.0, at(0)).unwrap();
     assert_same_bytes(&buf.0, &big[at(0) as usize..at(1) as usize], "first small read");
-    let blobs = pond::remote_mount::cache_dir(&work.join("cache"), &url).join("blobs");
-    let (pack, offset) = chunk_place(&remote, &big, chunk);
-    let name = pack.file_name().unwrap().to_string_lossy().trim_end_matches(".parquet").to_string();
-    let cached =
-        std::fs::OpenOptions::new().read(true).write(true).open(blobs.join(&name[..2]).join(format!("p{name}")));
-    let cached = cached.expect("the chunk's pack is cached");
+    let (cached, _, offset) = cached_chunk_place(&work, &url, &remote, &big, chunk);
+    let cached = std::fs::OpenOptions::new().read(true).write(true).open(cached).expect("the chunk's pack is cached");
     let mut byte = [0u8];
     cached.read_exact_at(&mut byte, offset + 3 * 4096 + 10).unwrap();
     cached.write_all_at(&[byte[0] ^ 0x40], offset + 3 * 4096 + 10).unwrap();
