@@ -4,6 +4,9 @@
 //! (`remote_mount::span_buf`).
 
 use std::alloc::Layout;
+use std::fs::File;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
 use std::ptr::NonNull;
 use std::sync::Mutex;
 
@@ -118,6 +121,12 @@ impl Pool {
     pub(crate) fn kept(&self) -> Vec<usize> {
         self.free.lock().unwrap().iter().map(AlignedBuf::capacity).collect()
     }
+}
+
+/// `path`, a file that exists, opened for writing with `O_DIRECT` (never through a link). EINVAL
+/// where the filesystem refuses it: callers then write through the page cache.
+pub(crate) fn open_direct(path: &Path) -> std::io::Result<File> {
+    std::fs::OpenOptions::new().write(true).custom_flags(libc::O_DIRECT | libc::O_NOFOLLOW | libc::O_CLOEXEC).open(path)
 }
 
 #[cfg(test)]

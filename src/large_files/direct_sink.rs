@@ -17,12 +17,12 @@
 
 use std::fs::File;
 use std::io::{self, Write};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::aligned_buf::{AlignedBuf, PAGE, Pool};
+use crate::aligned_buf::{AlignedBuf, PAGE, Pool, open_direct};
 
 /// Bytes of a pack gathered before they are written.
 pub(crate) const BUF: usize = 2 << 20;
@@ -213,11 +213,7 @@ impl Sink {
     /// The `O_DIRECT` descriptor, opened on first use; `None` where the filesystem refuses it.
     fn direct_file(&mut self) -> Option<Arc<File>> {
         if let Direct::Untried = self.direct {
-            let opened = std::fs::OpenOptions::new()
-                .write(true)
-                .custom_flags(libc::O_DIRECT | libc::O_NOFOLLOW | libc::O_CLOEXEC)
-                .open(&self.path);
-            self.direct = match opened {
+            self.direct = match open_direct(&self.path) {
                 Ok(f) => Direct::Open(Arc::new(f)),
                 Err(e) => {
                     tracing::debug!(path = %self.path.display(), "O_DIRECT refused ({e}): packs go through the page cache");

@@ -48,6 +48,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use bytes::Bytes;
 
 use super::span_buf::{PAGE, Span};
+use crate::aligned_buf::open_direct;
 use crate::layout::PondFile;
 
 /// Ticks of extents found on disk at start are below this; uses after start are above it, so
@@ -275,6 +276,11 @@ impl ChunkCache {
                 return;
             }
         }
+        self.remember(file, ranges);
+    }
+
+    /// Records the extents `ranges` of `file` as cached, used now.
+    fn remember(&self, file: &FileKey, ranges: &[(u64, u64)]) {
         let mut index = self.index();
         for &(offset, len) in ranges {
             index.insert(file, offset, offset + len, None);
@@ -295,8 +301,8 @@ impl ChunkCache {
         self.evict(self.budget.saturating_sub(len));
         let pad = start - start / PAGE * PAGE;
         let at = |offset: u64| (offset - start + pad) as usize;
-        let written = self.write_direct(file, first_page, &span.padded[at(first_page)..at(last_page)]).and_then(|()| {
-            let f = self.descriptor(file, true)?;
+        let written = self.descriptor(file, true).and_then(|f| {
+            open_direct(&self.path(file))?.write_all_at(&span.padded[at(first_page)..at(last_page)], first_page)?;
             f.write_all_at(&span.data[..(first_page - start) as usize], start)?;
             f.write_all_at(&span.data[(last_page - start) as usize..], last_page)
         });
@@ -309,25 +315,7 @@ impl ChunkCache {
             tracing::debug!(file = %file.0, "could not cache fetched bytes: {e}");
             return;
         }
-        let mut index = self.index();
-        for &(offset, len) in ranges {
-            index.insert(file, offset, offset + len, None);
-        }
-    }
-
-    /// Writes whole pages (`bytes` page-aligned in memory, `offset` in the file) with `O_DIRECT`.
-    fn write_direct(&self, file: &FileKey, offset: u64, bytes: &[u8]) -> std::io::Result<()> {
-        let path = self.path(file);
-        if let Some(parent) = path.parent() {
-            super::make_private_dir(parent)?;
-        }
-        let f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .mode(0o600)
-            .custom_flags(libc::O_CLOEXEC | libc::O_DIRECT | libc::O_NOFOLLOW)
-            .open(&path)?;
-        f.write_all_at(bytes, offset)
+        self.remember(file, ranges);
     }
 
     /// Queues what was just written for writeback; retires the write [`BEHIND`] before.
