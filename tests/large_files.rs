@@ -253,9 +253,51 @@ fn writes_at_offsets_truncate_extend_sparse() {
 }
 
 #[test]
+fn a_small_large_file_is_held_until_make_durable_and_reads_the_same_before_and_after() {
+    // What a close stores of a file of a few chunks (its pack and its manifest) is written by the
+    // next commit's `make_durable`, not by the close; until then the store serves it from memory.
+    let (d, store) = store();
+    let data = pattern(3 * C + 5, 47);
+    let mut w = writer(&store);
+    w.write_at(0, &data).expect("write");
+    let Finished::Large(out) = w.finish().expect("finish") else { panic!("3 chunks must be large") };
+    assert!(store.list().expect("list").is_empty(), "a close wrote files: {:?}", store.list());
+    assert_eq!(tmp_entries(&store), 0, "a close made temp files");
+    assert!(store.contains(&out.hash) && store.contains_intact(&out.hash), "the held object is in the store");
+    let r = store.open(&out.hash).expect("open the held object");
+    r.verify(None).expect("verify the held object");
+    let mut back = vec![0u8; data.len()];
+    r.read_at(0, &mut back).expect("read the held object");
+    assert_same_bytes(&back, &data, "held, before make_durable");
+    assert!(!LargeFileStore::new(d.path()).contains(&out.hash), "another store sees what is on disk only");
+
+    store.make_durable().expect("make_durable");
+    assert_eq!(store.list().expect("list").len(), 2, "the manifest and its pack");
+    assert_eq!(tmp_entries(&store), 0, "temp left behind");
+    check_finished(&Finished::Large(out), &data, &store, "after make_durable");
+}
+
+#[test]
+fn a_held_pack_of_content_stored_already_is_never_written() {
+    let (d, first_store) = store();
+    let data = pattern(2 * C + 9, 48);
+    let first = first_store.put_bytes(&data).expect("put");
+    // A store that does not know where the first copy's chunks are stores them again, in a pack
+    // of its own, and finds the object there at finish.
+    let store = LargeFileStore::new(d.path());
+    let mut w = writer(&store);
+    w.write_at(0, &data).expect("write");
+    let Finished::Large(again) = w.finish().expect("finish") else { panic!("large") };
+    assert_eq!((again.hash, again.existed), (first.hash, true));
+    store.make_durable().expect("make_durable");
+    assert_eq!(packs(&store).len(), 1, "the second copy's pack was dropped, not written");
+}
+
+#[test]
 fn a_file_written_front_to_back_is_stored_as_it_comes_with_bounded_memory() {
     let (_d, store) = store();
-    let data = pattern(40 * C + 7, 40);
+    // Past the draft's chunks in memory, a pack gathers its first 2 MiB before it has a file.
+    let data = pattern(64 * C + 7, 40);
     let mut w = writer(&store);
     for part in data.chunks(4096 + 17) {
         w.write_at(w.len(), part).expect("append");
@@ -830,8 +872,8 @@ fn io_errors_come_back_from_the_writer_and_the_store() {
     let blocked = LargeFileStore::new(&d.path().join("file-not-dir"));
     let mut w = HybridWriter::new(Threshold::default(), blocked.clone());
     w.write_at(0, &pattern(T / 2, 26)).expect("in memory: no store needed");
-    // Past the memory budget the draft must store chunks, and cannot.
-    let big = pattern(40 * C, 27);
+    // Past the memory budget and a pack's first buffer the draft must write chunks, and cannot.
+    let big = pattern(64 * C, 27);
     let err = w.write_at((T / 2) as u64, &big).expect_err("storing must fail");
     assert!(err.io_error().is_some(), "{err}");
     assert!(w.is_lost(), "a failed store loses the unsaved changes");

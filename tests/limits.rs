@@ -187,8 +187,9 @@ fn mount_with_nofile(pond: &TestPond, mnt: &Path, limit: u64) -> Mounted {
 fn a_commit_with_more_files_pending_than_the_open_file_limit_allows_makes_them_durable_in_batches() {
     use std::os::unix::fs::FileExt;
     const LIMIT: u64 = 160;
-    // Each poke below closes the pack the file's oldest stored chunk is in, and publishes it
-    // (durable at the next commit): more of them pending than the daemon may have open.
+    // Each poke below closes the pack the file's oldest stored chunk is in, and hands it to the
+    // store (held in memory, written and made durable by the next commit): more of them pending
+    // than the daemon may have open.
     const POKES: usize = 2 * LIMIT as usize;
     const C: usize = crate::common::sizes::C;
     let pond = TestPond::new();
@@ -208,8 +209,8 @@ fn a_commit_with_more_files_pending_than_the_open_file_limit_allows_makes_them_d
         f.write_all_at(&byte, at as u64).unwrap();
         want[at] = byte[0];
     }
-    let pending = std::fs::read_dir(pond.root.join("_large_files/packs")).unwrap().count();
-    assert!(pending > LIMIT as usize, "{pending} packs published since the last commit: more than {LIMIT}");
+    let packs = || std::fs::read_dir(pond.root.join("_large_files/packs")).unwrap().count();
+    let before = packs();
     // fsync commits: it must not fail (EMFILE, as EIO) nor hang.
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -219,9 +220,11 @@ fn a_commit_with_more_files_pending_than_the_open_file_limit_allows_makes_them_d
         let _ = tx.send(synced);
     });
     match rx.recv_timeout(Duration::from_secs(60)) {
-        Ok(synced) => synced.unwrap_or_else(|e| panic!("fsync with {pending} packs pending: {e}")),
-        Err(_) => panic!("fsync with {pending} packs pending still waiting after 60 s"),
+        Ok(synced) => synced.unwrap_or_else(|e| panic!("fsync with {POKES} packs pending: {e}")),
+        Err(_) => panic!("fsync with {POKES} packs pending still waiting after 60 s"),
     }
+    let written = packs() - before;
+    assert!(written > LIMIT as usize, "the commit wrote {written} packs: more than {LIMIT} were meant to be pending");
     m.unmount();
     let out = crate::common::pond(&["cat", pond.path(), "big"]);
     assert!(out.status.success(), "{}", describe(&out));

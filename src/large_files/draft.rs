@@ -12,16 +12,18 @@
 //! bounded: past [`DIRTY_BUDGET`] dirty chunks the oldest are stored early (never the last chunk,
 //! which an append would change again). A stored chunk that is written again becomes dirty again.
 //!
-//! The pack is written as chunks are stored, into a temp file; its chunks' places are known once
-//! it is closed, so reading back a chunk stored in the open pack closes it first (published as is)
-//! and a later chunk starts a new pack. Every chunk read back is verified against its hash.
+//! The pack is written as chunks are stored, into a temp file once it outgrows a buffer (a smaller
+//! one is handed to the store whole at close, to be held until the next commit writes it); its
+//! chunks' places are known once it is closed, so reading back a chunk stored in the open pack
+//! closes it first (published as is) and a later chunk starts a new pack. Every chunk read back is
+//! verified against its hash.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tempfile::NamedTempFile;
 
+use super::direct_sink::SinkOutput;
 use super::error::StoreError;
 use super::format::{ChunkBuf, ChunkLoc, ObjectFormat, PackWriter};
 use super::hash::{chunk_count, chunk_cv, chunk_hash, chunk_len, root_from_chunk_hashes};
@@ -47,9 +49,10 @@ enum Slot {
 }
 
 struct OpenPack {
-    tmp: NamedTempFile,
     writer: PackWriter,
     name: Arc<PondFile>,
+    /// For messages: where the pack is written.
+    path: std::path::PathBuf,
 }
 
 /// Large content being written (see the module doc).
@@ -351,14 +354,15 @@ impl LargeDraft {
 
     fn try_append_to_pack(&mut self, idx: u64, cv: &[u8; 32], bytes: ChunkBuf) -> Result<ChunkLoc, StoreError> {
         if self.pack.is_none() {
-            let tmp = self.store.temp_file("pack-")?;
-            let file = tmp.as_file().try_clone().map_err(|e| StoreError::io(tmp.path(), e))?;
-            let writer = PackWriter::new(file, tmp.path())?;
+            let store = self.store.clone();
+            let make = Box::new(move || store.temp_file("pack-").map_err(StoreError::into_io));
+            let path = self.store.temp_dir().join("pack-");
+            let writer = PackWriter::new(make, &path)?;
             let name = Arc::new(PondFile::Pack(writer.name()));
-            self.pack = Some(OpenPack { tmp, writer, name });
+            self.pack = Some(OpenPack { writer, name, path });
         }
         let pack = self.pack.as_mut().expect("opened above");
-        let (offset, len) = pack.writer.append(idx, cv, bytes, pack.tmp.path())?;
+        let (offset, len) = pack.writer.append(idx, cv, bytes, &pack.path)?;
         Ok(ChunkLoc { file: pack.name.clone(), offset, len })
     }
 
@@ -371,9 +375,11 @@ impl LargeDraft {
     }
 
     fn try_close_pack(&mut self) -> Result<(), StoreError> {
-        let Some(OpenPack { tmp, writer, name }) = self.pack.take() else { return Ok(()) };
-        writer.finish(tmp.path())?;
-        self.store.publish(tmp, &name, false)?;
+        let Some(OpenPack { writer, name, path }) = self.pack.take() else { return Ok(()) };
+        match writer.finish(&path)? {
+            SinkOutput::Memory(bytes) => self.store.put_small(&name, bytes)?,
+            SinkOutput::File(tmp) => self.store.publish(tmp, &name, false)?,
+        };
         let mut held = Vec::new();
         for slot in self.slots.values_mut() {
             if let Slot::Stored { cv, loc, in_open_pack: open @ true } = slot {

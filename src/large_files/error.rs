@@ -81,6 +81,15 @@ impl StoreError {
         StoreError::Io { path: path.into(), source }
     }
 
+    /// As an `io::Error` for code that speaks io: an I/O failure's own (its errno kept), anything
+    /// else wrapped.
+    pub(crate) fn into_io(self) -> io::Error {
+        match self {
+            StoreError::Io { source, .. } => source,
+            other => io::Error::other(other),
+        }
+    }
+
     pub(crate) fn malformed(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
         StoreError::Malformed { path: path.into(), reason: reason.into() }
     }

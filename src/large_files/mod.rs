@@ -10,8 +10,9 @@
 //!
 //! This module owns writing files durably (temp file in `.tmp/`, then a no-clobber rename; fsync of
 //! the file and the directory either at once or, for what a close writes, at the next commit through
-//! [`LargeFileStore::make_durable`]), the dedup index, opening objects, listing and removing files,
-//! and cleaning crash leftovers. An existing object is never rewritten: identical content is stored
+//! [`LargeFileStore::make_durable`], which also writes the small files a close left in memory
+//! ([`held`])), the dedup index, opening objects, listing and removing files, and cleaning crash
+//! leftovers. An existing object is never rewritten: identical content is stored
 //! once.
 
 mod direct_sink;
@@ -19,6 +20,7 @@ pub mod draft;
 pub mod error;
 pub mod format;
 pub mod hash;
+mod held;
 pub mod index;
 pub mod reader;
 pub mod write_behind;
@@ -31,6 +33,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 use tempfile::NamedTempFile;
+
+use held::{Held, HeldBlobs};
 
 pub use draft::LargeDraft;
 pub use error::StoreError;
@@ -65,6 +69,11 @@ struct Shared {
     index: Mutex<ChunkIndex>,
     /// Objects known to be whole: written here, or opened for content committed in the pond.
     known: Mutex<HashSet<Blake3Hash>>,
+    /// Small files a close made, written by the next `make_durable` (see [`held`]).
+    held: Arc<Held>,
+    /// Taken while held files are written: two writers of one held file would each take the
+    /// other's for a file discarded meanwhile.
+    writing_held: Mutex<()>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -102,12 +111,13 @@ impl LargeFileStore {
     pub fn with_source(pond_root: &Path, source: Arc<dyn BlobSource>) -> Self {
         let dir = pond_root.join(LARGE_FILES_DIR);
         let tmp = dir.join(STORE_TMP_DIR);
+        let shared = Arc::new(Shared::default());
         LargeFileStore {
             root: pond_root.to_path_buf(),
             dir,
             tmp,
-            source,
-            shared: Arc::default(),
+            source: Arc::new(HeldBlobs { held: shared.held.clone(), inner: source }),
+            shared,
             tmp_dir: Arc::default(),
         }
     }
@@ -115,6 +125,11 @@ impl LargeFileStore {
     /// The `_large_files` directory.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// `.tmp/`, where files are made before they get their names.
+    pub(crate) fn temp_dir(&self) -> &Path {
+        &self.tmp
     }
 
     /// Where the store's files are read from.
@@ -150,9 +165,10 @@ impl LargeFileStore {
         file.local_path(&self.root)
     }
 
-    /// True when the object named `hash` exists.
+    /// True when the object named `hash` exists (held, or on disk).
     pub fn contains(&self, hash: &Blake3Hash) -> bool {
-        fs::metadata(self.object_path(hash)).is_ok_and(|m| m.is_file())
+        self.shared.held.contains(&PondFile::Object(*hash))
+            || fs::metadata(self.object_path(hash)).is_ok_and(|m| m.is_file())
     }
 
     /// True when the object named `hash` exists and every chunk reads back verified. Dedup trusts
@@ -160,10 +176,17 @@ impl LargeFileStore {
     /// be torn (no commit references it then, but new content equal to it must not be deduplicated
     /// against it).
     pub fn contains_intact(&self, hash: &Blake3Hash) -> bool {
-        if !self.contains(hash) {
+        // A held object was made here, from its chunks' hashes.
+        self.shared.held.contains(&PondFile::Object(*hash)) || self.intact_on_disk(hash)
+    }
+
+    /// True when the object named `hash` is on disk and every chunk reads back verified.
+    fn intact_on_disk(&self, hash: &Blake3Hash) -> bool {
+        if !fs::metadata(self.object_path(hash)).is_ok_and(|m| m.is_file()) {
             return false;
         }
-        let intact = self.open(hash).is_ok_and(|r| r.verify(None).is_ok());
+        let disk = LargeFileStore::with_source(&self.root, Arc::new(LocalBlobs::new(&self.root)));
+        let intact = disk.open(hash).is_ok_and(|r| r.verify(None).is_ok());
         if !intact {
             tracing::warn!(object = %hash, "an existing object is damaged; storing the content again replaces it");
         }
@@ -192,6 +215,9 @@ impl LargeFileStore {
 
     /// Deletes a file this store published and nothing points into (no commit can reference it).
     pub(crate) fn discard(&self, file: &PondFile) {
+        if self.shared.held.release(file) {
+            return; // never written
+        }
         lock(&self.shared.not_durable).retain(|f| f != file);
         if let Err(e) = std::fs::remove_file(self.path_of(file)) {
             tracing::debug!(%file, "could not remove an unused file (gc will): {e}");
@@ -242,10 +268,10 @@ impl LargeFileStore {
         if self.is_known_or_intact(root) {
             return Ok(true);
         }
-        let tmp = self.temp_file("obj-")?;
-        let file = tmp.as_file().try_clone().map_err(|e| StoreError::io(tmp.path(), e))?;
-        format::write_manifest(file, tmp.path(), size, root, hashes, locs)?;
-        let existed = self.publish(tmp, &PondFile::Object(*root), false)?;
+        let file = PondFile::Object(*root);
+        let mut bytes = Vec::new();
+        format::write_manifest(&mut bytes, &self.path_of(&file), size, root, hashes, locs)?;
+        let existed = self.put_small(&file, Bytes::from(bytes))?;
         lock(&self.shared.known).insert(*root);
         Ok(existed)
     }
@@ -278,6 +304,39 @@ impl LargeFileStore {
         Ok(out)
     }
 
+    /// Stores `file`, made whole in memory: held for the next [`make_durable`](Self::make_durable)
+    /// to write, or, past what may be held, written now (durable at that `make_durable` too).
+    /// Returns true when a file of that name was there (see [`publish`](Self::publish)).
+    pub(crate) fn put_small(&self, file: &PondFile, bytes: Bytes) -> Result<bool, StoreError> {
+        match self.shared.held.hold(file, bytes) {
+            Ok(()) => Ok(false),
+            Err(bytes) => self.write_out(file, &bytes),
+        }
+    }
+
+    /// Writes `bytes` as `file` (see [`publish`](Self::publish), not durable yet).
+    fn write_out(&self, file: &PondFile, bytes: &[u8]) -> Result<bool, StoreError> {
+        let mut tmp = self.temp_file(match file {
+            PondFile::Pack(_) => "pack-",
+            _ => "obj-",
+        })?;
+        io::Write::write_all(&mut tmp, bytes).map_err(|e| StoreError::io(tmp.path(), e))?;
+        self.publish(tmp, file, false)
+    }
+
+    /// Writes every held file (each stays held until it is on disk, so a reader finds it in one
+    /// place or the other). A file discarded meanwhile is removed again.
+    fn write_held(&self) -> Result<(), StoreError> {
+        let _one_writer = lock(&self.shared.writing_held);
+        for (file, bytes) in self.shared.held.snapshot() {
+            self.write_out(&file, &bytes)?;
+            if !self.shared.held.release(&file) {
+                self.discard(&file);
+            }
+        }
+        Ok(())
+    }
+
     /// A new temp file in `.tmp/` (removed when dropped unless published).
     pub(crate) fn temp_file(&self, prefix: &str) -> Result<NamedTempFile, StoreError> {
         let dir = self.private_tmp()?.pinned_path();
@@ -302,7 +361,7 @@ impl LargeFileStore {
             Err(e) if e.error.kind() == io::ErrorKind::AlreadyExists => {
                 // A damaged object of that name (see `is_known_or_intact`) is replaced.
                 if let PondFile::Object(h) = file
-                    && !self.contains_intact(h)
+                    && !self.intact_on_disk(h)
                 {
                     e.file.persist(&dest).map_err(|e| StoreError::io(&dest, e.error))?;
                     false
@@ -321,10 +380,11 @@ impl LargeFileStore {
         Ok(existed)
     }
 
-    /// Makes every file published without an fsync durable, in batches of [`DURABLE_BATCH`]:
-    /// starts writeback of a batch, fsyncs each, then the directories once. On failure the files
-    /// not done stay listed.
+    /// Writes the held files, then makes every file published without an fsync durable, in batches
+    /// of [`DURABLE_BATCH`]: starts writeback of a batch, fsyncs each, then the directories once.
+    /// On failure the files not done stay held or listed.
     pub fn make_durable(&self) -> Result<(), StoreError> {
+        self.write_held()?;
         let mut pending = std::mem::take(&mut *lock(&self.shared.not_durable));
         pending.sort();
         pending.dedup();
