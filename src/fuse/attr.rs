@@ -8,8 +8,12 @@ use fuser::{FileAttr, FileType, INodeNo, TimeOrNow};
 
 use crate::fs::{Attr, NodeKind, TimeSet};
 
-/// `st_blksize`: the preferred I/O size reported by `stat`.
-pub const BLOCK_SIZE: u32 = 4096;
+/// `st_blksize`: the preferred I/O size reported by `stat`. 1 MiB, the largest request FUSE passes
+/// (256 pages), as NFS reports its `wsize`: every request is a round trip through the kernel, and
+/// tools size their buffers by it (`cp` writes `max(128 KiB, st_blksize)` at a time: 1 GiB took
+/// 0.84-0.96 s instead of 1.04-1.11 s, 3 alternated runs). glibc's stdio only takes it when it is
+/// below 8 KiB, so buffered streams do not grow.
+pub const BLOCK_SIZE: u32 = 1 << 20;
 
 pub fn file_type(kind: NodeKind) -> FileType {
     match kind {
