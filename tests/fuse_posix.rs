@@ -69,6 +69,37 @@ fn an_open_file_reads_its_own_writes_and_survives_unlink() {
 }
 
 #[test]
+fn a_name_looked_up_while_missing_is_there_as_soon_as_it_is_made() {
+    // The kernel caches a missing name for the entry TTL; whatever makes the name through the
+    // mount must replace that at once.
+    let pond = TestPond::new();
+    let m = Mounted::new(&pond.root, &pond.scratch("mnt"), &[]);
+    std::fs::write(m.path("source"), b"S").unwrap();
+    std::fs::write(m.path("moved"), b"M").unwrap();
+    type Maker<'a> = &'a dyn Fn(&std::path::Path);
+    let makers: [(&str, Maker); 6] = [
+        ("create", &|p| std::fs::write(p, b"x").unwrap()),
+        ("mkdir", &|p| std::fs::create_dir(p).unwrap()),
+        ("symlink", &|p| std::os::unix::fs::symlink("source", p).unwrap()),
+        ("link", &|p| std::fs::hard_link(m.path("source"), p).unwrap()),
+        ("rename", &|p| std::fs::rename(m.path("moved"), p).unwrap()),
+        ("mkfifo", &|p| nix::unistd::mkfifo(p, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap()),
+    ];
+    for (how, make) in makers {
+        let path = m.path(&format!("by-{how}"));
+        assert_eq!(errno(std::fs::symlink_metadata(&path)), libc::ENOENT, "{how}: missing first");
+        assert_eq!(errno(std::fs::symlink_metadata(&path)), libc::ENOENT, "{how}: missing again (now cached)");
+        make(&path);
+        assert!(std::fs::symlink_metadata(&path).is_ok(), "{how}: the name made is not seen at once");
+    }
+    // And a name removed is missing at once, then made again.
+    std::fs::remove_file(m.path("by-create")).unwrap();
+    assert_eq!(errno(std::fs::symlink_metadata(m.path("by-create"))), libc::ENOENT);
+    std::fs::write(m.path("by-create"), b"again").unwrap();
+    assert_eq!(std::fs::read(m.path("by-create")).unwrap(), b"again");
+}
+
+#[test]
 fn rename_noreplace_and_exchange_work_through_the_kernel() {
     let pond = TestPond::new();
     let m = Mounted::new(&pond.root, &pond.scratch("mnt"), &[]);

@@ -636,6 +636,8 @@ fn a_view_moves_to_a_new_version_and_says_what_changed_while_open_files_keep_the
     let changes = fs.advance_to(newer).unwrap();
     assert_eq!(fs.opened_version(), newer);
     assert!(changes.entries.contains(&(ROOT_INO, b"small".to_vec())), "a removed name: {changes:?}");
+    // The kernel caches missing names: one looked up before the move would hide the new file.
+    assert!(changes.entries.contains(&(ROOT_INO, b"added".to_vec())), "an added name: {changes:?}");
     assert!(changes.inodes.contains(&(small_ino, true)), "a removed inode: {changes:?}");
     assert!(
         changes.inodes.contains(&(big_ino, false)),

@@ -21,8 +21,8 @@ use crate::oplog::schema::NodeData;
 pub struct Changes {
     pub from: u64,
     pub to: u64,
-    /// Directory entries `(parent, name)` that named an inode before and now name another or none.
-    /// (A name that is new needs nothing: the kernel caches no missing names for pond.)
+    /// Directory entries `(parent, name)` whose inode changed: another, none, or one where there
+    /// was none (the kernel caches missing names too).
     pub entries: Vec<(u64, Vec<u8>)>,
     /// Inodes whose attributes changed or that are gone: the kernel's attributes must be dropped.
     /// `true` when their cached pages must be dropped as well (the content changed and no file
@@ -86,6 +86,11 @@ impl PondFs {
             if let (Some(old_dir), Some(new_dir)) = (&old.dir, &new.dir) {
                 for (name, child) in &old_dir.entries {
                     if new_dir.entries.get(name) != Some(child) {
+                        changes.entries.push((*ino, name.clone()));
+                    }
+                }
+                for name in new_dir.entries.keys() {
+                    if !old_dir.entries.contains_key(name) {
                         changes.entries.push((*ino, name.clone()));
                     }
                 }

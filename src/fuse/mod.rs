@@ -13,7 +13,8 @@
 //!   which is right for a filesystem with a single daemon. Not `FUSE_WRITEBACK_CACHE`: writes go
 //!   to the core as they happen (it handles `O_APPEND` and owns mtime).
 //! - **Caching**: entry and attribute TTL of 1 s (the daemon is the only writer, so the kernel's
-//!   copy only goes stale through this mount, which updates it). Files opened read-only get
+//!   copy only goes stale through this mount, which updates it), for missing names too (a
+//!   negative entry: `rsync` and editors look a name up several times before they make it). Files opened read-only get
 //!   `FOPEN_KEEP_CACHE`: the page cache stays valid across opens because every change to the
 //!   content comes through this mount's page cache (writes, truncates) and a read-only mount serves
 //!   a fixed snapshot; re-reading a large file then costs no decode or hash. Write-only opens (cp,
@@ -277,7 +278,13 @@ impl Filesystem for PondFuse {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         tracing::debug!(parent = parent.0, ?name, "lookup");
-        reply_entry("lookup", self.fs.lookup(parent.0, name.as_bytes()), reply);
+        match self.fs.lookup(parent.0, name.as_bytes()) {
+            // A missing name, cached by the kernel for the TTL like a present one: a name made
+            // through the kernel replaces it at once, and a view that moves invalidates the names
+            // it adds.
+            Err(FsError::NotFound) => reply.entry(&TTL, &attr::absent(), GENERATION),
+            result => reply_entry("lookup", result, reply),
+        }
     }
 
     /// The kernel dropped references to `ino` (fuser's `batch_forget` comes here too).
