@@ -13,19 +13,19 @@
 //!   which is right for a filesystem with a single daemon. Not `FUSE_WRITEBACK_CACHE`: writes go
 //!   to the core as they happen (it handles `O_APPEND` and owns mtime).
 //! - **Caching**: entry and attribute TTL of 1 s (the daemon is the only writer, so the kernel's
-//!   copy only goes stale through this mount, which updates it), for missing names too (a
-//!   negative entry: `rsync` and editors look a name up several times before they make it). Files opened read-only get
-//!   `FOPEN_KEEP_CACHE`: the page cache stays valid across opens because every change to the
-//!   content comes through this mount's page cache (writes, truncates) and a read-only mount serves
-//!   a fixed snapshot; re-reading a large file then costs no decode or hash. Write-only opens (cp,
-//!   tar, rsync, dd, editors saving) get `FOPEN_DIRECT_IO` when the kernel's direct writes drop the
-//!   cached pages of the range they write (protocol 7.39, Linux 6.6, on): the bytes go straight to
-//!   the core instead of also into a page-cache copy that the handle can neither read nor map, so a
-//!   large copy touches half the memory. Read-write opens get no flag, so the kernel drops the
-//!   inode's cached pages on such opens (the conservative default). A mounted replica's view
-//!   moves to new versions while files opened before keep theirs: the core says per open whether
-//!   the pages cached are of its version ([`PageCache`]), and [`KernelCache`] drops what a move
-//!   made stale; `getattr` through an open handle answers for the handle's version.
+//!   copy only goes stale through this mount, which updates it), for missing names too (a negative
+//!   entry: `rsync` and editors look a name up several times before they make it). Files opened
+//!   read-only get `FOPEN_KEEP_CACHE`: the page cache stays valid across opens because every change
+//!   to the content comes through this mount's page cache (writes, truncates) and a read-only mount
+//!   serves a fixed snapshot; re-reading a large file then costs no decode or hash. Write-only
+//!   opens (cp, tar, rsync, dd, editors saving) get `FOPEN_DIRECT_IO` when the kernel's direct
+//!   writes drop the cached pages of the range they write (protocol 7.39, Linux 6.6, on): the bytes
+//!   go straight to the core instead of also into a page-cache copy that the handle can neither
+//!   read nor map, so a large copy touches half the memory. Read-write opens get no flag, so the
+//!   kernel drops the inode's cached pages on such opens (the conservative default). A mounted
+//!   replica's view moves to new versions while files opened before keep theirs: the core says per
+//!   open whether the pages cached are of its version ([`PageCache`]), and [`KernelCache`] drops
+//!   what a move made stale; `getattr` through an open handle answers for the handle's version.
 //! - **Whose close is a close**: a flush finalizes the file's content only when it comes from the
 //!   process that opened the handle; a forked child closing its inherited copy at exec or exit
 //!   does not make a version of a half-written file ([`openers`]).

@@ -5,7 +5,7 @@
 //! buffer is written at [`DirectSink::finish`]: its whole pages with `O_DIRECT`, the rest through
 //! the page cache. The file is made when the first buffer is full: a pack smaller than one buffer
 //! never has one, and [`DirectSink::finish`] hands its bytes back ([`SinkOutput::Memory`]) for the
-//! store to hold until the next commit writes them (`LargeFileStore::hold`).
+//! store to hold until the next commit writes them (`LargeFileStore::put_small`).
 //!
 //! Why: writing a 1 GiB file through the page cache cost the daemon half of its CPU (copying
 //! into the page cache 34%, `posix_fadvise` dropping it again 8.5%, `sync_file_range` 6.5%, in

@@ -167,8 +167,12 @@ impl LargeFileStore {
 
     /// True when the object named `hash` exists (held, or on disk).
     pub fn contains(&self, hash: &Blake3Hash) -> bool {
-        self.shared.held.contains(&PondFile::Object(*hash))
-            || fs::metadata(self.object_path(hash)).is_ok_and(|m| m.is_file())
+        self.shared.held.contains(&PondFile::Object(*hash)) || self.on_disk(hash)
+    }
+
+    /// True when the object named `hash` is a file on disk.
+    fn on_disk(&self, hash: &Blake3Hash) -> bool {
+        fs::metadata(self.object_path(hash)).is_ok_and(|m| m.is_file())
     }
 
     /// True when the object named `hash` exists and every chunk reads back verified. Dedup trusts
@@ -182,11 +186,11 @@ impl LargeFileStore {
 
     /// True when the object named `hash` is on disk and every chunk reads back verified.
     fn intact_on_disk(&self, hash: &Blake3Hash) -> bool {
-        if !fs::metadata(self.object_path(hash)).is_ok_and(|m| m.is_file()) {
+        if !self.on_disk(hash) {
             return false;
         }
-        let disk = LargeFileStore::with_source(&self.root, Arc::new(LocalBlobs::new(&self.root)));
-        let intact = disk.open(hash).is_ok_and(|r| r.verify(None).is_ok());
+        let disk: Arc<dyn BlobSource> = Arc::new(LocalBlobs::new(&self.root));
+        let intact = ObjectReader::open(disk, hash).is_ok_and(|r| r.verify(None).is_ok());
         if !intact {
             tracing::warn!(object = %hash, "an existing object is damaged; storing the content again replaces it");
         }
