@@ -338,6 +338,81 @@ fn a_reader_with_cached_pages_sees_what_a_write_only_handle_writes() {
     }
 }
 
+/// A file made by `mkstemp` (O_RDWR | O_CREAT | O_EXCL, as rsync, git and editors make their
+/// temporary files) bypasses the page cache; through that handle it must still read back what
+/// was written, map shared (read and write) and see its mapping's changes in later writes, and be
+/// whole after the close.
+#[test]
+fn a_file_made_by_mkstemp_reads_its_writes_and_maps_shared_like_any_other() {
+    use std::os::fd::FromRawFd;
+    let pond = TestPond::new();
+    let m = Mounted::new(&pond.root, &pond.scratch("mnt"), &[]);
+    let mut made = Vec::new();
+    for (name, size) in [("inline", T / 2), ("large", 3 * C + 7)] {
+        let template =
+            std::ffi::CString::new(m.path(&format!("{name}.XXXXXX")).into_os_string().into_encoded_bytes()).unwrap();
+        let mut template = template.into_bytes_with_nul();
+        // SAFETY: a NUL-terminated template that mkstemp rewrites in place.
+        let fd = unsafe { libc::mkstemp(template.as_mut_ptr().cast()) };
+        assert!(fd >= 0, "mkstemp on the mount: {}", std::io::Error::last_os_error());
+        // SAFETY: `fd` was just opened and is owned by nobody else.
+        let f = unsafe { std::fs::File::from_raw_fd(fd) };
+        template.pop();
+        let path = std::path::PathBuf::from(String::from_utf8(template).unwrap());
+
+        let mut want = pattern(size, 4);
+        f.write_all_at(&want, 0).unwrap();
+        let mut got = vec![0u8; size];
+        f.read_exact_at(&mut got, 0).unwrap();
+        assert_same_bytes(&got, &want, &format!("{name}: read back through the mkstemp handle"));
+
+        // SAFETY: a shared read-write mapping of the open file, unmapped below; no aliasing &mut.
+        let map = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                size,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                std::os::fd::AsRawFd::as_raw_fd(&f),
+                0,
+            )
+        };
+        assert_ne!(map, libc::MAP_FAILED, "{name}: mmap MAP_SHARED: {}", std::io::Error::last_os_error());
+        // SAFETY: `map` is `size` readable and writable bytes until munmap.
+        let mapped = unsafe { std::slice::from_raw_parts_mut(map as *mut u8, size) };
+        assert_same_bytes(mapped, &want, &format!("{name}: the mapping"));
+        let poke = size / 2;
+        mapped[poke..poke + 5].copy_from_slice(b"poked");
+        want[poke..poke + 5].copy_from_slice(b"poked");
+        // A write(2) next to the mapping's dirty page, and one past the end.
+        f.write_all_at(b"written", (poke + 5) as u64).unwrap();
+        want[poke + 5..poke + 12].copy_from_slice(b"written");
+        f.write_all_at(b"tail", size as u64).unwrap();
+        want.extend_from_slice(b"tail");
+        assert_same_bytes(
+            &mapped[poke..poke + 12],
+            &want[poke..poke + 12],
+            &format!("{name}: the mapping after write(2)"),
+        );
+        // SAFETY: mapped above with this length.
+        assert_eq!(unsafe { libc::msync(map, size, libc::MS_SYNC) }, 0, "{name}: msync");
+        // SAFETY: mapped above with this length.
+        unsafe { libc::munmap(map, size) };
+        let mut got = vec![0u8; want.len()];
+        f.read_exact_at(&mut got, 0).unwrap();
+        assert_same_bytes(&got, &want, &format!("{name}: read through the handle after the mapping"));
+        drop(f);
+        assert_same_bytes(&std::fs::read(&path).unwrap(), &want, &format!("{name}: a new open after the close"));
+        made.push((path.file_name().unwrap().to_owned(), want));
+    }
+    m.unmount();
+    let m = Mounted::new(&pond.root, &pond.scratch("mnt"), &[]);
+    for (file, want) in made {
+        let got = std::fs::read(m.path(file.to_str().unwrap())).unwrap();
+        assert_same_bytes(&got, &want, &format!("{file:?} after a remount"));
+    }
+}
+
 /// `getxattr(name)` through the kernel: the value, or the errno.
 fn get_xattr(path: &std::path::Path, name: &str) -> Result<Vec<u8>, i32> {
     use std::os::unix::ffi::OsStrExt;

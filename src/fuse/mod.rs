@@ -21,7 +21,12 @@
 //!   opens (cp, tar, rsync, dd, editors saving) get `FOPEN_DIRECT_IO` when the kernel's direct
 //!   writes drop the cached pages of the range they write (protocol 7.39, Linux 6.6, on): the bytes
 //!   go straight to the core instead of also into a page-cache copy that the handle can neither
-//!   read nor map, so a large copy touches half the memory. Read-write opens get no flag, so the
+//!   read nor map, so a large copy touches half the memory. So do read-write creates of a new
+//!   file (`O_CREAT | O_EXCL`: `mkstemp`, as rsync, git and editors' temporary files are made)
+//!   when the kernel offers `FUSE_DIRECT_IO_ALLOW_MMAP`, which keeps shared mappings of them
+//!   working: through the page cache each of their writes cost a `getxattr(security.capability)`
+//!   round trip too (FUSE never marks an inode as having no security xattrs), where a direct
+//!   write carries `FUSE_WRITE_KILL_SUIDGID` instead. Other read-write opens get no flag, so the
 //!   kernel drops the inode's cached pages on such opens (the conservative default). A mounted
 //!   replica's view moves to new versions while files opened before keep theirs: the core says per
 //!   open whether the pages cached are of its version ([`PageCache`]), and [`KernelCache`] drops
@@ -100,8 +105,8 @@ const FSYNC_THREADS: usize = 4;
 pub struct PondFuse {
     fs: Arc<PondFs>,
     openers: openers::Openers,
-    /// Write-only opens bypass the page cache (see the module docs); decided in `init`.
-    direct_writes: bool,
+    /// Which opens bypass the page cache (see the module docs); decided in `init`.
+    direct_writes: DirectWrites,
     /// Which changes are committed before their reply (`sync`, `dirsync`).
     synchronous: Synchronous,
     fsyncs: pool::Pool,
@@ -122,7 +127,7 @@ impl PondFuse {
         PondFuse {
             fs,
             openers: openers::Openers::default(),
-            direct_writes: false,
+            direct_writes: DirectWrites::default(),
             synchronous,
             fsyncs: pool::Pool::new("pond-fsync", FSYNC_THREADS),
             unmounter: Arc::default(),
@@ -174,14 +179,28 @@ fn caller(req: &Request) -> Caller {
 /// pages in the range they write, which keeping other handles' page cache relies on.
 const DIRECT_WRITES_INVALIDATE: u32 = 39;
 
-/// Read-only opens keep the page cache; write-only opens bypass it when `direct_writes` (see the
-/// module docs), unless O_SYNC or O_DSYNC; read-write opens use it as the kernel does by default.
-fn fopen_flags(flags: i32, direct_writes: bool) -> FopenFlags {
+/// Which opens bypass the page cache (`FOPEN_DIRECT_IO`), as far as the kernel allows it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct DirectWrites {
+    /// Write-only opens: the kernel's direct writes drop the cached pages of the range they write
+    /// ([`DIRECT_WRITES_INVALIDATE`]), and not under `sync`.
+    write_only: bool,
+    /// Also read-write creates of a new file: [`DirectWrites::write_only`], and the kernel lets
+    /// such a handle be mapped shared (`FUSE_DIRECT_IO_ALLOW_MMAP`).
+    new_read_write: bool,
+}
+
+/// Read-only opens keep the page cache; write-only opens, and read-write creates of a new file
+/// (`O_CREAT | O_EXCL`), bypass it as far as `direct` allows, unless O_SYNC or O_DSYNC; other
+/// read-write opens use it as the kernel does by default.
+fn fopen_flags(flags: i32, direct: DirectWrites) -> FopenFlags {
     // O_SYNC is O_DSYNC plus a bit of its own.
     let synchronous = flags & libc::O_DSYNC != 0;
+    let new_file = flags & (libc::O_CREAT | libc::O_EXCL) == libc::O_CREAT | libc::O_EXCL;
     match flags & libc::O_ACCMODE {
         libc::O_RDONLY => FopenFlags::FOPEN_KEEP_CACHE,
-        libc::O_WRONLY if direct_writes && !synchronous => FopenFlags::FOPEN_DIRECT_IO,
+        libc::O_WRONLY if direct.write_only && !synchronous => FopenFlags::FOPEN_DIRECT_IO,
+        libc::O_RDWR if direct.new_read_write && new_file && !synchronous => FopenFlags::FOPEN_DIRECT_IO,
         _ => FopenFlags::empty(),
     }
 }
@@ -244,12 +263,14 @@ impl Filesystem for PondFuse {
             }
         }
         // Under `sync`, every write goes through the page cache, where the kernel fsyncs it.
-        self.direct_writes =
+        let write_only =
             config.kernel_abi().1 >= DIRECT_WRITES_INVALIDATE && self.synchronous != Synchronous::Everything;
+        let new_read_write = write_only && config.add_capabilities(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP).is_ok();
+        self.direct_writes = DirectWrites { write_only, new_read_write };
         tracing::debug!(
             read_only = self.fs.is_read_only(),
             abi = ?config.kernel_abi(),
-            direct_writes = self.direct_writes,
+            direct_writes = ?self.direct_writes,
             "FUSE session initialized"
         );
         Ok(())
@@ -730,21 +751,41 @@ impl Filesystem for PondFuse {
 mod tests {
     use super::*;
 
+    const NONE: DirectWrites = DirectWrites { write_only: false, new_read_write: false };
+    const WRITE_ONLY: DirectWrites = DirectWrites { write_only: true, new_read_write: false };
+    const ALL: DirectWrites = DirectWrites { write_only: true, new_read_write: true };
+
     #[test]
-    fn only_read_only_opens_keep_the_page_cache_and_only_write_only_opens_bypass_it() {
-        for direct in [false, true] {
+    fn only_read_only_opens_keep_the_page_cache_and_only_writing_opens_bypass_it() {
+        for direct in [NONE, WRITE_ONLY, ALL] {
             assert_eq!(fopen_flags(libc::O_RDONLY, direct), FopenFlags::FOPEN_KEEP_CACHE);
             assert_eq!(fopen_flags(libc::O_RDONLY | libc::O_NOFOLLOW, direct), FopenFlags::FOPEN_KEEP_CACHE);
             assert_eq!(fopen_flags(libc::O_RDWR, direct), FopenFlags::empty());
+            assert_eq!(fopen_flags(libc::O_RDWR | libc::O_CREAT | libc::O_TRUNC, direct), FopenFlags::empty());
         }
-        assert_eq!(fopen_flags(libc::O_WRONLY | libc::O_TRUNC, true), FopenFlags::FOPEN_DIRECT_IO);
-        assert_eq!(fopen_flags(libc::O_WRONLY | libc::O_TRUNC, false), FopenFlags::empty());
+        for direct in [WRITE_ONLY, ALL] {
+            assert_eq!(fopen_flags(libc::O_WRONLY | libc::O_TRUNC, direct), FopenFlags::FOPEN_DIRECT_IO);
+        }
+        assert_eq!(fopen_flags(libc::O_WRONLY | libc::O_TRUNC, NONE), FopenFlags::empty());
+    }
+
+    #[test]
+    fn a_read_write_create_of_a_new_file_bypasses_the_page_cache_only_where_it_can_be_mapped_shared() {
+        let mkstemp = libc::O_RDWR | libc::O_CREAT | libc::O_EXCL;
+        assert_eq!(fopen_flags(mkstemp, ALL), FopenFlags::FOPEN_DIRECT_IO);
+        assert_eq!(fopen_flags(mkstemp, WRITE_ONLY), FopenFlags::empty());
+        assert_eq!(fopen_flags(mkstemp, NONE), FopenFlags::empty());
     }
 
     #[test]
     fn synchronous_opens_write_through_the_page_cache_where_the_kernel_fsyncs_each_write() {
-        assert_eq!(fopen_flags(libc::O_WRONLY | libc::O_SYNC, true), FopenFlags::empty());
-        assert_eq!(fopen_flags(libc::O_WRONLY | libc::O_DSYNC, true), FopenFlags::empty());
+        for flags in [
+            libc::O_WRONLY | libc::O_SYNC,
+            libc::O_WRONLY | libc::O_DSYNC,
+            libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_DSYNC,
+        ] {
+            assert_eq!(fopen_flags(flags, ALL), FopenFlags::empty());
+        }
     }
 
     #[test]
