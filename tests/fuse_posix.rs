@@ -413,6 +413,31 @@ fn a_file_made_by_mkstemp_reads_its_writes_and_maps_shared_like_any_other() {
     }
 }
 
+/// The mount's read-ahead is FUSE's largest read (1 MiB, where the kernel's default is 128 KiB),
+/// and a sequential read then reaches the daemon in requests of that size: what the file reads
+/// back is the same.
+#[test]
+fn a_mount_reads_ahead_a_mebibyte_at_a_time() {
+    let pond = TestPond::new();
+    let m = Mounted::new(&pond.root, &pond.scratch("mnt"), &[]);
+    let want = pattern(8 * C + 3, 9);
+    std::fs::write(m.path("f"), &want).unwrap();
+    let mountpoint = m.path("").canonicalize().unwrap();
+    let mount = pond::fuse::mountinfo::fuse_mount_at(&mountpoint).expect("the mount in mountinfo");
+    let setting = format!("/sys/class/bdi/{}/read_ahead_kb", mount.device);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let mut seen = String::new();
+    while std::time::Instant::now() < deadline {
+        seen = std::fs::read_to_string(&setting).unwrap_or_else(|e| panic!("{setting}: {e}"));
+        if seen.trim() == "1024" {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(seen.trim(), "1024", "{setting}");
+    assert_same_bytes(&std::fs::read(m.path("f")).unwrap(), &want, "the file read with the larger read-ahead");
+}
+
 /// `getxattr(name)` through the kernel: the value, or the errno.
 fn get_xattr(path: &std::path::Path, name: &str) -> Result<Vec<u8>, i32> {
     use std::os::unix::ffi::OsStrExt;

@@ -25,39 +25,7 @@ use super::mount_options::{self, MountOptions};
 /// Where the kernel shows `mountpoint` mounted with a FUSE type, return the mount's source (for a
 /// pond, the pond's path).
 pub fn fuse_mount_source(mountpoint: &Path) -> Option<String> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    let want = mountpoint.to_str()?;
-    for line in text.lines() {
-        // id parent major:minor root mountpoint options [optional...] - fstype source superopts
-        let fields: Vec<&str> = line.split(' ').collect();
-        let Some(sep) = fields.iter().position(|f| *f == "-") else { continue };
-        if fields.get(4).map(|m| unescape(m)) == Some(want.to_string())
-            && fields.get(sep + 1).is_some_and(|t| t.starts_with("fuse"))
-        {
-            return fields.get(sep + 2).map(|s| unescape(s));
-        }
-    }
-    None
-}
-
-/// mountinfo escapes space, tab, newline and backslash as octal.
-fn unescape(s: &str) -> String {
-    let mut out = Vec::new();
-    let b = s.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 4 <= b.len()
-            && let Ok(v) = u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 4]).unwrap_or("x"), 8)
-        {
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    pond::fuse::mountinfo::fuse_mount_at(mountpoint).map(|m| m.source)
 }
 
 pub(super) fn check_mountpoint(mountpoint: &Path) -> anyhow::Result<PathBuf> {

@@ -31,6 +31,8 @@
 //!   replica's view moves to new versions while files opened before keep theirs: the core says per
 //!   open whether the pages cached are of its version ([`PageCache`]), and [`KernelCache`] drops
 //!   what a move made stale; `getattr` through an open handle answers for the handle's version.
+//! - **Read-ahead**: the mount's read-ahead is raised to 1 MiB, FUSE's largest read, where the
+//!   daemon may (root): a sequential reader then costs an eighth of the requests ([`read_ahead`]).
 //! - **Whose close is a close**: a flush finalizes the file's content only when it comes from the
 //!   process that opened the handle; a forked child closing its inherited copy at exec or exit
 //!   does not make a version of a half-written file ([`openers`]).
@@ -61,8 +63,10 @@ pub mod attr;
 mod creds;
 pub mod errno;
 pub mod kernel_cache;
+pub mod mountinfo;
 mod openers;
 mod pool;
+mod read_ahead;
 pub mod session;
 
 use std::ffi::OsStr;

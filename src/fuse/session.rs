@@ -27,7 +27,7 @@ use nix::fcntl::OFlag;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
 
-use super::{KernelCache, PondFuse};
+use super::{KernelCache, PondFuse, read_ahead};
 use crate::fs::PondFs;
 
 /// Event-loop threads: a slow commit, fsync or long read must not stall `ls`.
@@ -134,6 +134,7 @@ pub fn serve_notifying(
     *unmounter_slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(session.unmount_callable());
     let watcher = signals.as_ref().map(|s| s.watch(session.unmount_callable(), mountpoint.clone())).transpose()?;
     on_mounted(KernelCache::new(session.notifier()));
+    read_ahead::raise_when_served(mountpoint.clone());
     tracing::info!(pond = %pond.display(), mountpoint = %mountpoint.display(), "mounted");
     let served = session.run();
     if let Some(w) = watcher {
