@@ -17,11 +17,11 @@ use std::path::{Path, PathBuf};
 use super::mountinfo::fuse_mount_at;
 
 /// The read-ahead a pond mount asks for, in KiB: FUSE's largest read request (256 pages).
-pub const READ_AHEAD_KIB: u32 = 1024;
+pub(crate) const READ_AHEAD_KIB: u32 = 1024;
 
 /// Raise the read-ahead of the FUSE mount on `mountpoint` to [`READ_AHEAD_KIB`], on a thread of
 /// its own (it waits for the session to answer), logging what happened.
-pub fn raise_when_served(mountpoint: PathBuf) {
+pub(crate) fn raise_when_served(mountpoint: PathBuf) {
     let spawned = std::thread::Builder::new().name("pond-read-ahead".into()).spawn(move || match raise(&mountpoint) {
         Ok(path) => tracing::debug!(%path, kib = READ_AHEAD_KIB, "read-ahead raised"),
         Err(why) => tracing::debug!("read-ahead left at the kernel's default: {why}"),
