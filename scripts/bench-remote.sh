@@ -174,7 +174,8 @@ mount_replica() { # NAME DELAY [OPTS]
 unmount() { "$pond" umount "$run/mnt"; }
 daemon_of() { pgrep -f "pond mount s3://bench/$1 $run/mnt" | head -1; }
 mounts+=("$run/mnt")
-mib_s() { echo "scale=1; $1 / $2" | bc; }
+# (printf, not bc alone: bc writes .97 for 0.97, which is no JSON number)
+mib_s() { printf '%.1f' "$(echo "scale=3; $1 / $2" | bc)"; }
 read_all() { # FILE -> seconds
     local s=$EPOCHREALTIME
     dd if="$1" of=/dev/null bs=1M status=none
@@ -255,7 +256,7 @@ for ((round = 1; round <= ROUNDS; round++)); do
         record seq_read "$d" "$(mib_s "$SEQ_MIB" "$(read_all "$run/mnt/big")")" MiB/s
         quiet "after the cold read" # what the daemon still does for it (cache writes) is counted
         ticks=$(($(cpu_ticks "$pid") - ticks))
-        record seq_daemon_cpu "$d" "$(echo "scale=2; $ticks / $(getconf CLK_TCK) * 1024 / $SEQ_MIB" | bc)" CPU-s/GiB
+        record seq_daemon_cpu "$d" "$(printf '%.2f' "$(echo "scale=3; $ticks / $(getconf CLK_TCK) * 1024 / $SEQ_MIB" | bc)")" CPU-s/GiB
         if ! ((round % 2)); then whole_download; fi
         quiet "whole download into a file"
         record seq_download_to_file "$d" "$(mib_s "$SEQ_MIB" "$(download_whole "$d" "$run/downloaded")")" MiB/s
