@@ -37,19 +37,21 @@ pub const OBJECT_END: u64 = 1 << 20;
 /// An object at most this long is kept whole once opened (one more request past [`OBJECT_END`]).
 pub const WHOLE_OBJECT: u64 = 16 << 20;
 /// The most one read-ahead request asks for: wide enough that a request's fixed cost (a round trip,
-/// the server's own overhead per request) is small beside its transfer.
-pub const SPAN: u64 = 12 << 20;
+/// the server's own overhead per request: 1.6 ms of the local S3 server's CPU) is small beside its
+/// transfer. A reader's top-up of a quarter window (24 MiB) comes as two requests of 12 MiB.
+pub const SPAN: u64 = 16 << 20;
 /// Read-ahead requests in flight at once, per mount: what overlaps the round trips. With [`SPAN`],
-/// the most read-ahead holds in memory while fetching (36 MiB), besides [`READY`]. (6 and 8, with
-/// spans of 8 to 32 MiB, read no faster from the local S3 server, with or without 20 ms a request.)
-pub const SPANS_IN_FLIGHT: usize = 3;
+/// the most read-ahead holds in memory while fetching (64 MiB), besides [`READY`]. Three spans of
+/// 8 MiB on the way (what a 48 MiB window left) held a cold read through 20 ms a request to
+/// 3 × 8 MiB per 30 ms round: the daemon's log showed every span waiting for a place.
+pub const SPANS_IN_FLIGHT: usize = 4;
 /// Read-ahead writes to the disk cache queued at once (each holds its request's bytes).
 const WRITES_QUEUED: usize = 1;
 /// Read-ahead bytes kept in memory until their read takes them (beyond, the oldest are left to
-/// the disk cache). As much as a reader's read-ahead window (`large_files::reader`): less, and a
-/// cache too small to keep read-ahead (`cache_size` under twice [`SPAN`]) would see the chunks
-/// fetched ahead dropped before they are read, and fetched again one by one.
-pub const READY: u64 = 40 << 20;
+/// the disk cache). As much as a reader's read-ahead window (`large_files::reader`, 96 MiB): less,
+/// and a cache too small to keep read-ahead (`cache_size` under twice [`SPAN`]) would see the
+/// chunks fetched ahead dropped before they are read, and fetched again one by one.
+pub const READY: u64 = 96 << 20;
 /// Neighbouring chunks this close are fetched in one request: between two chunks of a pack lie a
 /// page header, and between two row groups the other columns of the next (about 3 KiB); a few KiB
 /// more in a request costs far less than another request.
