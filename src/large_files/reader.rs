@@ -406,7 +406,8 @@ impl ObjectReader {
             if pos >= self.size {
                 break;
             }
-            let chunk = self.read_chunk(pos / CHUNK_SIZE)?;
+            let whole = self.covers_chunk(pos, buf.len() - done);
+            let chunk = self.read_chunk_kept(pos / CHUNK_SIZE, !whole)?;
             // Less than CHUNK_SIZE, so fits in usize.
             let within = (pos % CHUNK_SIZE) as usize;
             let n = chunk.len().saturating_sub(within).min(buf.len() - done);
@@ -437,7 +438,8 @@ impl ObjectReader {
         let mut out = Vec::with_capacity(len);
         while out.len() < len {
             let pos = offset + out.len() as u64;
-            let chunk = self.read_chunk(pos / CHUNK_SIZE)?;
+            let whole = self.covers_chunk(pos, len - out.len());
+            let chunk = self.read_chunk_kept(pos / CHUNK_SIZE, !whole)?;
             let within = (pos % CHUNK_SIZE) as usize;
             let n = chunk.len().saturating_sub(within).min(len - out.len());
             if n == 0 {
@@ -522,10 +524,26 @@ impl ObjectReader {
 
     /// The verified bytes of chunk `idx`.
     pub fn read_chunk(&self, idx: u64) -> Result<Bytes, StoreError> {
+        self.read_chunk_kept(idx, true)
+    }
+
+    /// True when `len` bytes read at `pos` cover the chunk holding `pos` from its first byte to its
+    /// last (a sequential reader, having read all of it, does not come back for part of it).
+    fn covers_chunk(&self, pos: u64, len: usize) -> bool {
+        pos.is_multiple_of(CHUNK_SIZE) && len as u64 >= chunk_len(self.size, pos / CHUNK_SIZE)
+    }
+
+    /// Chunk `idx`, kept among the last chunks verified when `keep` (a read that takes a chunk
+    /// whole, as a sequential reader's do, keeps nothing: a remote replica's chunk is a slice of a
+    /// read-ahead request's buffer, and a slice kept would keep the whole buffer in memory).
+    fn read_chunk_kept(&self, idx: u64, keep: bool) -> Result<Bytes, StoreError> {
         if let Some(bytes) = self.cached_chunk(idx) {
             return Ok(bytes);
         }
         let bytes = self.read_chunk_uncached(idx)?;
+        if !keep {
+            return Ok(bytes);
+        }
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if cache.len() == CACHED_CHUNKS {
             cache.pop_back();

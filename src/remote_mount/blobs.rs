@@ -12,8 +12,9 @@
 //! those neither cached nor already coming are fetched together, neighbours in one request of up
 //! to [`SPAN`] bytes, at most [`SPANS_IN_FLIGHT`] at once. A read of a chunk on its way waits for
 //! it rather than asking again; a chunk that arrived before its read is handed over from memory
-//! (kept until read, [`READY`] bytes at most), and written to the cache off the request threads
-//! (with `O_DIRECT`, from the page-aligned buffer the request's body was read into: `span_buf`).
+//! (kept until read: with the requests on their way, [`READ_AHEAD_MEMORY`] bytes at most), and
+//! written to the cache off the request threads (with `O_DIRECT`, from the page-aligned buffer the
+//! request's body was read into: `span_buf`).
 
 use std::collections::HashMap;
 use std::io;
@@ -23,7 +24,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 
 use super::cache::{ChunkCache, FileKey};
 use super::error::FetchError;
@@ -40,18 +41,27 @@ pub const WHOLE_OBJECT: u64 = 16 << 20;
 /// the server's own overhead per request: 1.6 ms of the local S3 server's CPU) is small beside its
 /// transfer. A reader's top-up of a quarter window (24 MiB) comes as two requests of 12 MiB.
 pub const SPAN: u64 = 16 << 20;
-/// Read-ahead requests in flight at once, per mount: what overlaps the round trips. With [`SPAN`],
-/// the most read-ahead holds in memory while fetching (64 MiB), besides [`READY`]. Three spans of
+/// Read-ahead requests in flight at once, per mount: what overlaps the round trips (with [`SPAN`],
+/// 64 MiB at most, part of [`READ_AHEAD_MEMORY`]). Three spans of
 /// 8 MiB on the way (what a 48 MiB window left) held a cold read through 20 ms a request to
 /// 3 × 8 MiB per 30 ms round: the daemon's log showed every span waiting for a place.
 pub const SPANS_IN_FLIGHT: usize = 4;
 /// Read-ahead writes to the disk cache queued at once (each holds its request's bytes).
 const WRITES_QUEUED: usize = 1;
-/// Read-ahead bytes kept in memory until their read takes them (beyond, the oldest are left to
-/// the disk cache). As much as a reader's read-ahead window (`large_files::reader`, 96 MiB): less,
-/// and a cache too small to keep read-ahead (`cache_size` under twice [`SPAN`]) would see the
-/// chunks fetched ahead dropped before they are read, and fetched again one by one.
-pub const READY: u64 = 96 << 20;
+/// Read-ahead bytes a mount holds in memory, whatever the number of readers: requests on their way
+/// and chunks arrived but not yet read. A request with no room waits for reads to take what came
+/// before it ([`ROOM_WAIT`]); only then are the oldest chunks dropped (left to the disk cache, and
+/// read from there). So one sequential reader loses nothing it asked for: the part of its window
+/// (`large_files::reader`, 96 MiB) past this bound waits to be requested. Measured with
+/// scripts/bench-remote.sh's four readers at once, the daemon's peak RSS was 207-229 MiB while
+/// arrived chunks had a bound of their own (96 MiB) besides the requests' (64 MiB); with one
+/// bound for both, 153 MiB at 64 MiB, 166-187 at 80 and 174-196 at 96, while one reader's cold
+/// read through 20 ms a request ran at 750-846, 805-835 and 852-901 MiB/s.
+pub const READ_AHEAD_MEMORY: u64 = 80 << 20;
+/// How long a read-ahead request waits for reads to take what arrived before it, when there is no
+/// room for it in [`READ_AHEAD_MEMORY`]; then the oldest chunks (ones no reader took: a reader that
+/// stopped, or one that reads slower than others) are dropped for it.
+const ROOM_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
 /// Neighbouring chunks this close are fetched in one request: between two chunks of a pack lie a
 /// page header, and between two row groups the other columns of the next (about 3 KiB); a few KiB
 /// more in a request costs far less than another request.
@@ -90,28 +100,66 @@ impl Coming {
 
 type ComingKey = (PondFile, u64, u64);
 
-/// Read-ahead chunks that arrived before their reads, oldest first.
-#[derive(Default)]
+/// Read-ahead in memory: chunks that arrived before their reads (oldest first), and the bytes of
+/// requests on their way. Together at most `limit` bytes ([`READ_AHEAD_MEMORY`]; tests pass less).
 struct Ready {
     chunks: HashMap<ComingKey, Bytes>,
     order: std::collections::VecDeque<ComingKey>,
     bytes: u64,
+    in_flight: u64,
+    limit: u64,
+}
+
+impl Default for Ready {
+    fn default() -> Ready {
+        Ready::with_limit(READ_AHEAD_MEMORY)
+    }
 }
 
 impl Ready {
+    fn with_limit(limit: u64) -> Ready {
+        Ready { chunks: HashMap::new(), order: Default::default(), bytes: 0, in_flight: 0, limit }
+    }
+
     fn take(&mut self, key: &ComingKey) -> Option<Bytes> {
         let bytes = self.chunks.remove(key)?;
         self.bytes -= bytes.len() as u64;
         Some(bytes)
     }
 
+    /// Counts a request of `bytes` as on its way if it fits beside what is held (or nothing is).
+    fn try_start(&mut self, bytes: u64) -> bool {
+        let fits = self.bytes + self.in_flight + bytes <= self.limit || self.bytes + self.in_flight == 0;
+        if fits {
+            self.in_flight += bytes;
+        }
+        fits
+    }
+
+    /// Counts a request of `bytes` as on its way, dropping the oldest chunks kept to make room.
+    fn start_anyway(&mut self, bytes: u64) {
+        self.in_flight += bytes;
+        self.fit();
+    }
+
+    /// A request of `bytes` has ended (its chunks are [`Ready::keep`]'s now, if it brought any).
+    fn end(&mut self, bytes: u64) {
+        self.in_flight = self.in_flight.saturating_sub(bytes);
+    }
+
+    /// Keeps `bytes` until read (dropping the oldest kept if, unexpectedly, they do not fit).
     fn keep(&mut self, key: ComingKey, bytes: Bytes) {
         self.bytes += bytes.len() as u64;
         if let Some(old) = self.chunks.insert(key.clone(), bytes) {
             self.bytes -= old.len() as u64;
         }
         self.order.push_back(key);
-        while self.bytes > READY {
+        self.fit();
+    }
+
+    /// Drops the oldest chunks kept until they and the requests on their way fit the limit.
+    fn fit(&mut self) {
+        while self.bytes + self.in_flight > self.limit {
             let Some(oldest) = self.order.pop_front() else { break };
             self.take(&oldest);
         }
@@ -122,11 +170,58 @@ impl Ready {
     }
 }
 
+/// What read-ahead holds in memory ([`Ready`]), shared by the requests that fill it and the reads
+/// that empty it.
+#[derive(Default)]
+struct ReadAheadMemory {
+    ready: Mutex<Ready>,
+    /// Told when a read takes chunks (room for a request waiting for some).
+    taken: Notify,
+}
+
+impl ReadAheadMemory {
+    #[cfg(test)]
+    fn with_limit(limit: u64) -> ReadAheadMemory {
+        ReadAheadMemory { ready: Mutex::new(Ready::with_limit(limit)), taken: Notify::new() }
+    }
+
+    fn ready(&self) -> MutexGuard<'_, Ready> {
+        self.ready.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A chunk that arrived ahead, handed to its read (and its room to a request waiting for it).
+    fn take(&self, key: &ComingKey) -> Option<Bytes> {
+        let taken = self.ready().take(key);
+        if taken.is_some() {
+            self.taken.notify_waiters();
+        }
+        taken
+    }
+
+    /// Room for a read-ahead request of `bytes`: waits for reads to take what arrived before it,
+    /// [`ROOM_WAIT`] at most, then drops the oldest chunks nobody took.
+    async fn make_room(&self, bytes: u64) {
+        let deadline = tokio::time::Instant::now() + ROOM_WAIT;
+        loop {
+            let taken = self.taken.notified();
+            tokio::pin!(taken);
+            taken.as_mut().enable();
+            if self.ready().try_start(bytes) {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, taken).await.is_err() {
+                self.ready().start_anyway(bytes);
+                return;
+            }
+        }
+    }
+}
+
 struct Shared {
     fetcher: Arc<Fetcher>,
     cache: Arc<ChunkCache>,
     coming: Mutex<HashMap<ComingKey, Arc<Coming>>>,
-    ready: Mutex<Ready>,
+    memory: ReadAheadMemory,
     spans: Arc<Semaphore>,
     /// Read-ahead writes to the cache queued or under way.
     writes: Arc<Semaphore>,
@@ -153,7 +248,7 @@ impl RemoteBlobs {
                 fetcher,
                 cache,
                 coming: Mutex::default(),
-                ready: Mutex::default(),
+                memory: ReadAheadMemory::default(),
                 spans: Arc::new(Semaphore::new(SPANS_IN_FLIGHT)),
                 writes: Arc::new(Semaphore::new(WRITES_QUEUED)),
                 demand_fetches: AtomicU64::new(0),
@@ -339,7 +434,7 @@ impl Blob for RemoteBlob {
         let shared = self.shared();
         let deadline = shared.fetcher.deadline();
         let wanted = (self.file.clone(), offset, len);
-        if let Some(bytes) = shared.ready.lock().unwrap_or_else(|p| p.into_inner()).take(&wanted) {
+        if let Some(bytes) = shared.memory.take(&wanted) {
             return Ok(bytes);
         }
         let coming = shared.coming().get(&wanted).cloned();
@@ -347,7 +442,7 @@ impl Blob for RemoteBlob {
             && let Some(Ok(bytes)) = coming.wait(deadline)
         {
             // Read now: no need to keep it for later.
-            shared.ready.lock().unwrap_or_else(|p| p.into_inner()).take(&wanted);
+            shared.memory.take(&wanted);
             return Ok(bytes);
         }
         if let Some(bytes) = self.key.as_ref().and_then(|k| shared.cache.range(k, offset, len)) {
@@ -365,8 +460,7 @@ impl Blob for RemoteBlob {
     }
 
     fn forget_range(&self, offset: u64, len: u64) -> bool {
-        let in_memory =
-            self.shared().ready.lock().unwrap_or_else(|p| p.into_inner()).take(&(self.file.clone(), offset, len));
+        let in_memory = self.shared().memory.take(&(self.file.clone(), offset, len));
         let mut end = self.end.lock().unwrap_or_else(|p| p.into_inner());
         if end.as_ref().is_some_and(|e| e.slice(offset, len).is_some()) {
             *end = None;
@@ -438,8 +532,10 @@ fn spans(ranges: Vec<Wanted>) -> Vec<Vec<Wanted>> {
 async fn fetch_span(shared: Arc<Shared>, file: PondFile, key: Option<FileKey>, span: Vec<Wanted>) {
     let permit = shared.spans.clone().acquire_owned().await;
     let (start, end) = (span[0].0, span[span.len() - 1].0 + span[span.len() - 1].1);
+    shared.memory.make_room(end - start).await;
     let began = std::time::Instant::now();
     let fetched = shared.fetcher.get_span(&file, start..end, shared.fetcher.deadline()).await;
+    shared.memory.ready().end(end - start);
     tracing::debug!(%file, start, bytes = end - start, ms = began.elapsed().as_millis() as u64, "read ahead");
     if let Err(e) = &fetched {
         tracing::debug!(%file, start, end, "read-ahead failed (the read fetches it itself): {e}");
@@ -451,7 +547,7 @@ async fn fetch_span(shared: Arc<Shared>, file: PondFile, key: Option<FileKey>, s
             all.data.slice(from..from + len as usize)
         });
         if let Ok(bytes) = &result {
-            shared.ready.lock().unwrap_or_else(|p| p.into_inner()).keep((file.clone(), offset, len), bytes.clone());
+            shared.memory.ready().keep((file.clone(), offset, len), bytes.clone());
         }
         shared.coming().remove(&(file.clone(), offset, len));
         coming.finish(result);
@@ -487,6 +583,56 @@ mod tests {
         let run: Vec<Wanted> = (0..130).map(|i| (i * (chunk + 20), chunk, c())).collect();
         let sizes: Vec<usize> = spans(run).iter().map(Vec::len).collect();
         assert_eq!(sizes, vec![44, 44, 42]);
+    }
+
+    fn chunk_key(at: u64) -> ComingKey {
+        (PondFile::Pack(crate::large_files::Blake3Hash([1; 32])), at, 10)
+    }
+
+    fn chunk() -> Bytes {
+        Bytes::from_static(&[0; 10])
+    }
+
+    #[test]
+    fn read_ahead_memory_counts_requests_on_their_way_and_chunks_not_yet_read() {
+        let mut ready = Ready::with_limit(40);
+        assert!(ready.try_start(30));
+        assert!(!ready.try_start(20), "30 on their way and 20 more: past the limit");
+        ready.end(30);
+        for at in [0, 10, 20] {
+            ready.keep(chunk_key(at), chunk());
+        }
+        assert!(ready.try_start(10));
+        assert!(!ready.try_start(1), "three chunks unread and one request on its way fill it");
+        assert!(ready.take(&chunk_key(0)).is_some());
+        assert!(ready.try_start(10), "a chunk read gives its room back");
+        ready.start_anyway(10);
+        assert_eq!(ready.take(&chunk_key(10)), None, "made room by dropping the oldest chunk");
+        assert!(ready.take(&chunk_key(20)).is_some());
+        let mut empty = Ready::with_limit(5);
+        assert!(empty.try_start(10), "a request larger than the limit still goes when nothing is held");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_waits_for_reads_to_take_chunks_and_then_drops_those_nobody_takes() {
+        let memory = Arc::new(ReadAheadMemory::with_limit(20));
+        memory.ready().keep(chunk_key(0), chunk());
+        memory.ready().keep(chunk_key(10), chunk());
+        let waiting = tokio::spawn({
+            let memory = memory.clone();
+            async move { memory.make_room(10).await }
+        });
+        tokio::time::sleep(ROOM_WAIT / 2).await;
+        assert!(!waiting.is_finished(), "no room yet: the request waits");
+        assert!(memory.take(&chunk_key(0)).is_some());
+        waiting.await.unwrap();
+        assert!(memory.take(&chunk_key(10)).is_some(), "a read made room: nothing was dropped");
+        // Nobody reads: after ROOM_WAIT the oldest chunk goes.
+        memory.ready().keep(chunk_key(20), chunk());
+        let began = tokio::time::Instant::now();
+        memory.make_room(10).await;
+        assert!(began.elapsed() >= ROOM_WAIT);
+        assert_eq!(memory.take(&chunk_key(20)), None);
     }
 
     #[test]
