@@ -42,25 +42,25 @@ pub const WHOLE_OBJECT: u64 = 16 << 20;
 /// transfer. A reader's top-up of a quarter window (24 MiB) comes as two requests of 12 MiB.
 pub const SPAN: u64 = 16 << 20;
 /// Read-ahead requests in flight at once, per mount: what overlaps the round trips (with [`SPAN`],
-/// 64 MiB at most, part of [`READ_AHEAD_MEMORY`]). Three spans of
-/// 8 MiB on the way (what a 48 MiB window left) held a cold read through 20 ms a request to
-/// 3 × 8 MiB per 30 ms round: the daemon's log showed every span waiting for a place.
+/// 64 MiB at most, part of [`READ_AHEAD_MEMORY`]). Three spans of 8 MiB on the way (what a 48 MiB
+/// window left) held a cold read through 20 ms a request to 3 × 8 MiB per 30 ms round: the
+/// daemon's log showed every span waiting for a place.
 pub const SPANS_IN_FLIGHT: usize = 4;
 /// Read-ahead writes to the disk cache queued at once (each holds its request's bytes).
 const WRITES_QUEUED: usize = 1;
 /// Read-ahead bytes a mount holds in memory, whatever the number of readers: requests on their way
-/// and chunks arrived but not yet read. A request with no room waits for reads to take what came
-/// before it ([`ROOM_WAIT`]); only then are the oldest chunks dropped (left to the disk cache, and
-/// read from there). So one sequential reader loses nothing it asked for: the part of its window
+/// and chunks arrived but not yet read. A request with no room waits while reads take what came
+/// before it; only when none does ([`ROOM_WAIT`]) are the oldest chunks dropped (left to the disk
+/// cache, and read from there). So one sequential reader loses nothing it asked for: the part of its window
 /// (`large_files::reader`, 96 MiB) past this bound waits to be requested. Measured with
 /// scripts/bench-remote.sh's four readers at once, the daemon's peak RSS was 207-229 MiB while
 /// arrived chunks had a bound of their own (96 MiB) besides the requests' (64 MiB); with one
 /// bound for both, 153 MiB at 64 MiB, 166-187 at 80 and 174-196 at 96, while one reader's cold
 /// read through 20 ms a request ran at 750-846, 805-835 and 852-901 MiB/s.
 pub const READ_AHEAD_MEMORY: u64 = 80 << 20;
-/// How long a read-ahead request waits for reads to take what arrived before it, when there is no
-/// room for it in [`READ_AHEAD_MEMORY`]; then the oldest chunks (ones no reader took: a reader that
-/// stopped, or one that reads slower than others) are dropped for it.
+/// How long a read-ahead request with no room in [`READ_AHEAD_MEMORY`] waits for a read to take a
+/// chunk; a read that does restarts the wait (a slow reader is waited for), and when none does,
+/// the oldest chunks are dropped for it (a reader that stopped, or whose file was closed).
 const ROOM_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
 /// Neighbouring chunks this close are fetched in one request: between two chunks of a pack lie a
 /// page header, and between two row groups the other columns of the next (about 3 KiB); a few KiB
@@ -198,10 +198,9 @@ impl ReadAheadMemory {
         taken
     }
 
-    /// Room for a read-ahead request of `bytes`: waits for reads to take what arrived before it,
-    /// [`ROOM_WAIT`] at most, then drops the oldest chunks nobody took.
+    /// Room for a read-ahead request of `bytes`: waits while reads take what arrived before it,
+    /// and once none has for [`ROOM_WAIT`], drops the oldest chunks (nobody is taking them).
     async fn make_room(&self, bytes: u64) {
-        let deadline = tokio::time::Instant::now() + ROOM_WAIT;
         loop {
             let taken = self.taken.notified();
             tokio::pin!(taken);
@@ -209,7 +208,7 @@ impl ReadAheadMemory {
             if self.ready().try_start(bytes) {
                 return;
             }
-            if tokio::time::timeout_at(deadline, taken).await.is_err() {
+            if tokio::time::timeout(ROOM_WAIT, taken).await.is_err() {
                 self.ready().start_anyway(bytes);
                 return;
             }
@@ -627,12 +626,33 @@ mod tests {
         assert!(memory.take(&chunk_key(0)).is_some());
         waiting.await.unwrap();
         assert!(memory.take(&chunk_key(10)).is_some(), "a read made room: nothing was dropped");
-        // Nobody reads: after ROOM_WAIT the oldest chunk goes.
-        memory.ready().keep(chunk_key(20), chunk());
+        memory.ready().end(10);
+        // A slow reader: a chunk taken now and then restarts the wait, however long it grows.
+        let memory = Arc::new(ReadAheadMemory::with_limit(40));
+        for at in [0, 10, 20, 30] {
+            memory.ready().keep(chunk_key(at), chunk());
+        }
+        let waiting = tokio::spawn({
+            let memory = memory.clone();
+            async move { memory.make_room(20).await }
+        });
+        for at in [0, 10] {
+            tokio::time::sleep(ROOM_WAIT * 3 / 4).await;
+            assert!(!waiting.is_finished(), "room for 20 bytes only once two chunks are read");
+            assert!(memory.take(&chunk_key(at)).is_some(), "the chunk at {at} was kept for its read");
+        }
+        waiting.await.unwrap();
+        assert!(memory.take(&chunk_key(20)).is_some() && memory.take(&chunk_key(30)).is_some());
+        memory.ready().end(20);
+        // Nobody reads: after ROOM_WAIT the oldest chunk goes, and only it.
+        for at in [40, 50, 60, 70] {
+            memory.ready().keep(chunk_key(at), chunk());
+        }
         let began = tokio::time::Instant::now();
         memory.make_room(10).await;
         assert!(began.elapsed() >= ROOM_WAIT);
-        assert_eq!(memory.take(&chunk_key(20)), None);
+        assert_eq!(memory.take(&chunk_key(40)), None);
+        assert!(memory.take(&chunk_key(50)).is_some());
     }
 
     #[test]
