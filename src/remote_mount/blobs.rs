@@ -51,8 +51,8 @@ const WRITES_QUEUED: usize = 1;
 /// Read-ahead bytes a mount holds in memory, whatever the number of readers: requests on their way
 /// and chunks arrived but not yet read. A request with no room waits while reads take what came
 /// before it; only when none does ([`ROOM_WAIT`]) are the oldest chunks dropped (left to the disk
-/// cache, and read from there). So one sequential reader loses nothing it asked for: the part of its window
-/// (`large_files::reader`, 96 MiB) past this bound waits to be requested. Measured with
+/// cache, and read from there). So one sequential reader loses nothing it asked for: the part of
+/// its window (`large_files::reader`, 96 MiB) past this bound waits to be requested. Measured with
 /// scripts/bench-remote.sh's four readers at once, the daemon's peak RSS was 207-229 MiB while
 /// arrived chunks had a bound of their own (96 MiB) besides the requests' (64 MiB); with one
 /// bound for both, 153 MiB at 64 MiB, 166-187 at 80 and 174-196 at 96, while one reader's cold
@@ -62,6 +62,10 @@ pub const READ_AHEAD_MEMORY: u64 = 80 << 20;
 /// chunk; a read that does restarts the wait (a slow reader is waited for), and when none does,
 /// the oldest chunks are dropped for it (a reader that stopped, or whose file was closed).
 const ROOM_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
+/// The longest a read-ahead request waits for room however reads progress: the room others' reads
+/// free may keep going to other requests, and a reader waiting for this one must not wait for
+/// its `timeout`. (A reader slower than a request per second loses nothing that matters by it.)
+const ROOM_WAIT_MOST: std::time::Duration = std::time::Duration::from_secs(1);
 /// Neighbouring chunks this close are fetched in one request: between two chunks of a pack lie a
 /// page header, and between two row groups the other columns of the next (about 3 KiB); a few KiB
 /// more in a request costs far less than another request.
@@ -199,8 +203,9 @@ impl ReadAheadMemory {
     }
 
     /// Room for a read-ahead request of `bytes`: waits while reads take what arrived before it,
-    /// and once none has for [`ROOM_WAIT`], drops the oldest chunks (nobody is taking them).
+    /// and once none has for [`ROOM_WAIT`] (or after [`ROOM_WAIT_MOST`]), drops the oldest chunks.
     async fn make_room(&self, bytes: u64) {
+        let last = tokio::time::Instant::now() + ROOM_WAIT_MOST;
         loop {
             let taken = self.taken.notified();
             tokio::pin!(taken);
@@ -208,7 +213,8 @@ impl ReadAheadMemory {
             if self.ready().try_start(bytes) {
                 return;
             }
-            if tokio::time::timeout(ROOM_WAIT, taken).await.is_err() {
+            let until = (tokio::time::Instant::now() + ROOM_WAIT).min(last);
+            if tokio::time::timeout_at(until, taken).await.is_err() {
                 self.ready().start_anyway(bytes);
                 return;
             }
@@ -644,6 +650,27 @@ mod tests {
         waiting.await.unwrap();
         assert!(memory.take(&chunk_key(20)).is_some() && memory.take(&chunk_key(30)).is_some());
         memory.ready().end(20);
+        // Reads that keep taking, but never enough: the request goes after ROOM_WAIT_MOST at most.
+        for at in [100, 110, 120, 130] {
+            memory.ready().keep(chunk_key(at), chunk());
+        }
+        let began = tokio::time::Instant::now();
+        let waiting = tokio::spawn({
+            let memory = memory.clone();
+            async move { memory.make_room(10).await }
+        });
+        let mut next = 140;
+        while !waiting.is_finished() {
+            tokio::time::sleep(ROOM_WAIT / 2).await;
+            memory.take(&chunk_key(next - 40));
+            memory.ready().keep(chunk_key(next), chunk());
+            next += 10;
+        }
+        assert!(began.elapsed() >= ROOM_WAIT_MOST && began.elapsed() < ROOM_WAIT_MOST + ROOM_WAIT);
+        memory.ready().end(10);
+        for at in (next - 40..next).step_by(10) {
+            memory.take(&chunk_key(at));
+        }
         // Nobody reads: after ROOM_WAIT the oldest chunk goes, and only it.
         for at in [40, 50, 60, 70] {
             memory.ready().keep(chunk_key(at), chunk());
