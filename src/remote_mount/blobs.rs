@@ -618,30 +618,35 @@ mod tests {
         assert!(empty.try_start(10), "a request larger than the limit still goes when nothing is held");
     }
 
+    /// Read-ahead memory of `limit` bytes holding a chunk at each of `ats`.
+    fn holding(limit: u64, ats: impl IntoIterator<Item = u64>) -> Arc<ReadAheadMemory> {
+        let memory = Arc::new(ReadAheadMemory::with_limit(limit));
+        for at in ats {
+            memory.ready().keep(chunk_key(at), chunk());
+        }
+        memory
+    }
+
+    fn make_room_later(memory: &Arc<ReadAheadMemory>, bytes: u64) -> tokio::task::JoinHandle<()> {
+        let memory = memory.clone();
+        tokio::spawn(async move { memory.make_room(bytes).await })
+    }
+
     #[tokio::test(start_paused = true)]
-    async fn a_request_waits_for_reads_to_take_chunks_and_then_drops_those_nobody_takes() {
-        let memory = Arc::new(ReadAheadMemory::with_limit(20));
-        memory.ready().keep(chunk_key(0), chunk());
-        memory.ready().keep(chunk_key(10), chunk());
-        let waiting = tokio::spawn({
-            let memory = memory.clone();
-            async move { memory.make_room(10).await }
-        });
+    async fn a_request_without_room_waits_for_a_read_and_nothing_is_dropped() {
+        let memory = holding(20, [0, 10]);
+        let waiting = make_room_later(&memory, 10);
         tokio::time::sleep(ROOM_WAIT / 2).await;
         assert!(!waiting.is_finished(), "no room yet: the request waits");
         assert!(memory.take(&chunk_key(0)).is_some());
         waiting.await.unwrap();
         assert!(memory.take(&chunk_key(10)).is_some(), "a read made room: nothing was dropped");
-        memory.ready().end(10);
-        // A slow reader: a chunk taken now and then restarts the wait, however long it grows.
-        let memory = Arc::new(ReadAheadMemory::with_limit(40));
-        for at in [0, 10, 20, 30] {
-            memory.ready().keep(chunk_key(at), chunk());
-        }
-        let waiting = tokio::spawn({
-            let memory = memory.clone();
-            async move { memory.make_room(20).await }
-        });
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_reader_is_waited_for_past_room_wait() {
+        let memory = holding(40, [0, 10, 20, 30]);
+        let waiting = make_room_later(&memory, 20);
         for at in [0, 10] {
             tokio::time::sleep(ROOM_WAIT * 3 / 4).await;
             assert!(!waiting.is_finished(), "room for 20 bytes only once two chunks are read");
@@ -649,16 +654,13 @@ mod tests {
         }
         waiting.await.unwrap();
         assert!(memory.take(&chunk_key(20)).is_some() && memory.take(&chunk_key(30)).is_some());
-        memory.ready().end(20);
-        // Reads that keep taking, but never enough: the request goes after ROOM_WAIT_MOST at most.
-        for at in [100, 110, 120, 130] {
-            memory.ready().keep(chunk_key(at), chunk());
-        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reads_that_never_make_enough_room_hold_a_request_back_room_wait_most_at_most() {
+        let memory = holding(40, [100, 110, 120, 130]);
         let began = tokio::time::Instant::now();
-        let waiting = tokio::spawn({
-            let memory = memory.clone();
-            async move { memory.make_room(10).await }
-        });
+        let waiting = make_room_later(&memory, 10);
         let mut next = 140;
         while !waiting.is_finished() {
             tokio::time::sleep(ROOM_WAIT / 2).await;
@@ -667,14 +669,11 @@ mod tests {
             next += 10;
         }
         assert!(began.elapsed() >= ROOM_WAIT_MOST && began.elapsed() < ROOM_WAIT_MOST + ROOM_WAIT);
-        memory.ready().end(10);
-        for at in (next - 40..next).step_by(10) {
-            memory.take(&chunk_key(at));
-        }
-        // Nobody reads: after ROOM_WAIT the oldest chunk goes, and only it.
-        for at in [40, 50, 60, 70] {
-            memory.ready().keep(chunk_key(at), chunk());
-        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn when_nobody_reads_the_oldest_chunk_is_dropped_after_room_wait_and_only_it() {
+        let memory = holding(40, [40, 50, 60, 70]);
         let began = tokio::time::Instant::now();
         memory.make_room(10).await;
         assert!(began.elapsed() >= ROOM_WAIT);
