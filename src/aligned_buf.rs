@@ -13,6 +13,14 @@ use std::sync::Mutex;
 /// Memory pages, and the unit of an `O_DIRECT` write's offset and length.
 pub(crate) const PAGE: usize = 4096;
 
+/// A transparent huge page: buffers at least this large ask the kernel for them
+/// (`MADV_HUGEPAGE`), so that filling a fresh buffer faults once per 2 MiB, not once per 4 KiB. A
+/// cold read of 1 GiB from a replica fills about 120 MiB of new read-ahead buffers: with 4 KiB pages
+/// that was 31,000-38,000 page faults in the daemon and 0.93-1.11 CPU-s, against 5,800-6,300 and
+/// 0.79-0.83 CPU-s with huge pages (scripts/s3_bench_server.py behind scripts/s3_delay_proxy.py at
+/// 20 ms, `dd bs=1M`, faults from `/proc/PID/stat`; 3 rounds alternated).
+pub(crate) const HUGE_PAGE: usize = 2 << 20;
+
 /// `capacity` bytes, page-aligned, all initialised (to zero when new).
 pub(crate) struct AlignedBuf {
     /// The allocation (`capacity + PAGE` bytes, from `calloc`) and, inside it, the buffer.
@@ -41,6 +49,10 @@ impl AlignedBuf {
         let skip = raw.as_ptr().align_offset(PAGE);
         // SAFETY: `skip < PAGE`, and the allocation has `PAGE` bytes past `capacity`.
         let ptr = unsafe { NonNull::new_unchecked(raw.as_ptr().add(skip)) };
+        if capacity >= HUGE_PAGE {
+            // SAFETY: advice only, on memory this buffer owns (`ptr` is page-aligned).
+            unsafe { libc::madvise(ptr.as_ptr().cast(), capacity, libc::MADV_HUGEPAGE) };
+        }
         AlignedBuf { raw, ptr, capacity }
     }
 
@@ -141,5 +153,36 @@ mod tests {
         assert!(buf.as_slice().iter().all(|&b| b == 0));
         buf.as_mut_slice()[3 * PAGE + 4] = 7;
         assert_eq!(buf.as_slice()[3 * PAGE + 4], 7);
+    }
+
+    /// The `smaps` entry of the mapping holding `at`.
+    fn smaps_of(at: usize) -> String {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let mut entry = String::new();
+        let mut inside = false;
+        for line in smaps.lines() {
+            // A mapping's first line starts with its range, `from-to` in hex; the rest with a key.
+            let range = line.split_whitespace().next().and_then(|r| r.split_once('-'));
+            if let Some((Ok(from), Ok(to))) =
+                range.map(|(f, t)| (usize::from_str_radix(f, 16), usize::from_str_radix(t, 16)))
+            {
+                inside = (from..to).contains(&at);
+            }
+            if inside {
+                entry.push_str(line);
+                entry.push('\n');
+            }
+        }
+        entry
+    }
+
+    #[test]
+    fn a_large_buffer_asks_for_huge_pages_and_a_small_one_does_not() {
+        let large = AlignedBuf::new(4 * HUGE_PAGE);
+        let small = AlignedBuf::new(64 << 10);
+        let large_map = smaps_of(large.as_slice().as_ptr() as usize);
+        assert!(large_map.contains("VmFlags:") && large_map.contains(" hg"), "no MADV_HUGEPAGE on:\n{large_map}");
+        let small_map = smaps_of(small.as_slice().as_ptr() as usize);
+        assert!(small_map.contains("VmFlags:") && !small_map.contains(" hg"), "MADV_HUGEPAGE on:\n{small_map}");
     }
 }
