@@ -534,8 +534,10 @@ impl ObjectReader {
     }
 
     /// Chunk `idx`, kept among the last chunks verified when `keep` (a read that takes a chunk
-    /// whole, as a sequential reader's do, keeps nothing: a remote replica's chunk is a slice of a
-    /// read-ahead request's buffer, and a slice kept would keep the whole buffer in memory).
+    /// whole, as a sequential reader's do, keeps nothing). A remote replica's chunk may be a slice
+    /// of a read-ahead request's buffer: a slice kept would keep the whole buffer in memory (and
+    /// its room in the mount's read-ahead bound, for as long as the file stays open), so a copy
+    /// of it is kept instead.
     fn read_chunk_kept(&self, idx: u64, keep: bool) -> Result<Bytes, StoreError> {
         if let Some(bytes) = self.cached_chunk(idx) {
             return Ok(bytes);
@@ -544,6 +546,7 @@ impl ObjectReader {
         if !keep {
             return Ok(bytes);
         }
+        let bytes = if self.source.reads_ahead() { Bytes::copy_from_slice(&bytes) } else { bytes };
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if cache.len() == CACHED_CHUNKS {
             cache.pop_back();

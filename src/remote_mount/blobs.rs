@@ -12,9 +12,9 @@
 //! those neither cached nor already coming are fetched together, neighbours in one request of up
 //! to [`SPAN`] bytes, at most [`SPANS_IN_FLIGHT`] at once. A read of a chunk on its way waits for
 //! it rather than asking again; a chunk that arrived before its read is handed over from memory
-//! (kept until read: with the requests on their way, [`READ_AHEAD_MEMORY`] bytes at most), and
-//! written to the cache off the request threads (with `O_DIRECT`, from the page-aligned buffer the
-//! request's body was read into: `span_buf`).
+//! (kept until read), and written to the cache off the request threads (with `O_DIRECT`, from the
+//! page-aligned buffer the request's body was read into: `span_buf`). The buffers alive, whatever
+//! keeps them, are [`READ_AHEAD_MEMORY`] bytes at most.
 
 use std::collections::HashMap;
 use std::io;
@@ -29,6 +29,7 @@ use tokio::sync::{Notify, Semaphore};
 use super::cache::{ChunkCache, FileKey};
 use super::error::FetchError;
 use super::fetch::Fetcher;
+use super::span_buf::Holds;
 use crate::large_files::{Blob, BlobSource, StoreError};
 use crate::layout::PondFile;
 
@@ -48,19 +49,26 @@ pub const SPAN: u64 = 16 << 20;
 pub const SPANS_IN_FLIGHT: usize = 4;
 /// Read-ahead writes to the disk cache queued at once (each holds its request's bytes).
 const WRITES_QUEUED: usize = 1;
-/// Read-ahead bytes a mount holds in memory, whatever the number of readers: requests on their way
-/// and chunks arrived but not yet read. A request with no room waits while reads take what came
-/// before it; only when none does ([`ROOM_WAIT`]) are the oldest chunks dropped (left to the disk
-/// cache, and read from there). So one sequential reader loses nothing it asked for: the part of
-/// its window (`large_files::reader`, 96 MiB) past this bound waits to be requested. Measured with
-/// scripts/bench-remote.sh's four readers at once, the daemon's peak RSS was 207-229 MiB while
-/// arrived chunks had a bound of their own (96 MiB) besides the requests' (64 MiB); with one
-/// bound for both, 153 MiB at 64 MiB, 166-187 at 80 and 174-196 at 96, while one reader's cold
-/// read through 20 ms a request ran at 750-846, 805-835 and 852-901 MiB/s.
+/// Read-ahead bytes a mount holds in memory, whatever the number of readers: the buffers of its
+/// requests, from when a request is made until the last slice of its buffer is gone (its chunks
+/// all read or dropped, its bytes written to the disk cache; [`Room`]). A request with no room
+/// waits while reads take what came before it; only when none does ([`ROOM_WAIT`]) are the oldest
+/// chunks dropped (left to the disk cache, and read from there). So one sequential reader loses
+/// nothing it asked for: the part of its window (`large_files::reader`, 96 MiB) past this bound
+/// waits to be requested.
+///
+/// Measured with scripts/bench-remote.sh's four readers at once (peak RSS) and one reader's cold
+/// read through 20 ms a request: when the bound counted a request's bytes only until they arrived,
+/// and then only its chunks not yet read, a buffer of 12 MiB that one chunk not read (or a write to
+/// the cache) kept alive counted as 64 KiB. The buffers alive then reached 144 MiB under a bound
+/// of 80, and with huge pages (`aligned_buf`) peak RSS was 186-201 MiB. Counting whole buffers, it
+/// is 156-169 MiB at 80 MiB (171-186 at 96), and one reader runs as fast as before (763-894 MiB/s,
+/// against 785-920; at 96, 755-886).
 pub const READ_AHEAD_MEMORY: u64 = 80 << 20;
 /// How long a read-ahead request with no room in [`READ_AHEAD_MEMORY`] waits for a read to take a
-/// chunk; a read that does restarts the wait (a slow reader is waited for), and when none does,
-/// the oldest chunks are dropped for it (a reader that stopped, or whose file was closed).
+/// chunk (or a buffer to be freed); each that does restarts the wait (a slow reader is waited
+/// for), and when none does, the oldest chunks are dropped for it (a reader that stopped, or whose
+/// file was closed).
 const ROOM_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
 /// The longest a read-ahead request waits for room however reads progress: the room others' reads
 /// free may keep going to other requests, and a reader waiting for this one must not wait for
@@ -105,12 +113,14 @@ impl Coming {
 type ComingKey = (PondFile, u64, u64);
 
 /// Read-ahead in memory: chunks that arrived before their reads (oldest first), and the bytes of
-/// requests on their way. Together at most `limit` bytes ([`READ_AHEAD_MEMORY`]; tests pass less).
+/// the requests whose buffers are alive: on their way, arrived and not all read, held by a read,
+/// or being written to the disk cache (a chunk is a slice of its request's buffer, so the buffer
+/// lives as long as any of those). Together at most `limit` bytes ([`READ_AHEAD_MEMORY`]; tests
+/// pass less).
 struct Ready {
     chunks: HashMap<ComingKey, Bytes>,
     order: std::collections::VecDeque<ComingKey>,
-    bytes: u64,
-    in_flight: u64,
+    held: u64,
     limit: u64,
 }
 
@@ -122,55 +132,43 @@ impl Default for Ready {
 
 impl Ready {
     fn with_limit(limit: u64) -> Ready {
-        Ready { chunks: HashMap::new(), order: Default::default(), bytes: 0, in_flight: 0, limit }
+        Ready { chunks: HashMap::new(), order: Default::default(), held: 0, limit }
     }
 
     fn take(&mut self, key: &ComingKey) -> Option<Bytes> {
-        let bytes = self.chunks.remove(key)?;
-        self.bytes -= bytes.len() as u64;
-        Some(bytes)
+        self.chunks.remove(key)
     }
 
-    /// Counts a request of `bytes` as on its way if it fits beside what is held (or nothing is).
+    /// Counts a request of `bytes` as held if it fits beside what is (or nothing is).
     fn try_start(&mut self, bytes: u64) -> bool {
-        let fits = self.bytes + self.in_flight + bytes <= self.limit || self.bytes + self.in_flight == 0;
+        let fits = self.held + bytes <= self.limit || self.held == 0;
         if fits {
-            self.in_flight += bytes;
+            self.held += bytes;
         }
         fits
     }
 
-    /// Counts a request of `bytes` as on its way, dropping the oldest chunks kept to make room.
-    fn start_anyway(&mut self, bytes: u64) {
-        self.in_flight += bytes;
-        self.fit();
-    }
-
-    /// A request of `bytes` has ended (its chunks are [`Ready::keep`]'s now, if it brought any).
-    fn end(&mut self, bytes: u64) {
-        self.in_flight = self.in_flight.saturating_sub(bytes);
-    }
-
-    /// Keeps `bytes` until read (dropping the oldest kept if, unexpectedly, they do not fit).
-    fn keep(&mut self, key: ComingKey, bytes: Bytes) {
-        self.bytes += bytes.len() as u64;
-        if let Some(old) = self.chunks.insert(key.clone(), bytes) {
-            self.bytes -= old.len() as u64;
-        }
+    /// Keeps `bytes` until read; gives back what was kept under the same key (to be dropped once
+    /// the lock is let go: dropping a buffer's last slice gives its [`Room`] back).
+    #[must_use]
+    fn keep(&mut self, key: ComingKey, bytes: Bytes) -> Option<Bytes> {
+        let old = self.chunks.insert(key.clone(), bytes);
         self.order.push_back(key);
-        self.fit();
-    }
-
-    /// Drops the oldest chunks kept until they and the requests on their way fit the limit.
-    fn fit(&mut self) {
-        while self.bytes + self.in_flight > self.limit {
-            let Some(oldest) = self.order.pop_front() else { break };
-            self.take(&oldest);
-        }
-        // Keys of chunks taken stay in `order` until they reach the front: bound them too.
+        // Keys of chunks taken stay in `order` until they reach the front: bound them.
         if self.order.len() > 4 * self.chunks.len() + 1024 {
             self.order.retain(|k| self.chunks.contains_key(k));
         }
+        old
+    }
+
+    /// The oldest chunk kept, no longer kept (to be dropped once the lock is let go).
+    fn take_oldest(&mut self) -> Option<Bytes> {
+        while let Some(oldest) = self.order.pop_front() {
+            if let Some(bytes) = self.chunks.remove(&oldest) {
+                return Some(bytes);
+            }
+        }
+        None
     }
 }
 
@@ -179,44 +177,80 @@ impl Ready {
 #[derive(Default)]
 struct ReadAheadMemory {
     ready: Mutex<Ready>,
-    /// Told when a read takes chunks (room for a request waiting for some).
-    taken: Notify,
+    /// Told when a read takes a chunk, or a request's buffer is freed.
+    progress: Notify,
+}
+
+/// A read-ahead request's claim on [`READ_AHEAD_MEMORY`], given back when dropped: it goes with
+/// the request's buffer, and so lasts until the last slice of it is gone.
+struct Room {
+    memory: Arc<ReadAheadMemory>,
+    bytes: u64,
+}
+
+impl Drop for Room {
+    fn drop(&mut self) {
+        let mut ready = self.memory.ready();
+        ready.held = ready.held.saturating_sub(self.bytes);
+        drop(ready);
+        self.memory.progress.notify_waiters();
+    }
 }
 
 impl ReadAheadMemory {
     #[cfg(test)]
     fn with_limit(limit: u64) -> ReadAheadMemory {
-        ReadAheadMemory { ready: Mutex::new(Ready::with_limit(limit)), taken: Notify::new() }
+        ReadAheadMemory { ready: Mutex::new(Ready::with_limit(limit)), progress: Notify::new() }
     }
 
     fn ready(&self) -> MutexGuard<'_, Ready> {
         self.ready.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A chunk that arrived ahead, handed to its read (and its room to a request waiting for it).
+    /// A chunk that arrived ahead, handed to its read.
     fn take(&self, key: &ComingKey) -> Option<Bytes> {
         let taken = self.ready().take(key);
         if taken.is_some() {
-            self.taken.notify_waiters();
+            self.progress.notify_waiters();
         }
         taken
     }
 
-    /// Room for a read-ahead request of `bytes`: waits while reads take what arrived before it,
-    /// and once none has for [`ROOM_WAIT`] (or after [`ROOM_WAIT_MOST`]), drops the oldest chunks.
-    async fn make_room(&self, bytes: u64) {
+    /// Keeps a chunk that arrived ahead until its read takes it.
+    fn keep(&self, key: ComingKey, bytes: Bytes) {
+        let replaced = self.ready().keep(key, bytes);
+        drop(replaced);
+    }
+
+    /// Room for a read-ahead request of `bytes`. Waits while reads take what arrived before it
+    /// and buffers are freed; once neither has happened for [`ROOM_WAIT`], drops the oldest
+    /// chunks kept until there is room (a reader that stopped, or whose file was closed, leaves
+    /// them to the disk cache); after [`ROOM_WAIT_MOST`], takes it anyway.
+    async fn make_room(self: &Arc<Self>, bytes: u64) -> Room {
         let last = tokio::time::Instant::now() + ROOM_WAIT_MOST;
+        let room = || Room { memory: self.clone(), bytes };
         loop {
-            let taken = self.taken.notified();
-            tokio::pin!(taken);
-            taken.as_mut().enable();
+            let progress = self.progress.notified();
+            tokio::pin!(progress);
+            progress.as_mut().enable();
             if self.ready().try_start(bytes) {
-                return;
+                return room();
             }
             let until = (tokio::time::Instant::now() + ROOM_WAIT).min(last);
-            if tokio::time::timeout_at(until, taken).await.is_err() {
-                self.ready().start_anyway(bytes);
-                return;
+            if tokio::time::timeout_at(until, progress).await.is_ok() {
+                continue;
+            }
+            if tokio::time::Instant::now() >= last {
+                self.ready().held += bytes;
+                return room();
+            }
+            loop {
+                let oldest = self.ready().take_oldest();
+                let Some(oldest) = oldest else { break };
+                drop(oldest);
+                if self.ready().try_start(bytes) {
+                    return room();
+                }
             }
         }
     }
@@ -226,7 +260,7 @@ struct Shared {
     fetcher: Arc<Fetcher>,
     cache: Arc<ChunkCache>,
     coming: Mutex<HashMap<ComingKey, Arc<Coming>>>,
-    memory: ReadAheadMemory,
+    memory: Arc<ReadAheadMemory>,
     spans: Arc<Semaphore>,
     /// Read-ahead writes to the cache queued or under way.
     writes: Arc<Semaphore>,
@@ -253,7 +287,7 @@ impl RemoteBlobs {
                 fetcher,
                 cache,
                 coming: Mutex::default(),
-                memory: ReadAheadMemory::default(),
+                memory: Arc::default(),
                 spans: Arc::new(Semaphore::new(SPANS_IN_FLIGHT)),
                 writes: Arc::new(Semaphore::new(WRITES_QUEUED)),
                 demand_fetches: AtomicU64::new(0),
@@ -537,10 +571,9 @@ fn spans(ranges: Vec<Wanted>) -> Vec<Vec<Wanted>> {
 async fn fetch_span(shared: Arc<Shared>, file: PondFile, key: Option<FileKey>, span: Vec<Wanted>) {
     let permit = shared.spans.clone().acquire_owned().await;
     let (start, end) = (span[0].0, span[span.len() - 1].0 + span[span.len() - 1].1);
-    shared.memory.make_room(end - start).await;
+    let room: Holds = Arc::new(shared.memory.make_room(end - start).await);
     let began = std::time::Instant::now();
-    let fetched = shared.fetcher.get_span(&file, start..end, shared.fetcher.deadline()).await;
-    shared.memory.ready().end(end - start);
+    let fetched = shared.fetcher.get_span(&file, start..end, shared.fetcher.deadline(), room).await;
     tracing::debug!(%file, start, bytes = end - start, ms = began.elapsed().as_millis() as u64, "read ahead");
     if let Err(e) = &fetched {
         tracing::debug!(%file, start, end, "read-ahead failed (the read fetches it itself): {e}");
@@ -552,7 +585,7 @@ async fn fetch_span(shared: Arc<Shared>, file: PondFile, key: Option<FileKey>, s
             all.data.slice(from..from + len as usize)
         });
         if let Ok(bytes) = &result {
-            shared.memory.ready().keep((file.clone(), offset, len), bytes.clone());
+            shared.memory.keep((file.clone(), offset, len), bytes.clone());
         }
         shared.coming().remove(&(file.clone(), offset, len));
         coming.finish(result);
@@ -594,91 +627,95 @@ mod tests {
         (PondFile::Pack(crate::large_files::Blake3Hash([1; 32])), at, 10)
     }
 
-    fn chunk() -> Bytes {
-        Bytes::from_static(&[0; 10])
+    /// Room for a request of `bytes`, if there is some now.
+    fn claim(memory: &Arc<ReadAheadMemory>, bytes: u64) -> Option<Arc<Room>> {
+        memory.ready().try_start(bytes).then(|| Arc::new(Room { memory: memory.clone(), bytes }))
     }
 
-    #[test]
-    fn read_ahead_memory_counts_requests_on_their_way_and_chunks_not_yet_read() {
-        let mut ready = Ready::with_limit(40);
-        assert!(ready.try_start(30));
-        assert!(!ready.try_start(20), "30 on their way and 20 more: past the limit");
-        ready.end(30);
-        for at in [0, 10, 20] {
-            ready.keep(chunk_key(at), chunk());
+    /// A chunk: 10 bytes of the buffer that `room` goes with.
+    struct Slice {
+        _buffer: Arc<Room>,
+    }
+
+    impl AsRef<[u8]> for Slice {
+        fn as_ref(&self) -> &[u8] {
+            &[0; 10]
         }
-        assert!(ready.try_start(10));
-        assert!(!ready.try_start(1), "three chunks unread and one request on its way fill it");
-        assert!(ready.take(&chunk_key(0)).is_some());
-        assert!(ready.try_start(10), "a chunk read gives its room back");
-        ready.start_anyway(10);
-        assert_eq!(ready.take(&chunk_key(10)), None, "made room by dropping the oldest chunk");
-        assert!(ready.take(&chunk_key(20)).is_some());
-        let mut empty = Ready::with_limit(5);
-        assert!(empty.try_start(10), "a request larger than the limit still goes when nothing is held");
     }
 
-    /// Read-ahead memory of `limit` bytes holding a chunk at each of `ats`.
-    fn holding(limit: u64, ats: impl IntoIterator<Item = u64>) -> Arc<ReadAheadMemory> {
+    /// Read-ahead memory of `limit` bytes holding requests of 20 bytes, each arrived as chunks
+    /// at `ats`, all kept for their reads.
+    fn holding(limit: u64, spans: &[&[u64]]) -> Arc<ReadAheadMemory> {
         let memory = Arc::new(ReadAheadMemory::with_limit(limit));
-        for at in ats {
-            memory.ready().keep(chunk_key(at), chunk());
+        for ats in spans {
+            let room = claim(&memory, 20).expect("the requests held fit the limit");
+            for &at in *ats {
+                memory.keep(chunk_key(at), Bytes::from_owner(Slice { _buffer: room.clone() }));
+            }
         }
         memory
     }
 
+    /// A read taking the chunk at `at`, and done with it.
+    fn read(memory: &ReadAheadMemory, at: u64) -> bool {
+        memory.take(&chunk_key(at)).is_some()
+    }
+
+    #[test]
+    fn a_request_holds_its_room_until_the_last_chunk_of_it_is_read() {
+        let memory = holding(40, &[&[0, 10]]);
+        assert!(claim(&memory, 20).is_some_and(|r| r.bytes == 20), "20 held and 20 more fit");
+        let held = claim(&memory, 30);
+        assert!(held.is_none(), "20 held and 30 more do not");
+        assert!(read(&memory, 0));
+        assert!(claim(&memory, 30).is_none(), "the chunk at 10 still holds its request's buffer");
+        assert!(read(&memory, 10));
+        assert!(claim(&memory, 30).is_some(), "both chunks read: the buffer and its room are free");
+        let empty = Arc::new(ReadAheadMemory::with_limit(5));
+        assert!(claim(&empty, 10).is_some(), "a request larger than the limit still goes when nothing is held");
+    }
+
     fn make_room_later(memory: &Arc<ReadAheadMemory>, bytes: u64) -> tokio::task::JoinHandle<()> {
         let memory = memory.clone();
-        tokio::spawn(async move { memory.make_room(bytes).await })
+        tokio::spawn(async move { drop(memory.make_room(bytes).await) })
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_request_without_room_waits_for_a_read_and_nothing_is_dropped() {
-        let memory = holding(20, [0, 10]);
-        let waiting = make_room_later(&memory, 10);
-        tokio::time::sleep(ROOM_WAIT / 2).await;
-        assert!(!waiting.is_finished(), "no room yet: the request waits");
-        assert!(memory.take(&chunk_key(0)).is_some());
-        waiting.await.unwrap();
-        assert!(memory.take(&chunk_key(10)).is_some(), "a read made room: nothing was dropped");
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_slow_reader_is_waited_for_past_room_wait() {
-        let memory = holding(40, [0, 10, 20, 30]);
+    async fn a_request_without_room_waits_for_a_slow_reader_past_room_wait_and_nothing_is_dropped() {
+        let memory = holding(40, &[&[0, 10], &[20, 30]]);
         let waiting = make_room_later(&memory, 20);
         for at in [0, 10] {
             tokio::time::sleep(ROOM_WAIT * 3 / 4).await;
-            assert!(!waiting.is_finished(), "room for 20 bytes only once two chunks are read");
-            assert!(memory.take(&chunk_key(at)).is_some(), "the chunk at {at} was kept for its read");
+            assert!(!waiting.is_finished(), "no room until both chunks of a request are read");
+            assert!(read(&memory, at), "the chunk at {at} was kept for its read");
         }
         waiting.await.unwrap();
-        assert!(memory.take(&chunk_key(20)).is_some() && memory.take(&chunk_key(30)).is_some());
+        assert!(read(&memory, 20) && read(&memory, 30), "a read made room: nothing was dropped");
     }
 
     #[tokio::test(start_paused = true)]
-    async fn reads_that_never_make_enough_room_hold_a_request_back_room_wait_most_at_most() {
-        let memory = holding(40, [100, 110, 120, 130]);
+    async fn reads_that_never_free_a_buffer_hold_a_request_back_room_wait_most_at_most() {
+        let ats: Vec<u64> = (0..40).map(|i| i * 10).collect();
+        let memory = holding(20, &[&ats]);
         let began = tokio::time::Instant::now();
         let waiting = make_room_later(&memory, 10);
-        let mut next = 140;
+        let mut next = ats.iter();
         while !waiting.is_finished() {
             tokio::time::sleep(ROOM_WAIT / 2).await;
-            memory.take(&chunk_key(next - 40));
-            memory.ready().keep(chunk_key(next), chunk());
-            next += 10;
+            assert!(read(&memory, *next.next().unwrap()));
         }
         assert!(began.elapsed() >= ROOM_WAIT_MOST && began.elapsed() < ROOM_WAIT_MOST + ROOM_WAIT);
+        assert!(next.all(|&at| read(&memory, at)), "the chunks not read yet are all still kept");
     }
 
     #[tokio::test(start_paused = true)]
-    async fn when_nobody_reads_the_oldest_chunk_is_dropped_after_room_wait_and_only_it() {
-        let memory = holding(40, [40, 50, 60, 70]);
+    async fn when_nobody_reads_the_oldest_chunks_go_after_room_wait_until_a_buffer_is_freed() {
+        let memory = holding(40, &[&[40, 50], &[60, 70]]);
         let began = tokio::time::Instant::now();
-        memory.make_room(10).await;
+        drop(memory.make_room(10).await);
         assert!(began.elapsed() >= ROOM_WAIT);
-        assert_eq!(memory.take(&chunk_key(40)), None);
-        assert!(memory.take(&chunk_key(50)).is_some());
+        assert!(!read(&memory, 40) && !read(&memory, 50), "the oldest request's chunks were dropped");
+        assert!(read(&memory, 60) && read(&memory, 70), "the next request's chunks were kept");
     }
 
     #[test]

@@ -24,7 +24,7 @@ use object_store::path::Path as StorePath;
 use object_store::{GetOptions, GetRange, GetResultPayload, ObjectMeta, ObjectStore};
 
 use super::error::FetchError;
-use super::span_buf::{Span, SpanBuf};
+use super::span_buf::{Holds, Span, SpanBuf};
 use crate::layout::PondFile;
 
 /// The first pause between attempts; it doubles up to [`MAX_BACKOFF`].
@@ -145,8 +145,14 @@ impl Fetcher {
 
     /// `range` of `file` in a pooled, page-aligned buffer ([`Span`]): read-ahead's requests, which
     /// the disk cache writes with `O_DIRECT` (exactly `range`: more or fewer is
-    /// [`FetchError::PastEnd`]).
-    pub async fn get_span(&self, file: &PondFile, range: Range<u64>, deadline: Instant) -> Result<Span, FetchError> {
+    /// [`FetchError::PastEnd`]). The buffer, and every slice of it, holds `holds`.
+    pub async fn get_span(
+        &self,
+        file: &PondFile,
+        range: Range<u64>,
+        deadline: Instant,
+        holds: Holds,
+    ) -> Result<Span, FetchError> {
         let location = Self::location(file);
         let want = usize::try_from(range.end - range.start).map_err(|_| FetchError::PastEnd)?;
         let span = self
@@ -154,9 +160,10 @@ impl Fetcher {
                 let options = GetOptions { range: Some(GetRange::Bounded(range.clone())), ..Default::default() };
                 let location = location.clone();
                 let start = range.start;
+                let holds = holds.clone();
                 async move {
                     let got = self.store.get_opts(&location, options).await?;
-                    let mut buf = SpanBuf::new(start, want);
+                    let mut buf = SpanBuf::new(start, want, Some(holds));
                     match got.payload {
                         GetResultPayload::File(file, _) => {
                             let from = got.range.start;

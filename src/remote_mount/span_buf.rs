@@ -9,6 +9,8 @@
 //! the next request. Measured before (1 GiB cold read from the local S3 server): a quarter of the
 //! daemon's CPU went to faulting in the pages of a new 8-12 MiB buffer per request.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 
 use crate::aligned_buf::{AlignedBuf, Pool};
@@ -20,12 +22,16 @@ pub const PAGE: u64 = crate::aligned_buf::PAGE as u64;
 /// size (pages never written are not resident).
 static POOL: Pool = Pool::new(3, 4 << 20);
 
+/// What a buffer keeps alive for as long as it lives (read-ahead's claim on its memory bound).
+pub type Holds = Arc<dyn Send + Sync>;
+
 /// The owner behind a filled buffer's [`Bytes`]: gives the block back to the pool when the last
-/// slice of it is dropped.
+/// slice of it is dropped (and lets go of what it holds).
 struct Filled {
     block: Option<AlignedBuf>,
     len: usize,
     pool: &'static Pool,
+    _holds: Option<Holds>,
 }
 
 impl AsRef<[u8]> for Filled {
@@ -46,6 +52,7 @@ impl Drop for Filled {
 pub struct SpanBuf {
     block: AlignedBuf,
     pool: &'static Pool,
+    holds: Option<Holds>,
     /// Where `start` lies in the block (`start % PAGE`).
     head: usize,
     want: usize,
@@ -53,14 +60,15 @@ pub struct SpanBuf {
 }
 
 impl SpanBuf {
-    /// Room for `want` bytes of a file from offset `start`.
-    pub fn new(start: u64, want: usize) -> SpanBuf {
-        SpanBuf::from_pool(&POOL, start, want)
+    /// Room for `want` bytes of a file from offset `start`, holding `holds` until the buffer and
+    /// every slice of it are gone.
+    pub fn new(start: u64, want: usize, holds: Option<Holds>) -> SpanBuf {
+        SpanBuf::from_pool(&POOL, start, want, holds)
     }
 
-    fn from_pool(pool: &'static Pool, start: u64, want: usize) -> SpanBuf {
+    fn from_pool(pool: &'static Pool, start: u64, want: usize, holds: Option<Holds>) -> SpanBuf {
         let head = (start % PAGE) as usize;
-        SpanBuf { block: pool.take(head + want), pool, head, want, got: 0 }
+        SpanBuf { block: pool.take(head + want), pool, holds, head, want, got: 0 }
     }
 
     /// Appends the next piece of the body; false (and nothing kept) when it would run past `want`.
@@ -99,7 +107,8 @@ impl SpanBuf {
     /// The filled buffer as [`Span`]: the bytes asked for, and the page-aligned bytes around them.
     pub fn freeze(self) -> Span {
         let (head, got) = (self.head, self.got);
-        let all = Bytes::from_owner(Filled { block: Some(self.block), len: head + got, pool: self.pool });
+        let all =
+            Bytes::from_owner(Filled { block: Some(self.block), len: head + got, pool: self.pool, _holds: self.holds });
         Span { data: all.slice(head..), padded: all }
     }
 }
@@ -119,7 +128,7 @@ mod tests {
     #[test]
     fn a_span_keeps_its_bytes_where_their_pages_are_and_refuses_too_many() {
         let start = 3 * PAGE + 100;
-        let mut buf = SpanBuf::new(start, 10_000);
+        let mut buf = SpanBuf::new(start, 10_000, None);
         assert!(buf.fill(&[7u8; 6_000]));
         assert!(!buf.is_full());
         assert!(!buf.fill(&[8u8; 4_001]), "past what was asked for");
@@ -134,14 +143,29 @@ mod tests {
     }
 
     #[test]
+    fn a_buffer_holds_what_it_was_given_until_its_last_slice_goes() {
+        let holds: Holds = Arc::new(());
+        let mut buf = SpanBuf::new(0, 100, Some(holds.clone()));
+        assert!(buf.fill(&[1; 100]));
+        let span = buf.freeze();
+        let slice = span.data.slice(10..20);
+        drop(span);
+        assert_eq!(Arc::strong_count(&holds), 2, "a slice left keeps the buffer, and what it holds");
+        drop(slice);
+        assert_eq!(Arc::strong_count(&holds), 1);
+        drop(SpanBuf::new(0, 100, Some(holds.clone())));
+        assert_eq!(Arc::strong_count(&holds), 1, "a buffer never filled lets go too");
+    }
+
+    #[test]
     fn a_span_read_from_a_file_stops_at_its_end() {
         let mut f = tempfile::tempfile().unwrap();
         std::io::Write::write_all(&mut f, &(0..=255u8).cycle().take(10_000).collect::<Vec<_>>()).unwrap();
-        let mut buf = SpanBuf::new(5_000, 3_000);
+        let mut buf = SpanBuf::new(5_000, 3_000, None);
         buf.read_from(&f, 5_000).unwrap();
         assert!(buf.is_full());
         assert_eq!(buf.freeze().data[..3], [(5_000 % 256) as u8, (5_001 % 256) as u8, (5_002 % 256) as u8]);
-        let mut past = SpanBuf::new(9_000, 3_000);
+        let mut past = SpanBuf::new(9_000, 3_000, None);
         past.read_from(&f, 9_000).unwrap();
         assert!(!past.is_full(), "only 1,000 bytes are there");
     }
@@ -152,7 +176,7 @@ mod tests {
         const ROUND: usize = 4 << 20;
         let pool: &'static Pool = Box::leak(Box::new(Pool::new(KEEP, ROUND)));
         let filled = |start: u64, n: usize| {
-            let mut buf = SpanBuf::from_pool(pool, start, n);
+            let mut buf = SpanBuf::from_pool(pool, start, n, None);
             assert!(buf.fill(&vec![1u8; n]));
             buf.freeze()
         };
