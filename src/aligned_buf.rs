@@ -13,12 +13,13 @@ use std::sync::Mutex;
 /// Memory pages, and the unit of an `O_DIRECT` write's offset and length.
 pub(crate) const PAGE: usize = 4096;
 
-/// A transparent huge page: buffers at least this large ask the kernel for them
+/// A transparent huge page: buffers at least this large start on one and ask the kernel for them
 /// (`MADV_HUGEPAGE`), so that filling a fresh buffer faults once per 2 MiB, not once per 4 KiB. A
 /// cold read of 1 GiB from a replica fills about 120 MiB of new read-ahead buffers: with 4 KiB pages
-/// that was 31,000-38,000 page faults in the daemon and 0.93-1.11 CPU-s, against 5,800-6,300 and
-/// 0.79-0.83 CPU-s with huge pages (scripts/s3_bench_server.py behind scripts/s3_delay_proxy.py at
-/// 20 ms, `dd bs=1M`, faults from `/proc/PID/stat`; 3 rounds alternated).
+/// that was 28,000-43,000 page faults in the daemon, 0.84-1.01 CPU-s and 710-843 MiB/s, against
+/// 5,200-6,300, 0.72-0.88 CPU-s and 723-935 MiB/s with huge pages (scripts/s3_bench_server.py
+/// behind scripts/s3_delay_proxy.py at 20 ms, `dd bs=1M`, faults from `/proc/PID/stat`; 6 rounds
+/// alternated).
 pub(crate) const HUGE_PAGE: usize = 2 << 20;
 
 /// `capacity` bytes, page-aligned, all initialised (to zero when new).
@@ -46,8 +47,9 @@ impl AlignedBuf {
         // this is `calloc`.
         let raw = unsafe { std::alloc::alloc_zeroed(layout) };
         let Some(raw) = NonNull::new(raw) else { std::alloc::handle_alloc_error(layout) };
-        let skip = raw.as_ptr().align_offset(PAGE);
-        // SAFETY: `skip < PAGE`, and the allocation has `PAGE` bytes past `capacity`.
+        let skip = raw.as_ptr().align_offset(Self::alignment(capacity));
+        // SAFETY: `skip` is less than the alignment, and the allocation has that many bytes past
+        // `capacity`.
         let ptr = unsafe { NonNull::new_unchecked(raw.as_ptr().add(skip)) };
         if capacity >= HUGE_PAGE {
             // SAFETY: advice only, on memory this buffer owns (`ptr` is page-aligned).
@@ -56,8 +58,14 @@ impl AlignedBuf {
         AlignedBuf { raw, ptr, capacity }
     }
 
+    /// Where a buffer starts: on a huge page when it can fill one (a huge page is only ever
+    /// mapped at an address that is a multiple of its size), on a page otherwise.
+    fn alignment(capacity: usize) -> usize {
+        if capacity >= HUGE_PAGE { HUGE_PAGE } else { PAGE }
+    }
+
     fn layout(capacity: usize) -> Layout {
-        Layout::from_size_align(capacity + PAGE, 16).expect("a buffer of a sane size")
+        Layout::from_size_align(capacity + Self::alignment(capacity), 16).expect("a buffer of a sane size")
     }
 
     pub(crate) fn capacity(&self) -> usize {
@@ -180,6 +188,7 @@ mod tests {
     fn a_large_buffer_asks_for_huge_pages_and_a_small_one_does_not() {
         let large = AlignedBuf::new(4 * HUGE_PAGE);
         let small = AlignedBuf::new(64 << 10);
+        assert_eq!(large.as_slice().as_ptr() as usize % HUGE_PAGE, 0, "a large buffer starts on a huge page");
         let large_map = smaps_of(large.as_slice().as_ptr() as usize);
         assert!(large_map.contains("VmFlags:") && large_map.contains(" hg"), "no MADV_HUGEPAGE on:\n{large_map}");
         let small_map = smaps_of(small.as_slice().as_ptr() as usize);

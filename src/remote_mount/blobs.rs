@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::io;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
@@ -29,7 +29,7 @@ use tokio::sync::{Notify, Semaphore};
 use super::cache::{ChunkCache, FileKey};
 use super::error::FetchError;
 use super::fetch::Fetcher;
-use super::span_buf::Holds;
+use super::span_buf::{Holds, SEGMENT, Span};
 use crate::large_files::{Blob, BlobSource, StoreError};
 use crate::layout::PondFile;
 
@@ -50,21 +50,25 @@ pub const SPANS_IN_FLIGHT: usize = 4;
 /// Read-ahead writes to the disk cache queued at once (each holds its request's bytes).
 const WRITES_QUEUED: usize = 1;
 /// Read-ahead bytes a mount holds in memory, whatever the number of readers: the buffers of its
-/// requests, from when a request is made until the last slice of its buffer is gone (its chunks
-/// all read or dropped, its bytes written to the disk cache; [`Room`]). A request with no room
-/// waits while reads take what came before it; only when none does ([`ROOM_WAIT`]) are the oldest
-/// chunks dropped (left to the disk cache, and read from there). So one sequential reader loses
-/// nothing it asked for: the part of its window (`large_files::reader`, 96 MiB) past this bound
-/// waits to be requested.
+/// requests, from when a request is made until the last slice of a buffer is gone (its chunks all
+/// read or dropped, its bytes written to the disk cache; [`Room`]). A request's body lands in a
+/// buffer per segment of about 2 MiB (`span_buf::SEGMENT`), so its room comes back a segment at a
+/// time as its chunks are read. A request with no room waits while reads take what came before
+/// it; only when none does ([`ROOM_WAIT`]) are the oldest chunks dropped (left to the disk cache,
+/// and read from there). So one sequential reader loses nothing it asked for: the part of its
+/// window (`large_files::reader`, 96 MiB) past this bound waits to be requested.
 ///
-/// Measured with scripts/bench-remote.sh's four readers at once (peak RSS) and one reader's cold
-/// read through 20 ms a request: when the bound counted a request's bytes only until they arrived,
-/// and then only its chunks not yet read, a buffer of 12 MiB that one chunk not read (or a write to
-/// the cache) kept alive counted as 64 KiB. The buffers alive then reached 144 MiB under a bound
-/// of 80, and with huge pages (`aligned_buf`) peak RSS was 186-201 MiB. Counting whole buffers, it
-/// is 156-169 MiB at 80 MiB (171-186 at 96), and one reader runs as fast as before (763-894 MiB/s,
-/// against 785-920; at 96, 755-886).
-pub const READ_AHEAD_MEMORY: u64 = 80 << 20;
+/// Measured on one rig (scripts/s3_bench_server.py, and scripts/s3_delay_proxy.py at 20 ms; peak
+/// RSS and throughput of four 1 GiB files read at once, and one reader's cold 1 GiB at 20 ms), 3-4
+/// rounds alternated each:
+/// - The bound once counted a request's bytes until they arrived, then only its chunks not yet
+///   read: a 12 MiB buffer that one unread chunk (or a pending cache write) kept alive counted as
+///   64 KiB. Buffers alive reached 144 MiB under a bound of 80; with huge pages peak RSS was
+///   169-201 MiB (four readers at 941-1,086 MiB/s; one at 793-920).
+/// - Counting whole 12 MiB buffers: RSS 150-169 MiB, but four readers at 470-723 MiB/s.
+/// - Counting 2 MiB segments: at 80 MiB, RSS 143-153 MiB, four readers at 792-1,028 MiB/s, one at
+///   790-873; at 96 MiB, RSS 153-157, four readers at 968-1,045, one at 808-872.
+pub const READ_AHEAD_MEMORY: u64 = 96 << 20;
 /// How long a read-ahead request with no room in [`READ_AHEAD_MEMORY`] waits for a read to take a
 /// chunk (or a buffer to be freed); each that does restarts the wait (a slow reader is waited
 /// for), and when none does, the oldest chunks are dropped for it (a reader that stopped, or whose
@@ -182,18 +186,29 @@ struct ReadAheadMemory {
 }
 
 /// A read-ahead request's claim on [`READ_AHEAD_MEMORY`], given back when dropped: it goes with
-/// the request's buffer, and so lasts until the last slice of it is gone.
+/// the request's buffer, and so lasts until the last slice of it is gone. (Weak: the memory keeps
+/// chunks, which keep their buffer's claim.)
 struct Room {
-    memory: Arc<ReadAheadMemory>,
+    memory: Weak<ReadAheadMemory>,
     bytes: u64,
+}
+
+impl Room {
+    /// This claim as one claim per part (of `parts` bytes each; what they leave is given back).
+    fn split(mut self, parts: impl IntoIterator<Item = u64>) -> Vec<Room> {
+        let rooms: Vec<Room> = parts.into_iter().map(|bytes| Room { memory: self.memory.clone(), bytes }).collect();
+        self.bytes = self.bytes.saturating_sub(rooms.iter().map(|r| r.bytes).sum());
+        rooms
+    }
 }
 
 impl Drop for Room {
     fn drop(&mut self) {
-        let mut ready = self.memory.ready();
+        let Some(memory) = self.memory.upgrade() else { return };
+        let mut ready = memory.ready();
         ready.held = ready.held.saturating_sub(self.bytes);
         drop(ready);
-        self.memory.progress.notify_waiters();
+        memory.progress.notify_waiters();
     }
 }
 
@@ -228,7 +243,7 @@ impl ReadAheadMemory {
     /// them to the disk cache); after [`ROOM_WAIT_MOST`], takes it anyway.
     async fn make_room(self: &Arc<Self>, bytes: u64) -> Room {
         let last = tokio::time::Instant::now() + ROOM_WAIT_MOST;
-        let room = || Room { memory: self.clone(), bytes };
+        let room = || Room { memory: Arc::downgrade(self), bytes };
         loop {
             let progress = self.progress.notified();
             tokio::pin!(progress);
@@ -567,38 +582,67 @@ fn spans(ranges: Vec<Wanted>) -> Vec<Vec<Wanted>> {
     out
 }
 
-/// Fetches one span, caches each range of it, and hands each to the reads waiting for it.
+/// A request's ranges (ascending) cut into segments of whole ranges, each from its first range's
+/// start to its last one's end and at most [`SEGMENT`] bytes (unless a range alone is longer):
+/// their bytes, and the ranges in each.
+fn segments(ranges: &[(u64, u64)]) -> Vec<(std::ops::Range<u64>, std::ops::Range<usize>)> {
+    let mut out = Vec::new();
+    let Some(&(mut from, len)) = ranges.first() else { return out };
+    let (mut first, mut to) = (0, from + len);
+    for (i, &(offset, len)) in ranges.iter().enumerate().skip(1) {
+        if offset + len - from > SEGMENT {
+            out.push((from..to, first..i));
+            (from, first) = (offset, i);
+        }
+        to = offset + len;
+    }
+    out.push((from..to, first..ranges.len()));
+    out
+}
+
+/// Fetches one span (in one request, its bytes landing in a buffer per segment), hands each range
+/// of it to the reads waiting for it, and caches them.
 async fn fetch_span(shared: Arc<Shared>, file: PondFile, key: Option<FileKey>, span: Vec<Wanted>) {
     let permit = shared.spans.clone().acquire_owned().await;
-    let (start, end) = (span[0].0, span[span.len() - 1].0 + span[span.len() - 1].1);
-    let room: Holds = Arc::new(shared.memory.make_room(end - start).await);
+    let ranges: Vec<(u64, u64)> = span.iter().map(|(o, l, _)| (*o, *l)).collect();
+    let segments = segments(&ranges);
+    let (start, end) = (segments[0].0.start, segments[segments.len() - 1].0.end);
+    let room = shared.memory.make_room(end - start).await;
+    let rooms = room.split(segments.iter().map(|(bytes, _)| bytes.end - bytes.start));
+    let plan: Vec<(std::ops::Range<u64>, Holds)> =
+        segments.iter().zip(rooms).map(|((bytes, _), room)| (bytes.clone(), Arc::new(room) as Holds)).collect();
     let began = std::time::Instant::now();
-    let fetched = shared.fetcher.get_span(&file, start..end, shared.fetcher.deadline(), room).await;
+    let fetched = shared.fetcher.get_span(&file, &plan, shared.fetcher.deadline()).await;
+    drop(plan);
     tracing::debug!(%file, start, bytes = end - start, ms = began.elapsed().as_millis() as u64, "read ahead");
     if let Err(e) = &fetched {
         tracing::debug!(%file, start, end, "read-ahead failed (the read fetches it itself): {e}");
     }
-    let ranges: Vec<(u64, u64)> = span.iter().map(|(o, l, _)| (*o, *l)).collect();
-    for (offset, len, coming) in span {
-        let result = fetched.as_ref().map_err(Clone::clone).map(|all| {
-            let from = (offset - start) as usize;
-            all.data.slice(from..from + len as usize)
-        });
-        if let Ok(bytes) = &result {
-            shared.memory.keep((file.clone(), offset, len), bytes.clone());
+    for ((_, in_segment), i) in segments.iter().zip(0..) {
+        for (offset, len, coming) in &span[in_segment.clone()] {
+            let result = fetched.as_ref().map_err(Clone::clone).map(|spans: &Vec<Span>| {
+                let from = (offset - spans[i].start) as usize;
+                spans[i].data.slice(from..from + *len as usize)
+            });
+            if let Ok(bytes) = &result {
+                shared.memory.keep((file.clone(), *offset, *len), bytes.clone());
+            }
+            shared.coming().remove(&(file.clone(), *offset, *len));
+            coming.finish(result);
         }
-        shared.coming().remove(&(file.clone(), offset, len));
-        coming.finish(result);
     }
-    // To the disk cache off the runtime's threads (writes there wait for writeback now and then).
-    // The request's place is given up only once its write is queued, and at most
-    // [`WRITES_QUEUED`] are: when the disk is slower than the link, read-ahead slows down rather
-    // than piling spans up in memory.
-    if let (Ok(all), Some(key)) = (fetched, key) {
+    drop(span);
+    // To the disk cache off the runtime's threads (writes there wait for writeback now and then),
+    // each segment let go of once written. The request's place is given up only once its write is
+    // queued, and at most [`WRITES_QUEUED`] are: when the disk is slower than the link,
+    // read-ahead slows down rather than piling spans up in memory.
+    if let (Ok(spans), Some(key)) = (fetched, key) {
         let cache = shared.cache.clone();
         if let Ok(writing) = shared.writes.clone().acquire_owned().await {
             drop(tokio::task::spawn_blocking(move || {
-                cache.put_span(&key, start, &all, &ranges);
+                for (written, (_, in_segment)) in spans.into_iter().zip(segments) {
+                    cache.put_span(&key, written.start, &written, &ranges[in_segment]);
+                }
                 drop(writing);
             }));
         }
@@ -623,13 +667,32 @@ mod tests {
         assert_eq!(sizes, vec![44, 44, 42]);
     }
 
+    #[test]
+    fn a_request_is_cut_into_segments_of_whole_chunks_no_longer_than_a_segment() {
+        // 100 chunks of 65,600 bytes, 100 bytes apart (a pack's page headers).
+        let ranges: Vec<(u64, u64)> = (0..100).map(|i| (5_000 + i * 65_700, 65_600)).collect();
+        let cut = segments(&ranges);
+        let mut next = 0;
+        for (bytes, chunks) in &cut {
+            assert_eq!(chunks.start, next, "each chunk in one segment, in order");
+            let (last, last_len) = ranges[chunks.end - 1];
+            assert_eq!(bytes.clone(), ranges[chunks.start].0..last + last_len, "first chunk's start to last's end");
+            assert!(bytes.end - bytes.start <= SEGMENT, "{bytes:?} is longer than a segment");
+            next = chunks.end;
+        }
+        assert_eq!(next, ranges.len());
+        let sizes: Vec<usize> = cut.iter().map(|(_, chunks)| chunks.len()).collect();
+        assert_eq!(sizes, [31, 31, 31, 7], "31 such chunks fill a segment");
+        assert_eq!(segments(&[(7, 3 * SEGMENT)]), [(7..7 + 3 * SEGMENT, 0..1)], "a range longer than a segment");
+    }
+
     fn chunk_key(at: u64) -> ComingKey {
         (PondFile::Pack(crate::large_files::Blake3Hash([1; 32])), at, 10)
     }
 
     /// Room for a request of `bytes`, if there is some now.
     fn claim(memory: &Arc<ReadAheadMemory>, bytes: u64) -> Option<Arc<Room>> {
-        memory.ready().try_start(bytes).then(|| Arc::new(Room { memory: memory.clone(), bytes }))
+        memory.ready().try_start(bytes).then(|| Arc::new(Room { memory: Arc::downgrade(memory), bytes }))
     }
 
     /// A chunk: 10 bytes of the buffer that `room` goes with.
@@ -673,6 +736,19 @@ mod tests {
         assert!(claim(&memory, 30).is_some(), "both chunks read: the buffer and its room are free");
         let empty = Arc::new(ReadAheadMemory::with_limit(5));
         assert!(claim(&empty, 10).is_some(), "a request larger than the limit still goes when nothing is held");
+    }
+
+    #[test]
+    fn a_claim_split_into_segments_comes_back_a_segment_at_a_time() {
+        let memory = Arc::new(ReadAheadMemory::with_limit(40));
+        assert!(memory.ready().try_start(40));
+        let room = Room { memory: Arc::downgrade(&memory), bytes: 40 };
+        let mut parts = room.split([10, 20]).into_iter();
+        assert_eq!(memory.ready().held, 30, "what the parts leave comes back at once");
+        drop(parts.next());
+        assert_eq!(memory.ready().held, 20);
+        drop(parts);
+        assert_eq!(memory.ready().held, 0);
     }
 
     fn make_room_later(memory: &Arc<ReadAheadMemory>, bytes: u64) -> tokio::task::JoinHandle<()> {

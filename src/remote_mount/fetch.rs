@@ -24,7 +24,7 @@ use object_store::path::Path as StorePath;
 use object_store::{GetOptions, GetRange, GetResultPayload, ObjectMeta, ObjectStore};
 
 use super::error::FetchError;
-use super::span_buf::{Holds, Span, SpanBuf};
+use super::span_buf::{Holds, SegmentedBuf, Span};
 use crate::layout::PondFile;
 
 /// The first pause between attempts; it doubles up to [`MAX_BACKOFF`].
@@ -143,27 +143,27 @@ impl Fetcher {
         Ok(bytes)
     }
 
-    /// `range` of `file` in a pooled, page-aligned buffer ([`Span`]): read-ahead's requests, which
-    /// the disk cache writes with `O_DIRECT` (exactly `range`: more or fewer is
-    /// [`FetchError::PastEnd`]). The buffer, and every slice of it, holds `holds`.
+    /// The bytes of `segments` of `file` (ranges, ascending), each in a pooled, page-aligned buffer
+    /// of its own ([`Span`]) that holds its `Holds`: read-ahead's requests, which the disk cache
+    /// writes with `O_DIRECT`. One request from the first one's start to the last one's end (the
+    /// bytes between segments are let go; more or fewer bytes than asked is
+    /// [`FetchError::PastEnd`]).
     pub async fn get_span(
         &self,
         file: &PondFile,
-        range: Range<u64>,
+        segments: &[(Range<u64>, Holds)],
         deadline: Instant,
-        holds: Holds,
-    ) -> Result<Span, FetchError> {
+    ) -> Result<Vec<Span>, FetchError> {
         let location = Self::location(file);
-        let want = usize::try_from(range.end - range.start).map_err(|_| FetchError::PastEnd)?;
-        let span = self
+        let (Some(first), Some(last)) = (segments.first(), segments.last()) else { return Ok(Vec::new()) };
+        let range = first.0.start..last.0.end;
+        let spans = self
             .retrying(deadline, || {
                 let options = GetOptions { range: Some(GetRange::Bounded(range.clone())), ..Default::default() };
                 let location = location.clone();
-                let start = range.start;
-                let holds = holds.clone();
                 async move {
                     let got = self.store.get_opts(&location, options).await?;
-                    let mut buf = SpanBuf::new(start, want, Some(holds));
+                    let mut buf = SegmentedBuf::new(segments);
                     match got.payload {
                         GetResultPayload::File(file, _) => {
                             let from = got.range.start;
@@ -182,7 +182,7 @@ impl Fetcher {
                 }
             })
             .await?;
-        span.ok_or(FetchError::PastEnd)
+        spans.ok_or(FetchError::PastEnd)
     }
 
     /// The last `n` bytes of `file` (all of it when shorter) and its length.
