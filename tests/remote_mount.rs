@@ -152,6 +152,34 @@ fn a_replica_on_s3_reads_exactly_as_the_pond_and_stays_read_only() {
 }
 
 #[test]
+fn a_sequential_read_wider_than_a_request_is_exact_and_leaves_every_chunk_cached() {
+    // 300 chunks: more than one read-ahead request (16 MiB at most), each landing in buffers of
+    // about 2 MiB, filled from S3's stream.
+    let s3 = s3();
+    let src = TestPond::new();
+    let big = pattern(300 * C + 5, 7);
+    let fs = src.open();
+    crate::common::write_file(&fs, ROOT_INO, "big", &big);
+    fs.shutdown().unwrap();
+    let url = s3.url();
+    replicate(&src, &url, &s3.env());
+    let work = src.scratch("work");
+    let newest = |view: &Replica| view.open_view(view.sync(None).unwrap()).unwrap();
+    let read_big = |fs: &pond::fs::PondFs| read_file(fs, fs.lookup(ROOT_INO, b"big").unwrap().ino);
+    {
+        let view = open_replica(&url, &work, &s3.env());
+        assert_same_bytes(&read_big(&newest(&view)), &big, "big, read ahead from S3");
+        let demand = view.demand_fetches();
+        assert!(demand <= 2, "{demand} chunk requests for reads: read-ahead should have fetched the rest");
+    }
+    let view = open_replica(&url, &work, &s3.env());
+    let fs = newest(&view);
+    let before = view.requests();
+    assert_same_bytes(&read_big(&fs), &big, "big, read again from the cache");
+    assert_eq!(view.requests(), before, "every chunk, of every segment, came from the cache");
+}
+
+#[test]
 fn rw_and_unknown_options_are_refused_with_the_reason() {
     let (src, _) = sample_pond();
     let remote = src.scratch("remote");
