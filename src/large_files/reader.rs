@@ -401,20 +401,29 @@ impl ObjectReader {
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize, StoreError> {
         self.plan_read(offset, buf.len() as u64);
         let mut done = 0;
-        while done < buf.len() {
-            let pos = offset.saturating_add(done as u64);
-            if pos >= self.size {
-                break;
-            }
-            let whole = self.covers_chunk(pos, buf.len() - done);
+        self.copy_out(offset, buf.len(), |piece| {
+            buf[done..done + piece.len()].copy_from_slice(piece);
+            done += piece.len();
+        })
+    }
+
+    /// Hands `sink` the bytes of up to `len` bytes at `offset`, a verified chunk's part at a time
+    /// and in order, and returns how many (short only at the end of the content). A chunk the read
+    /// covers whole is not kept among the reader's last chunks.
+    fn copy_out(&self, offset: u64, len: usize, mut sink: impl FnMut(&[u8])) -> Result<usize, StoreError> {
+        let len = (len as u64).min(self.size.saturating_sub(offset)) as usize;
+        let mut done = 0;
+        while done < len {
+            let pos = offset + done as u64;
+            let whole = self.covers_chunk(pos, len - done);
             let chunk = self.read_chunk_kept(pos / CHUNK_SIZE, !whole)?;
             // Less than CHUNK_SIZE, so fits in usize.
             let within = (pos % CHUNK_SIZE) as usize;
-            let n = chunk.len().saturating_sub(within).min(buf.len() - done);
+            let n = chunk.len().saturating_sub(within).min(len - done);
             if n == 0 {
                 break; // cannot happen for a verified chunk; avoids a loop regardless
             }
-            buf[done..done + n].copy_from_slice(&chunk[within..within + n]);
+            sink(&chunk[within..within + n]);
             done += n;
         }
         Ok(done)
@@ -436,17 +445,7 @@ impl ObjectReader {
             return Ok(small);
         }
         let mut out = Vec::with_capacity(len);
-        while out.len() < len {
-            let pos = offset + out.len() as u64;
-            let whole = self.covers_chunk(pos, len - out.len());
-            let chunk = self.read_chunk_kept(pos / CHUNK_SIZE, !whole)?;
-            let within = (pos % CHUNK_SIZE) as usize;
-            let n = chunk.len().saturating_sub(within).min(len - out.len());
-            if n == 0 {
-                break;
-            }
-            out.extend_from_slice(&chunk[within..within + n]);
-        }
+        self.copy_out(offset, len, |piece| out.extend_from_slice(piece))?;
         Ok(out)
     }
 
